@@ -1,0 +1,211 @@
+//! Frames: a 4-byte big-endian length, then that many bytes holding one bincode-encoded
+//! message.
+//!
+//! ```text
+//! +----------------+---------------------------------------------+
+//! | len: u32 (BE)  | bincode v2 standard (varint, little-endian) |
+//! |                |   ClientFrame or ServerFrame, exactly len B |
+//! +----------------+---------------------------------------------+
+//! ```
+//!
+//! The length is checked against the maximum before a byte of the body is buffered or
+//! allocated, so a peer cannot make us reserve memory by announcing a huge frame. Decoding
+//! is incremental: [`FrameDecoder::decode_client`] returns `Ok(None)` until a whole frame
+//! is in the buffer.
+
+use bincode::config::{Configuration, Limit, LittleEndian, Varint};
+use bytes::{Buf, BufMut, BytesMut};
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::error::DecodeError;
+use crate::message::{ClientFrame, Request, ServerFrame};
+
+/// Bytes of the length prefix.
+pub const LEN_PREFIX: usize = 4;
+/// Default largest frame body: 16 MiB.
+pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
+/// Largest frame body any configuration may allow: 256 MiB. Also bincode's allocation limit
+/// while decoding, so no length field inside a message can claim more than this.
+pub const HARD_MAX_FRAME: usize = 256 * 1024 * 1024;
+
+type Config = Configuration<LittleEndian, Varint, Limit<HARD_MAX_FRAME>>;
+
+/// The bincode configuration of the wire format: standard (varint integers, little-endian)
+/// with an allocation limit.
+pub const fn config() -> Config {
+    bincode::config::standard().with_limit::<HARD_MAX_FRAME>()
+}
+
+/// Appends one frame holding `msg` to `dst`. Fails, leaving `dst` as it was, if the
+/// encoded message is longer than `max`.
+pub fn encode<T: Serialize>(msg: &T, dst: &mut BytesMut, max: usize) -> Result<(), DecodeError> {
+    let start = dst.len();
+    dst.put_u32(0);
+    let mut writer = dst.writer();
+    if let Err(e) = bincode::serde::encode_into_std_write(msg, &mut writer, config()) {
+        writer.into_inner().truncate(start);
+        return Err(DecodeError::Malformed(format!("cannot encode: {e}")));
+    }
+    let dst = writer.into_inner();
+    let len = dst.len() - start - LEN_PREFIX;
+    if len > max {
+        dst.truncate(start);
+        return Err(DecodeError::FrameTooLarge { len, max });
+    }
+    dst[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// Splits frames off a byte buffer, enforcing a maximum length.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameDecoder {
+    max: usize,
+}
+
+impl FrameDecoder {
+    pub fn new(max: usize) -> Self {
+        FrameDecoder { max: max.min(HARD_MAX_FRAME) }
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Takes the next whole frame body off `src`, or `Ok(None)` if it is not all there yet.
+    pub fn split_frame(&self, src: &mut BytesMut) -> Result<Option<BytesMut>, DecodeError> {
+        if src.len() < LEN_PREFIX {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+        if len > self.max {
+            return Err(DecodeError::FrameTooLarge { len, max: self.max });
+        }
+        if len == 0 {
+            return Err(DecodeError::EmptyFrame);
+        }
+        if src.len() < LEN_PREFIX + len {
+            // Ask for the rest in one allocation; `len` was bounded above.
+            src.reserve(LEN_PREFIX + len - src.len());
+            return Ok(None);
+        }
+        src.advance(LEN_PREFIX);
+        Ok(Some(src.split_to(len)))
+    }
+
+    /// Decodes the next client frame. A request whose envelope decodes but whose body does
+    /// not is reported as [`DecodeError::BadRequest`] with its id, after the frame was
+    /// consumed, so the server can answer it and go on.
+    pub fn decode_client(&self, src: &mut BytesMut) -> Result<Option<ClientFrame>, DecodeError> {
+        match self.split_frame(src)? {
+            None => Ok(None),
+            Some(body) => decode_client_body(&body).map(Some),
+        }
+    }
+
+    /// Decodes the next server frame.
+    pub fn decode_server(&self, src: &mut BytesMut) -> Result<Option<ServerFrame>, DecodeError> {
+        match self.split_frame(src)? {
+            None => Ok(None),
+            Some(body) => decode_whole(&body).map(Some),
+        }
+    }
+}
+
+fn decode_whole<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
+    let (msg, used) = bincode::serde::decode_from_slice::<T, _>(body, config())
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if used != body.len() {
+        return Err(DecodeError::TrailingBytes(body.len() - used));
+    }
+    Ok(msg)
+}
+
+/// Decodes a client frame body step by step (variant index, request id, request body) so
+/// that a bad body can be answered under its id. Same bytes as decoding `ClientFrame`
+/// whole: serde's enum layout is the variant index followed by the fields in order.
+fn decode_client_body(body: &[u8]) -> Result<ClientFrame, DecodeError> {
+    let malformed = |e: bincode::error::DecodeError| DecodeError::Malformed(e.to_string());
+    let (variant, n) =
+        bincode::serde::decode_from_slice::<u32, _>(body, config()).map_err(malformed)?;
+    if variant != 1 {
+        return decode_whole(body);
+    }
+    let (id, m) =
+        bincode::serde::decode_from_slice::<u64, _>(&body[n..], config()).map_err(malformed)?;
+    let rest = &body[n + m..];
+    let bad = |reason: String| DecodeError::BadRequest { id, reason };
+    let (request, used) = bincode::serde::decode_from_slice::<Request, _>(rest, config())
+        .map_err(|e| bad(e.to_string()))?;
+    if used != rest.len() {
+        return Err(bad(format!("{} trailing bytes", rest.len() - used)));
+    }
+    Ok(ClientFrame::Request { id, body: request })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Hello;
+
+    fn hello() -> ClientFrame {
+        ClientFrame::Hello(Hello { protocol: 1, client_name: "t".into(), token: None })
+    }
+
+    #[test]
+    fn partial_frames_wait_for_more() {
+        let mut whole = BytesMut::new();
+        encode(&hello(), &mut whole, DEFAULT_MAX_FRAME).unwrap();
+        let dec = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        for cut in 0..whole.len() {
+            let mut part = BytesMut::from(&whole[..cut]);
+            assert!(dec.decode_client(&mut part).unwrap().is_none(), "cut at {cut}");
+        }
+        let mut all = whole.clone();
+        assert_eq!(dec.decode_client(&mut all).unwrap(), Some(hello()));
+        assert!(all.is_empty());
+    }
+
+    #[test]
+    fn oversized_frame_is_refused_before_buffering() {
+        let dec = FrameDecoder::new(1024);
+        let mut buf = BytesMut::from(&[0x00, 0x00, 0x04, 0x01][..]);
+        let cap_before = buf.capacity();
+        match dec.decode_client(&mut buf) {
+            Err(DecodeError::FrameTooLarge { len: 1025, max: 1024 }) => {}
+            other => panic!("expected FrameTooLarge, got {other:?}"),
+        }
+        assert_eq!(buf.capacity(), cap_before, "nothing reserved for a refused frame");
+    }
+
+    #[test]
+    fn encode_refuses_oversized_and_leaves_buffer() {
+        let mut buf = BytesMut::from(&b"xy"[..]);
+        let big =
+            ClientFrame::Hello(Hello { protocol: 1, client_name: "n".repeat(100), token: None });
+        assert!(matches!(encode(&big, &mut buf, 50), Err(DecodeError::FrameTooLarge { .. })));
+        assert_eq!(&buf[..], b"xy");
+    }
+
+    #[test]
+    fn unknown_request_keeps_its_id() {
+        // variant 1 (Request), id 7, request variant 200 (unknown), one byte of junk.
+        let body = [0x01, 0x07, 0xc8, 0x00];
+        let mut buf = BytesMut::new();
+        buf.put_u32(body.len() as u32);
+        buf.put_slice(&body);
+        match FrameDecoder::new(DEFAULT_MAX_FRAME).decode_client(&mut buf) {
+            Err(DecodeError::BadRequest { id: 7, .. }) => {}
+            other => panic!("expected BadRequest for id 7, got {other:?}"),
+        }
+        assert!(buf.is_empty(), "the bad frame is consumed");
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let dec = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        let mut buf = BytesMut::from(&[0, 0, 0, 3, 0xff, 0xff, 0xff][..]);
+        assert!(dec.decode_client(&mut buf).is_err());
+        let mut buf = BytesMut::from(&[0, 0, 0, 0][..]);
+        assert!(matches!(dec.decode_client(&mut buf), Err(DecodeError::EmptyFrame)));
+    }
+}

@@ -1,0 +1,267 @@
+//! The job vocabulary shared by clients and the server: what a producer sends
+//! ([`NewJob`], [`JobOptions`], [`Backoff`]), what a worker receives ([`LeasedJob`]), and
+//! what an operator reads ([`QueueStats`]).
+//!
+//! These are plain data. Validation (queue-name rules, limits) lives here too so that a
+//! client can refuse bad input before it costs a round trip; the server checks again.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ErrorCode, WireError};
+
+/// Server-assigned job id, unique for the lifetime of a data directory.
+pub type JobId = u64;
+
+/// Longest queue name, in bytes.
+pub const MAX_QUEUE_NAME: usize = 128;
+/// Longest job name (its type, e.g. `welcome`), in bytes.
+pub const MAX_JOB_NAME: usize = 256;
+/// Longest idempotency key, in bytes.
+pub const MAX_KEY: usize = 256;
+/// Longest error text kept for one failed attempt; longer text is cut at a char boundary.
+pub const MAX_ERROR_TEXT: usize = 4096;
+
+/// How long to wait before the next try of a job that failed.
+///
+/// Delays are milliseconds. `Exponential` waits `base_ms * 2^(failures - 1)`, capped at
+/// `max_ms`; with `jitter_pct = p` the wait is drawn from `[d * (100 - p) / 100, d]`, so jitter
+/// only ever shortens a wait, never stretches it past the cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Backoff {
+    Fixed { delay_ms: u64 },
+    Exponential { base_ms: u64, max_ms: u64, jitter_pct: u8 },
+}
+
+impl Backoff {
+    /// No wait at all between tries.
+    pub const NONE: Backoff = Backoff::Fixed { delay_ms: 0 };
+
+    /// Exponential backoff from `base_ms`, capped at one hour, no jitter.
+    pub fn exponential_ms(base_ms: u64) -> Self {
+        Backoff::Exponential { base_ms, max_ms: 3_600_000, jitter_pct: 0 }
+    }
+
+    /// Checks the numbers make sense.
+    pub fn validate(&self) -> Result<(), WireError> {
+        match *self {
+            Backoff::Fixed { .. } => Ok(()),
+            Backoff::Exponential { base_ms, max_ms, jitter_pct } => {
+                if jitter_pct > 100 {
+                    return Err(WireError::new(
+                        ErrorCode::InvalidArgument,
+                        format!("backoff jitter is {jitter_pct}%; use 0 to 100"),
+                    ));
+                }
+                if max_ms < base_ms {
+                    return Err(WireError::new(
+                        ErrorCode::InvalidArgument,
+                        format!(
+                            "backoff cap {max_ms} ms is below its base {base_ms} ms; raise the cap"
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Default for Backoff {
+    /// 1 s, 2 s, 4 s, ... capped at one hour, with 20% jitter so that a burst of failures
+    /// does not retry in lockstep.
+    fn default() -> Self {
+        Backoff::Exponential { base_ms: 1_000, max_ms: 3_600_000, jitter_pct: 20 }
+    }
+}
+
+/// Options a producer sets on a job. Every field has a default (see [`Default`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobOptions {
+    /// Lower runs first; FIFO within one priority. Default 0.
+    pub priority: i32,
+    /// Milliseconds to wait before the job becomes ready. Default 0.
+    pub delay_ms: u64,
+    /// Maximum number of tries, at least 1. Default 3.
+    pub attempts: u32,
+    /// Wait between tries. Default: exponential from 1 s.
+    pub backoff: Backoff,
+    /// How long a worker may hold the job before it is presumed dead, in ms. Default 30 s.
+    pub lease_ms: u64,
+    /// Idempotency key: adding a job whose key is already pending in the same queue returns
+    /// the existing job's id instead of adding a second one.
+    pub key: Option<String>,
+}
+
+impl Default for JobOptions {
+    fn default() -> Self {
+        JobOptions {
+            priority: 0,
+            delay_ms: 0,
+            attempts: 3,
+            backoff: Backoff::default(),
+            lease_ms: 30_000,
+            key: None,
+        }
+    }
+}
+
+/// Shortest lease the server grants, in ms: shorter ones expire before a worker can act.
+pub const MIN_LEASE_MS: u64 = 100;
+/// Longest lease, in ms (one day).
+pub const MAX_LEASE_MS: u64 = 86_400_000;
+/// Most tries a job may ask for.
+pub const MAX_ATTEMPTS: u32 = 1_000;
+
+impl JobOptions {
+    /// Checks the options against the protocol's limits.
+    pub fn validate(&self) -> Result<(), WireError> {
+        if self.attempts == 0 || self.attempts > MAX_ATTEMPTS {
+            return Err(WireError::new(
+                ErrorCode::InvalidArgument,
+                format!("attempts is {}; use 1 to {MAX_ATTEMPTS}", self.attempts),
+            ));
+        }
+        validate_lease(self.lease_ms)?;
+        if let Some(key) = &self.key {
+            if key.is_empty() || key.len() > MAX_KEY {
+                return Err(WireError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("idempotency key is {} bytes; use 1 to {MAX_KEY}", key.len()),
+                ));
+            }
+        }
+        self.backoff.validate()
+    }
+}
+
+/// Checks a lease duration against [`MIN_LEASE_MS`] and [`MAX_LEASE_MS`].
+pub fn validate_lease(lease_ms: u64) -> Result<(), WireError> {
+    if !(MIN_LEASE_MS..=MAX_LEASE_MS).contains(&lease_ms) {
+        return Err(WireError::new(
+            ErrorCode::InvalidArgument,
+            format!("lease is {lease_ms} ms; use {MIN_LEASE_MS} to {MAX_LEASE_MS}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A job as a producer submits it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewJob {
+    /// The job's type, e.g. `welcome`: 1 to [`MAX_JOB_NAME`] bytes.
+    pub name: String,
+    /// Opaque bytes; qd never looks inside.
+    pub payload: Bytes,
+    pub options: JobOptions,
+}
+
+impl NewJob {
+    /// Checks the name and options.
+    pub fn validate(&self) -> Result<(), WireError> {
+        if self.name.is_empty() || self.name.len() > MAX_JOB_NAME {
+            return Err(WireError::new(
+                ErrorCode::InvalidArgument,
+                format!("job name is {} bytes; use 1 to {MAX_JOB_NAME}", self.name.len()),
+            ));
+        }
+        self.options.validate()
+    }
+}
+
+/// A job handed to a worker, with the lease that lets it ack, nack or touch the job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeasedJob {
+    pub id: JobId,
+    pub queue: String,
+    pub name: String,
+    pub payload: Bytes,
+    /// Which try this is, starting at 1.
+    pub attempt: u32,
+    /// The job's maximum number of tries.
+    pub max_attempts: u32,
+    /// Proof of this delivery: `ack`, `nack` and `touch` must present it.
+    pub token: u64,
+    /// Unix ms after which the lease is void and the job is tried again.
+    pub lease_deadline_ms: u64,
+    /// Unix ms when the job was added.
+    pub created_at_ms: u64,
+}
+
+/// What a worker asks for when a try failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum RetryHint {
+    /// Follow the job's backoff policy (dead when attempts are used up).
+    #[default]
+    Backoff,
+    /// Retry after this many ms instead of the backoff (still uses an attempt).
+    After { delay_ms: u64 },
+    /// The failure is permanent: dead-letter the job now.
+    Never,
+}
+
+/// Job counts of one queue, by state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStats {
+    pub queue: String,
+    pub ready: u64,
+    pub delayed: u64,
+    pub active: u64,
+    pub dead: u64,
+    /// Completed jobs the server still retains for display (the most recent ones).
+    pub completed: u64,
+    /// Jobs completed since the server started.
+    pub completed_total: u64,
+    /// Failed tries since the server started (each nack, lease expiry or disconnect).
+    pub failed_total: u64,
+}
+
+/// Checks a queue name: 1 to 128 bytes of `[A-Za-z0-9._:-]`.
+pub fn validate_queue_name(name: &str) -> Result<(), WireError> {
+    let ok_len = !name.is_empty() && name.len() <= MAX_QUEUE_NAME;
+    let bad = name
+        .bytes()
+        .find(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-')));
+    if ok_len && bad.is_none() {
+        return Ok(());
+    }
+    let shown: String = name.chars().take(40).collect();
+    Err(WireError::new(
+        ErrorCode::InvalidQueueName,
+        format!(
+            "queue name {shown:?} is invalid: use 1 to {MAX_QUEUE_NAME} bytes of letters, digits, '.', '_', ':' or '-'"
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_names() {
+        for ok in ["a", "emails", "tenant:42.mail_v2-x", &"q".repeat(128)] {
+            assert!(validate_queue_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "has space", "slash/x", "ünï", &"q".repeat(129)] {
+            let err = validate_queue_name(bad).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidQueueName, "{bad}");
+        }
+    }
+
+    #[test]
+    fn option_limits() {
+        assert!(JobOptions::default().validate().is_ok());
+        let bad = JobOptions { attempts: 0, ..Default::default() };
+        assert_eq!(bad.validate().unwrap_err().code, ErrorCode::InvalidArgument);
+        let bad = JobOptions { lease_ms: 5, ..Default::default() };
+        assert!(bad.validate().is_err());
+        let bad = JobOptions {
+            backoff: Backoff::Exponential { base_ms: 10, max_ms: 5, jitter_pct: 0 },
+            ..Default::default()
+        };
+        assert!(bad.validate().is_err());
+        let bad = JobOptions { key: Some(String::new()), ..Default::default() };
+        assert!(bad.validate().is_err());
+    }
+}
