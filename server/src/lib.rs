@@ -1,1 +1,11 @@
-//! qd server.
+//! The qd broker as a library: the `qd` binary (`src/main.rs`) is a thin shell over it, and
+//! the end-to-end tests and `qd bench` use it to start servers.
+//!
+//! Layers, each testable without the ones above it (see `docs/ARCHITECTURE.md`):
+//! - [`model`]: the plain data the core and the store exchange;
+//! - [`broker`]: the pure queue state machine (no I/O, no clock);
+//! - [`store`]: sled persistence, group commit, recovery.
+
+pub mod broker;
+pub mod model;
+pub mod store;

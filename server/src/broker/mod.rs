@@ -1,0 +1,1 @@
+//! The broker core (being written).

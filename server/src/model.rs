@@ -1,0 +1,85 @@
+//! Plain data shared by the broker core and the store: the persisted job record and the
+//! changes the core asks to make durable.
+//!
+//! This file is the interface between the two: the core produces [`Change`]s, the store
+//! applies them, and neither imports the other (see `docs/ARCHITECTURE.md`). Nothing here
+//! does I/O or reads the clock.
+
+use bytes::Bytes;
+use qd_protocol::{JobId, JobOptions};
+use serde::{Deserialize, Serialize};
+
+/// Wall-clock time as unix milliseconds. The engine reads the clock; the core is given it.
+pub type Millis = u64;
+
+/// Identifies one client connection for the life of the server process.
+pub type ConnId = u64;
+
+/// The persisted states of a job. Ready and delayed are not distinguished on disk (that
+/// follows from `run_at_ms`), and active is never written: a lease lives in memory only, so
+/// after a crash an active job is simply waiting again, without having used an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PersistedState {
+    /// Ready or delayed: will be delivered once `run_at_ms` is reached.
+    Waiting,
+    /// In the queue's dead set: attempts ran out, or a worker said not to retry.
+    Dead,
+}
+
+/// One failed try of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptError {
+    /// Which try failed, starting at 1.
+    pub attempt: u32,
+    pub at_ms: Millis,
+    /// The worker's error text, or `lease expired` / `worker disconnected`.
+    pub message: String,
+}
+
+/// Most failures kept in a record; older ones are dropped first.
+pub const MAX_ERRORS_KEPT: usize = 25;
+
+/// A job as it is stored: everything needed to rebuild the core's state after a restart,
+/// plus the payload, which only the store holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub queue: String,
+    pub name: String,
+    pub payload: Bytes,
+    /// As given at add time (`delay_ms` is already folded into the first `run_at_ms`).
+    pub options: JobOptions,
+    pub created_at_ms: Millis,
+    /// When the job may run next.
+    pub run_at_ms: Millis,
+    /// Tries that have failed so far; the next delivery is try `failures + 1`.
+    pub failures: u32,
+    pub state: PersistedState,
+    /// The most recent failures, oldest first, at most [`MAX_ERRORS_KEPT`].
+    pub errors: Vec<AttemptError>,
+}
+
+/// A change the core asks the store to make durable. Replies that depend on a change are
+/// released only after the store has committed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A new job (add).
+    Insert(JobRecord),
+    /// The job completed (ack): its record is removed.
+    Complete { id: JobId },
+    /// A try failed: record the error and when the job runs next, or that it is dead.
+    Fail { id: JobId, error: AttemptError, run_at_ms: Millis, dead: bool },
+}
+
+impl JobRecord {
+    /// Applies a [`Change::Fail`] to this record.
+    pub fn apply_failure(&mut self, error: AttemptError, run_at_ms: Millis, dead: bool) {
+        self.failures = self.failures.max(error.attempt);
+        self.run_at_ms = run_at_ms;
+        self.state = if dead { PersistedState::Dead } else { PersistedState::Waiting };
+        if self.errors.len() >= MAX_ERRORS_KEPT {
+            self.errors.remove(0);
+        }
+        self.errors.push(error);
+    }
+}
