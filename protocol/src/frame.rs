@@ -24,9 +24,9 @@ use crate::message::{ClientFrame, Request, ServerFrame};
 pub const LEN_PREFIX: usize = 4;
 /// Default largest frame body: 16 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
-/// Largest frame body any configuration may allow: 256 MiB. Also bincode's allocation limit
+/// Largest frame body any configuration may allow: 64 MiB. Also bincode's allocation limit
 /// while decoding, so no length field inside a message can claim more than this.
-pub const HARD_MAX_FRAME: usize = 256 * 1024 * 1024;
+pub const HARD_MAX_FRAME: usize = 64 * 1024 * 1024;
 
 type Config = Configuration<LittleEndian, Varint, Limit<HARD_MAX_FRAME>>;
 

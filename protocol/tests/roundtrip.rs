@@ -1,0 +1,172 @@
+//! Property tests: every message survives encode -> decode unchanged, whole or fed to the
+//! decoder in arbitrary pieces, and no byte string makes the decoder panic.
+
+use bytes::{Bytes, BytesMut};
+use proptest::prelude::*;
+use qd_protocol::message::*;
+use qd_protocol::*;
+
+fn backoff() -> impl Strategy<Value = Backoff> {
+    prop_oneof![
+        any::<u64>().prop_map(|delay_ms| Backoff::Fixed { delay_ms }),
+        (any::<u64>(), any::<u64>(), 0u8..=100).prop_map(|(base_ms, max_ms, jitter_pct)| {
+            Backoff::Exponential { base_ms, max_ms, jitter_pct }
+        }),
+    ]
+}
+
+fn new_job() -> impl Strategy<Value = NewJob> {
+    (
+        ".{0,20}",
+        proptest::collection::vec(any::<u8>(), 0..64),
+        any::<i32>(),
+        any::<u64>(),
+        any::<u32>(),
+        backoff(),
+        any::<u64>(),
+        proptest::option::of(".{0,10}"),
+    )
+        .prop_map(|(name, payload, priority, delay_ms, attempts, backoff, lease_ms, key)| {
+            NewJob {
+                name,
+                payload: Bytes::from(payload),
+                options: JobOptions { priority, delay_ms, attempts, backoff, lease_ms, key },
+            }
+        })
+}
+
+fn lease() -> impl Strategy<Value = LeaseRef> {
+    (any::<u64>(), any::<u64>()).prop_map(|(id, token)| LeaseRef { id, token })
+}
+
+fn retry() -> impl Strategy<Value = RetryHint> {
+    prop_oneof![
+        Just(RetryHint::Backoff),
+        any::<u64>().prop_map(|delay_ms| RetryHint::After { delay_ms }),
+        Just(RetryHint::Never),
+    ]
+}
+
+fn request() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        ("[a-z]{1,8}", proptest::collection::vec(new_job(), 0..4))
+            .prop_map(|(queue, jobs)| Request::Add { queue, jobs }),
+        (proptest::collection::vec("[a-z]{1,8}", 0..3), any::<u32>(), any::<u64>())
+            .prop_map(|(queues, max, timeout_ms)| Request::Reserve { queues, max, timeout_ms }),
+        proptest::collection::vec(lease(), 0..4).prop_map(|leases| Request::Ack { leases }),
+        (lease(), ".{0,30}", retry()).prop_map(|(lease, error, retry)| Request::Nack {
+            lease,
+            error,
+            retry
+        }),
+        (lease(), proptest::option::of(any::<u64>()))
+            .prop_map(|(lease, lease_ms)| Request::Touch { lease, lease_ms }),
+        Just(Request::Stats),
+    ]
+}
+
+fn wire_error() -> impl Strategy<Value = WireError> {
+    (any::<u16>(), ".{0,20}").prop_map(|(c, m)| WireError::new(ErrorCode::from(c), m))
+}
+
+fn leased_job() -> impl Strategy<Value = LeasedJob> {
+    (
+        any::<u64>(),
+        "[a-z]{1,8}",
+        ".{0,8}",
+        proptest::collection::vec(any::<u8>(), 0..32),
+        any::<(u32, u32, u64, u64, u64)>(),
+    )
+        .prop_map(|(id, queue, name, payload, (attempt, max_attempts, token, d, c))| {
+            LeasedJob {
+                id,
+                queue,
+                name,
+                payload: Bytes::from(payload),
+                attempt,
+                max_attempts,
+                token,
+                lease_deadline_ms: d,
+                created_at_ms: c,
+            }
+        })
+}
+
+fn response() -> impl Strategy<Value = Response> {
+    prop_oneof![
+        proptest::collection::vec(any::<u64>(), 0..5).prop_map(|ids| Response::Added { ids }),
+        proptest::collection::vec(leased_job(), 0..3).prop_map(|jobs| Response::Reserved { jobs }),
+        proptest::collection::vec((any::<u64>(), wire_error()), 0..3)
+            .prop_map(|failed| Response::Acked { failed }),
+        any::<u64>().prop_map(|run_at_ms| Response::Nacked {
+            outcome: NackOutcome::Retrying { run_at_ms }
+        }),
+        Just(Response::Nacked { outcome: NackOutcome::Dead }),
+        any::<u64>().prop_map(|lease_deadline_ms| Response::Touched { lease_deadline_ms }),
+    ]
+}
+
+fn client_frame() -> impl Strategy<Value = ClientFrame> {
+    prop_oneof![
+        (any::<u32>(), ".{0,10}", proptest::option::of(".{0,10}")).prop_map(
+            |(protocol, client_name, token)| {
+                ClientFrame::Hello(Hello { protocol, client_name, token })
+            }
+        ),
+        (any::<u64>(), request()).prop_map(|(id, body)| ClientFrame::Request { id, body }),
+    ]
+}
+
+fn server_frame() -> impl Strategy<Value = ServerFrame> {
+    prop_oneof![
+        (any::<u64>(), response()).prop_map(|(id, r)| ServerFrame::Response { id, result: Ok(r) }),
+        (any::<u64>(), wire_error())
+            .prop_map(|(id, e)| ServerFrame::Response { id, result: Err(e) }),
+        wire_error().prop_map(ServerFrame::Goodbye),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn client_frames_round_trip_in_pieces(frames in proptest::collection::vec(client_frame(), 1..5), cut in 1usize..50) {
+        let mut wire = BytesMut::new();
+        for f in &frames {
+            frame::encode(f, &mut wire, DEFAULT_MAX_FRAME).unwrap();
+        }
+        // Feed the decoder `cut` bytes at a time, as a socket might.
+        let dec = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for chunk in wire.chunks(cut) {
+            buf.extend_from_slice(chunk);
+            while let Some(f) = dec.decode_client(&mut buf).unwrap() {
+                out.push(f);
+            }
+        }
+        prop_assert_eq!(out, frames);
+        prop_assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn server_frames_round_trip(f in server_frame()) {
+        let mut wire = BytesMut::new();
+        frame::encode(&f, &mut wire, DEFAULT_MAX_FRAME).unwrap();
+        let got = FrameDecoder::new(DEFAULT_MAX_FRAME).decode_server(&mut wire).unwrap();
+        prop_assert_eq!(got, Some(f));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let dec = FrameDecoder::new(1024);
+        let mut buf = BytesMut::from(&bytes[..]);
+        // Errors are fine; panics and runaway allocation are not.
+        while let Ok(Some(_)) = dec.decode_client(&mut buf) {}
+        let mut buf = BytesMut::from(&bytes[..]);
+        while let Ok(Some(_)) = dec.decode_server(&mut buf) {}
+    }
+
+    #[test]
+    fn error_codes_round_trip(n in any::<u16>()) {
+        prop_assert_eq!(ErrorCode::from(n).as_u16(), n);
+    }
+}
