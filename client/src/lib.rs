@@ -1,1 +1,77 @@
-//! qd client.
+//! Rust client for qd, the job-queue server: [`Client`] for producers, [`Worker`] for
+//! consumers.
+//!
+//! This crate owns the client side of a connection: one TCP socket per [`Client`] (shared by
+//! its clones), requests pipelined on it and matched to answers by id, reconnecting when it
+//! drops (`connection.rs`); the typed requests (`client.rs`); the [`Job`] builder
+//! (`job.rs`); the [`Worker`] loop (`worker.rs`); and [`Error`] (`error.rs`). The wire
+//! format itself is `qd_protocol`'s, re-exported here where an API needs its types.
+//!
+//! # Producer
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use qd_client::{Backoff, Client, Job};
+//!
+//! # async fn producer() -> Result<(), qd_client::Error> {
+//! let client = Client::connect("127.0.0.1:7700").await?;
+//! let id = client
+//!     .add(
+//!         "emails",
+//!         Job::json("welcome", &serde_json::json!({ "to": "ada@example.com" }))?
+//!             .attempts(5)
+//!             .backoff(Backoff::exponential(Duration::from_secs(2)))
+//!             .key("welcome-ada"),
+//!     )
+//!     .await?;
+//! println!("added job {id}");
+//! # Ok(()) }
+//! ```
+//!
+//! # Worker
+//!
+//! ```no_run
+//! use qd_client::{Client, LeasedJob, LeasedJobExt, Worker};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Welcome { to: String }
+//!
+//! # async fn worker() -> Result<(), qd_client::Error> {
+//! let client = Client::builder("127.0.0.1:7700").name("mailer").connect().await?;
+//! let shutdown = CancellationToken::new();
+//! // e.g. cancel `shutdown` on SIGTERM; `run` then finishes running jobs and returns.
+//! Worker::new(client, "emails")
+//!     .concurrency(5)
+//!     .on_failed(|job, err, will_retry| eprintln!("job {} failed: {err} (retry: {will_retry})", job.id))
+//!     .run(shutdown, |job: LeasedJob| async move {
+//!         // A payload that does not parse will never parse: don't retry it.
+//!         let msg: Welcome = job.json().map_err(qd_client::permanent)?;
+//!         println!("sending welcome to {}", msg.to);
+//!         Ok::<(), qd_client::Permanent>(())
+//!     })
+//!     .await
+//! # }
+//! ```
+//!
+//! # What a failure means
+//!
+//! When the connection drops, requests in flight fail with [`Error::Disconnected`]: the
+//! server may or may not have applied them. Adds with a [`Job::key`] are safe to retry. A
+//! worker's leases are released by the server when its connection drops, so the jobs run
+//! again (at-least-once); handlers should be idempotent.
+
+mod client;
+mod connection;
+mod error;
+mod job;
+mod worker;
+
+pub use crate::client::{Client, ClientBuilder};
+pub use crate::error::Error;
+pub use crate::job::{AsLease, Backoff, Job, LeasedJobExt};
+pub use crate::worker::{permanent, Permanent, Worker};
+
+pub use qd_protocol::message::{LeaseRef, NackOutcome, Welcome};
+pub use qd_protocol::{ErrorCode, JobId, LeasedJob, QueueStats, RetryHint, WireError};
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,490 @@
+//! One multiplexed, pipelined, reconnecting connection to a qd server.
+//!
+//! [`Connection::call`] sends one request and awaits its answer. Many callers share one TCP
+//! socket: each request gets an id, and the answer with that id completes the caller's
+//! oneshot, in whatever order the server answers.
+//!
+//! ```text
+//!  callers ──(Command: id, request, oneshot, in-flight permit)──► bounded mpsc
+//!                                                                    │
+//!  driver task:  writer half: drain everything queued, encode, ONE write_all
+//!                reader half: read, decode every frame in the buffer, complete oneshots
+//!                                 ▲ both share `pending` (id -> oneshot + permit)
+//! ```
+//!
+//! Why one write per batch: a syscall per frame caps the server at a tenth of what it can
+//! answer when frames arrive batched. The mpsc drains naturally: while one write is on the
+//! wire, the next batch queues up.
+//!
+//! Why a semaphore: the server's `Welcome` says how many requests a connection may have in
+//! flight; beyond that it answers `Busy`. A caller takes a permit before queueing, and the
+//! permit lives in `pending` until the answer arrives, so we never exceed the limit.
+//!
+//! Connection loss: every request that was written (or may have been) fails with
+//! `Disconnected` (or the server's `Goodbye` error); requests that certainly were not
+//! written (still waiting for a permit, still in the mpsc) are retried on the next
+//! connection transparently. The next caller reconnects, with capped exponential backoff,
+//! for up to `reconnect_for`; callers that queued behind a failed reconnect round get its
+//! error instead of starting a round of their own.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use qd_protocol::codec::ClientCodec;
+use qd_protocol::message::{Hello, Welcome};
+use qd_protocol::{
+    ClientFrame, ErrorCode, Request, Response, ServerFrame, WireError, DEFAULT_MAX_FRAME,
+    HARD_MAX_FRAME, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+
+/// Backoff between reconnect attempts: starts here, doubles, stops growing at the cap.
+const RECONNECT_FIRST: Duration = Duration::from_millis(50);
+const RECONNECT_CAP: Duration = Duration::from_secs(2);
+/// Most commands the writer encodes into one write.
+const WRITE_BATCH: usize = 512;
+/// How often one call may land on a connection that died before its request was written.
+/// Each such retry means a fresh connection died at once; past this, give up.
+const MAX_UNSENT_RETRIES: usize = 5;
+
+/// Settings fixed when the client is built.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub addr: String,
+    pub name: String,
+    pub token: Option<String>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Option<Duration>,
+    pub reconnect_for: Duration,
+}
+
+/// The shared connection state behind every `Client` clone.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    config: Config,
+    /// Request ids; unique for the life of this `Connection`, across reconnects, so a late
+    /// answer on a new socket can never complete the wrong caller.
+    next_id: AtomicU64,
+    /// The live socket, if any. A std mutex: held only to clone or swap the `Arc`.
+    current: StdMutex<Option<Arc<Live>>>,
+    /// Held by whoever is reconnecting, so that one caller dials and the rest wait. Holds
+    /// how the last reconnect round failed, handed to callers that waited for that round.
+    reconnect: tokio::sync::Mutex<Option<Error>>,
+    /// Reconnect rounds finished so far.
+    rounds: AtomicU64,
+}
+
+/// One established socket: the sending side of its driver task.
+#[derive(Debug)]
+struct Live {
+    tx: mpsc::Sender<Command>,
+    /// `max_in_flight` permits; closed when the socket dies so that waiters move on.
+    permits: Arc<Semaphore>,
+    /// Cancelled when the driver task ends.
+    closed: CancellationToken,
+    welcome: Welcome,
+}
+
+/// What a caller hands the driver.
+#[derive(Debug)]
+struct Command {
+    id: u64,
+    body: Request,
+    reply: oneshot::Sender<Outcome>,
+    permit: OwnedSemaphorePermit,
+}
+
+/// What the driver hands back.
+#[derive(Debug)]
+enum Outcome {
+    Done(Result<Response, Error>),
+    /// The socket died before this request was written: safe to send again.
+    NotSent(Request),
+}
+
+/// A written request awaiting its answer. Holds its in-flight permit until then.
+#[derive(Debug)]
+struct Pending {
+    reply: oneshot::Sender<Outcome>,
+    _permit: OwnedSemaphorePermit,
+}
+
+type PendingMap = Arc<StdMutex<HashMap<u64, Pending>>>;
+
+/// Why a socket's driver stopped.
+#[derive(Debug)]
+enum Closed {
+    /// Every `Client` handle is gone.
+    Unused,
+    Goodbye(WireError),
+    Lost(String),
+}
+
+impl Connection {
+    /// Dials once (no retries: a wrong address should fail fast) and keeps the socket.
+    pub(crate) async fn open(config: Config) -> Result<Connection, Error> {
+        let live = dial(&config).await?;
+        Ok(Connection {
+            config,
+            next_id: AtomicU64::new(1),
+            current: StdMutex::new(Some(Arc::new(live))),
+            reconnect: tokio::sync::Mutex::new(None),
+            rounds: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The server's `Welcome` on the current socket, if one is up.
+    pub(crate) fn welcome(&self) -> Option<Welcome> {
+        let cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        cur.as_ref().filter(|l| !l.closed.is_cancelled()).map(|l| l.welcome.clone())
+    }
+
+    /// Sends `body` and waits for its answer, up to the request timeout plus `extra` (a
+    /// reserve's own wait). A `WireError` answer becomes [`Error::Server`].
+    pub(crate) async fn call(&self, body: Request, extra: Duration) -> Result<Response, Error> {
+        match self.config.request_timeout {
+            None => self.call_inner(body).await,
+            Some(t) => {
+                let after = t.saturating_add(extra);
+                match tokio::time::timeout(after, self.call_inner(body)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::Timeout { after }),
+                }
+            }
+        }
+    }
+
+    async fn call_inner(&self, body: Request) -> Result<Response, Error> {
+        let mut body = Some(body);
+        for _ in 0..=MAX_UNSENT_RETRIES {
+            let live = self.live().await?;
+            // A closed semaphore means the socket died before we could send: try again.
+            let Ok(permit) = live.permits.clone().acquire_owned().await else { continue };
+            let (reply, answer) = oneshot::channel();
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let cmd = Command { id, body: body.take().expect("body present"), reply, permit };
+            if let Err(mpsc::error::SendError(cmd)) = live.tx.send(cmd).await {
+                body = Some(cmd.body);
+                continue;
+            }
+            match answer.await {
+                Ok(Outcome::Done(result)) => return result,
+                Ok(Outcome::NotSent(unsent)) => body = Some(unsent),
+                Err(_) => {
+                    return Err(Error::Disconnected {
+                        reason: "the connection task stopped".into(),
+                    })
+                }
+            }
+        }
+        Err(Error::Disconnected {
+            reason: format!(
+                "the connection dropped {} times in a row before the request could be sent",
+                MAX_UNSENT_RETRIES + 1
+            ),
+        })
+    }
+
+    /// The current socket, or a new one.
+    async fn live(&self) -> Result<Arc<Live>, Error> {
+        if let Some(live) = self.current_live() {
+            return Ok(live);
+        }
+        let round_seen = self.rounds.load(Ordering::Acquire);
+        let mut last_failure = self.reconnect.lock().await;
+        if let Some(live) = self.current_live() {
+            return Ok(live);
+        }
+        // A round ran while we waited for the lock, and failed: share its answer rather
+        // than making every queued caller wait out a full round in turn. Callers that
+        // arrive after it see the new round number and dial afresh.
+        if self.rounds.load(Ordering::Acquire) != round_seen {
+            if let Some(err) = &*last_failure {
+                return Err(err.clone());
+            }
+        }
+        let result = self.reconnect_round().await;
+        self.rounds.fetch_add(1, Ordering::AcqRel);
+        match result {
+            Ok(live) => {
+                *last_failure = None;
+                let live = Arc::new(live);
+                *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(live.clone());
+                Ok(live)
+            }
+            Err(e) => {
+                *last_failure = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    fn current_live(&self) -> Option<Arc<Live>> {
+        let cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        cur.as_ref().filter(|l| !l.closed.is_cancelled()).cloned()
+    }
+
+    /// Dials until it works, a refusal says retrying is pointless, or `reconnect_for` ran out.
+    async fn reconnect_round(&self) -> Result<Live, Error> {
+        let start = tokio::time::Instant::now();
+        let mut wait = RECONNECT_FIRST;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            match dial(&self.config).await {
+                Ok(live) => {
+                    tracing::info!(addr = %self.config.addr, attempts, "reconnected to qd");
+                    return Ok(live);
+                }
+                Err(e) if !e.is_transient() => return Err(e),
+                Err(e) => {
+                    let elapsed = start.elapsed();
+                    if elapsed + wait > self.config.reconnect_for {
+                        tracing::warn!(addr = %self.config.addr, attempts, ?elapsed, error = %e, "giving up reconnecting to qd");
+                        return Err(e);
+                    }
+                    tracing::debug!(addr = %self.config.addr, attempts, error = %e, "reconnect failed; retrying in {wait:?}");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(RECONNECT_CAP);
+                }
+            }
+        }
+    }
+}
+
+/// Connects, says `Hello`, waits for `Welcome`, and starts the driver task.
+async fn dial(config: &Config) -> Result<Live, Error> {
+    let connect_err = |source: std::io::Error| Error::Connect {
+        addr: config.addr.clone(),
+        source: Arc::new(source),
+    };
+    let timed_out = || {
+        connect_err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no Welcome within {:?}", config.connect_timeout),
+        ))
+    };
+    let handshake = async {
+        let stream = TcpStream::connect(&config.addr).await.map_err(connect_err)?;
+        // Requests are small and latency-bound; batching is done by the writer, not Nagle.
+        stream.set_nodelay(true).map_err(connect_err)?;
+        let (mut rd, mut wr) = stream.into_split();
+
+        let mut codec = ClientCodec::new(DEFAULT_MAX_FRAME);
+        let mut out = BytesMut::new();
+        let hello = ClientFrame::Hello(Hello {
+            protocol: PROTOCOL_VERSION,
+            client_name: config.name.clone(),
+            token: config.token.clone(),
+        });
+        codec.encode(&hello, &mut out).map_err(|e| Error::invalid_arg(e.to_string()))?;
+        wr.write_all(&out).await.map_err(connect_err)?;
+
+        let mut buf = BytesMut::with_capacity(8 * 1024);
+        let refused =
+            |code, message: String| Error::Handshake { addr: config.addr.clone(), code, message };
+        let welcome = loop {
+            match codec.decode(&mut buf) {
+                Ok(Some(ServerFrame::Welcome(w))) => break w,
+                Ok(Some(ServerFrame::Goodbye(e))) => return Err(refused(e.code, e.message)),
+                Ok(Some(other)) => {
+                    return Err(refused(
+                        ErrorCode::BadFrame,
+                        format!("expected Welcome, got {other:?}"),
+                    ))
+                }
+                Ok(None) => {}
+                Err(e) => return Err(refused(ErrorCode::BadFrame, e.to_string())),
+            }
+            let n = rd.read_buf(&mut buf).await.map_err(connect_err)?;
+            if n == 0 {
+                return Err(connect_err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection before its Welcome",
+                )));
+            }
+        };
+        if welcome.protocol != PROTOCOL_VERSION {
+            return Err(refused(
+                ErrorCode::ProtocolVersion,
+                format!(
+                    "server speaks protocol {}, this client {PROTOCOL_VERSION}",
+                    welcome.protocol
+                ),
+            ));
+        }
+        Ok((rd, wr, buf, welcome))
+    };
+    let (rd, wr, buf, welcome) = tokio::time::timeout(config.connect_timeout, handshake)
+        .await
+        .map_err(|_| timed_out())??;
+    tracing::debug!(addr = %config.addr, server = %welcome.server, max_in_flight = welcome.max_in_flight, "connected to qd");
+
+    let in_flight = (welcome.max_in_flight.max(1) as usize).min(Semaphore::MAX_PERMITS);
+    let permits = Arc::new(Semaphore::new(in_flight));
+    // Callers hold a permit before queueing, so the channel never holds more than
+    // `in_flight` commands; the bound only keeps memory small for huge limits.
+    let (tx, rx) = mpsc::channel(in_flight.min(4096));
+    let closed = CancellationToken::new();
+    let driver = Driver {
+        addr: config.addr.clone(),
+        // Encode against the server's limit so an oversized request fails here, alone,
+        // instead of getting the whole connection closed by the server.
+        encoder: ClientCodec::new(welcome.max_frame as usize),
+        // Answers are not bound by the server's request limit (a reserve of many large
+        // jobs); the hard cap still keeps a broken length prefix from allocating much.
+        decoder: ClientCodec::new(HARD_MAX_FRAME),
+        pending: Arc::new(StdMutex::new(HashMap::new())),
+        permits: permits.clone(),
+        closed: closed.clone(),
+    };
+    tokio::spawn(driver.run(rd, wr, buf, rx));
+    Ok(Live { tx, permits, closed, welcome })
+}
+
+/// The task that owns one socket.
+struct Driver {
+    addr: String,
+    encoder: ClientCodec,
+    decoder: ClientCodec,
+    pending: PendingMap,
+    permits: Arc<Semaphore>,
+    closed: CancellationToken,
+}
+
+impl Driver {
+    async fn run(
+        self,
+        rd: OwnedReadHalf,
+        wr: OwnedWriteHalf,
+        buf: BytesMut,
+        mut rx: mpsc::Receiver<Command>,
+    ) {
+        // Both halves run in this one task; when either stops, the other is dropped with
+        // it. Dropping the writer mid-write is fine: the socket is being abandoned anyway.
+        let why = tokio::select! {
+            why = write_loop(self.encoder, &self.pending, wr, &mut rx) => why,
+            why = read_loop(self.decoder, &self.pending, rd, buf) => why,
+        };
+        // Order matters. First make the socket look dead so new callers reconnect, then
+        // stop the permit and command queues so nobody new gets in, and only then fail
+        // what is left: nothing can be added to `pending` or the queue after this point.
+        self.closed.cancel();
+        self.permits.close();
+        rx.close();
+        while let Ok(cmd) = rx.try_recv() {
+            // Never written, so the caller may safely send it again on a new socket.
+            let _ = cmd.reply.send(Outcome::NotSent(cmd.body));
+        }
+        let pending: Vec<Pending> = {
+            let mut map = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            map.drain().map(|(_, p)| p).collect()
+        };
+        let err = match &why {
+            Closed::Unused => None,
+            Closed::Goodbye(e) => {
+                tracing::warn!(addr = %self.addr, code = ?e.code, "qd closed the connection: {}", e.message);
+                Some(Error::server(e.clone()))
+            }
+            Closed::Lost(reason) => {
+                tracing::warn!(addr = %self.addr, in_flight = pending.len(), "connection to qd lost: {reason}");
+                Some(Error::Disconnected { reason: reason.clone() })
+            }
+        };
+        if let Some(err) = err {
+            for p in pending {
+                let _ = p.reply.send(Outcome::Done(Err(err.clone())));
+            }
+        }
+    }
+}
+
+async fn write_loop(
+    mut codec: ClientCodec,
+    pending: &PendingMap,
+    mut wr: OwnedWriteHalf,
+    rx: &mut mpsc::Receiver<Command>,
+) -> Closed {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    loop {
+        if rx.recv_many(&mut batch, WRITE_BATCH).await == 0 {
+            return Closed::Unused;
+        }
+        {
+            // Register before writing: the answer may arrive before write_all returns.
+            let mut map = pending.lock().unwrap_or_else(|e| e.into_inner());
+            for cmd in batch.drain(..) {
+                let frame = ClientFrame::Request { id: cmd.id, body: cmd.body };
+                match codec.encode(&frame, &mut out) {
+                    Ok(()) => {
+                        map.insert(cmd.id, Pending { reply: cmd.reply, _permit: cmd.permit });
+                    }
+                    Err(e) => {
+                        // `encode` left `out` as it was; only this request fails.
+                        let _ = cmd.reply.send(Outcome::Done(Err(Error::Invalid {
+                            code: ErrorCode::FrameTooLarge,
+                            message: e.to_string(),
+                        })));
+                    }
+                }
+            }
+        }
+        if out.is_empty() {
+            continue;
+        }
+        if let Err(e) = wr.write_all(&out).await {
+            return Closed::Lost(format!("write failed: {e}"));
+        }
+        out.clear();
+    }
+}
+
+async fn read_loop(
+    mut codec: ClientCodec,
+    pending: &PendingMap,
+    mut rd: OwnedReadHalf,
+    mut buf: BytesMut,
+) -> Closed {
+    loop {
+        loop {
+            match codec.decode(&mut buf) {
+                Ok(Some(ServerFrame::Response { id, result })) => {
+                    let waiter = pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                    match waiter {
+                        // The caller may have timed out and left; its permit still returns.
+                        Some(p) => {
+                            let _ = p.reply.send(Outcome::Done(result.map_err(Error::server)));
+                        }
+                        None => tracing::debug!(id, "answer to an unknown request id; ignored"),
+                    }
+                }
+                Ok(Some(ServerFrame::Goodbye(e))) => return Closed::Goodbye(e),
+                Ok(Some(ServerFrame::Welcome(_))) => {
+                    return Closed::Lost("protocol error: a second Welcome".into())
+                }
+                Ok(None) => break,
+                Err(e) => return Closed::Lost(format!("protocol error: {e}")),
+            }
+        }
+        match rd.read_buf(&mut buf).await {
+            Ok(0) => return Closed::Lost("the server closed the connection".into()),
+            Ok(_) => {}
+            Err(e) => return Closed::Lost(format!("read failed: {e}")),
+        }
+    }
+}
