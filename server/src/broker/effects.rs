@@ -1,0 +1,20 @@
+//! [`Effect`]: what the core asks of the engine after a command or a timeout. The core
+//! queues effects in the order they happen; the engine drains them with
+//! `Broker::take_effects`, makes the `Persist`s durable, and only then releases the replies
+//! and deliveries that depend on them.
+
+use crate::model::Change;
+
+use super::{Lease, WaiterKey};
+
+/// One thing the engine must do on the core's behalf.
+#[derive(Debug)]
+pub enum Effect {
+    /// Must be made durable; the engine releases replies of the request that caused it only
+    /// after commit.
+    Persist(Change),
+    /// A parked reserve is answered: with jobs when some became ready, or empty when its wait
+    /// ran out. Like a reply, it must not go out before the `Persist`s queued ahead of it
+    /// are committed (a delivered job may have been added by one of them).
+    Deliver { waiter: WaiterKey, leases: Vec<Lease> },
+}
