@@ -228,8 +228,12 @@ mod tests {
         for id in 0..300 {
             assert_eq!(table.get(id), model.get(&id));
         }
-        table.get_mut(5).map(|m| m.failures = 9);
-        model.get_mut(&5).map(|m| m.failures = 9);
+        if let Some(m) = table.get_mut(5) {
+            m.failures = 9;
+        }
+        if let Some(m) = model.get_mut(&5) {
+            m.failures = 9;
+        }
         assert_eq!(table.get(5), model.get(&5));
         assert_eq!(table.get(u64::MAX), None);
         assert_eq!(table.insert(u64::MAX, meta(1)), None);

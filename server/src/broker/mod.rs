@@ -149,7 +149,9 @@ impl Broker {
             created_at_ms: record.created_at_ms,
             queue: q,
             name: self.names.acquire(record.name.as_str(), || Arc::from(record.name.as_str())),
-            policy: self.policies.acquire(&Policy::of(&record.options), || Policy::of(&record.options)),
+            policy: self
+                .policies
+                .acquire(&Policy::of(&record.options), || Policy::of(&record.options)),
             priority: record.options.priority,
             failures: record.failures,
             state: JobState::Dead,
@@ -388,6 +390,10 @@ impl Broker {
                 self.make_ready(id, Some(JobState::Delayed));
             }
         }
+        if self.delayed.capacity() > 1024 && self.delayed.len() * 4 <= self.delayed.capacity() {
+            // A burst of scheduled jobs that has come due should not keep its peak memory.
+            self.delayed.shrink_to(self.delayed.len() * 2);
+        }
         while let Some(id) = self.leases.pop_expired(now) {
             self.fail(now, id, LEASE_EXPIRED.to_owned(), RetryHint::Backoff);
         }
@@ -528,10 +534,8 @@ impl Broker {
                 let meta = *meta;
                 let queue = &mut self.queues[q as usize];
                 queue.recount(Some(JobState::Ready), Some(JobState::Active));
-                let (max_attempts, lease_ms) = self
-                    .policies
-                    .get(meta.policy)
-                    .map_or((1, 0), |p| (p.max_attempts, p.lease_ms));
+                let (max_attempts, lease_ms) =
+                    self.policies.get(meta.policy).map_or((1, 0), |p| (p.max_attempts, p.lease_ms));
                 let deadline = now.saturating_add(lease_ms);
                 let token = self.leases.grant(id, conn, deadline);
                 leases.push(Lease {

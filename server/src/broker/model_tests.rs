@@ -222,7 +222,10 @@ impl Model {
         } else if delay == 0 {
             (self.ready_state(), NackOutcome::Retrying { run_at_ms: now })
         } else {
-            (MState::Delayed { run_at: now + delay }, NackOutcome::Retrying { run_at_ms: now + delay })
+            (
+                MState::Delayed { run_at: now + delay },
+                NackOutcome::Retrying { run_at_ms: now + delay },
+            )
         };
         let job = self.job(id).unwrap();
         job.failures = attempt;
@@ -358,7 +361,10 @@ fn apply(store: &mut HashMap<JobId, JobRecord>, effects: Vec<Effect>) {
                 assert!(store.remove(&id).is_some(), "completed a job the store lacks: {id}");
             }
             Change::Fail { id, error, run_at_ms, dead } => {
-                store.get_mut(&id).expect("failed job is stored").apply_failure(error, run_at_ms, dead);
+                store
+                    .get_mut(&id)
+                    .expect("failed job is stored")
+                    .apply_failure(error, run_at_ms, dead);
             }
         }
     }
@@ -393,8 +399,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     let spec = &m.job(l.id).unwrap().spec;
                     prop_assert_eq!(l.deadline_ms, now + spec.lease_ms);
                     prop_assert_eq!(l.max_attempts, spec.attempts);
-                    m.job(l.id).unwrap().state =
-                        MState::Active { token: l.token, conn: ConnId::from(*conn), deadline: l.deadline_ms };
+                    m.job(l.id).unwrap().state = MState::Active {
+                        token: l.token,
+                        conn: ConnId::from(*conn),
+                        deadline: l.deadline_ms,
+                    };
                     issued.push(LeaseRef { id: l.id, token: l.token });
                 }
             }
@@ -504,7 +513,7 @@ fn model_distinguishes_ready_order_from_id_order() {
         key: None,
     };
     let mut m = Model { now: T0, ..Model::default() };
-    m.add(0, &[spec.clone()], false).unwrap();
+    m.add(0, std::slice::from_ref(&spec), false).unwrap();
     let taken = m.reserve(&[0], 1);
     m.job(taken[0].0).unwrap().state = MState::Active { token: 9, conn: 0, deadline: T0 + 100 };
     m.add(0, &[spec], false).unwrap();

@@ -146,7 +146,10 @@ mod tests {
         assert_eq!(ids, [9, 8, 7]);
         assert_eq!(q.completed_total, 10);
         let mut none = Queue::new("n".into());
-        none.push_completed(CompletedJob { id: 1, name: "n".into(), finished_at_ms: 0, attempt: 1 }, 0);
+        none.push_completed(
+            CompletedJob { id: 1, name: "n".into(), finished_at_ms: 0, attempt: 1 },
+            0,
+        );
         assert_eq!((none.completed_retained(), none.completed_total), (0, 1));
     }
 }

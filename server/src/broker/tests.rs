@@ -88,7 +88,10 @@ fn add_reserve_ack() {
     let leases = take(&mut b, T0 + 5, &["emails"], 10);
     assert_eq!(leases.len(), 1);
     let l = &leases[0];
-    assert_eq!((l.id, &*l.queue, &*l.name, l.attempt, l.max_attempts), (1, "emails", "welcome", 1, 3));
+    assert_eq!(
+        (l.id, &*l.queue, &*l.name, l.attempt, l.max_attempts),
+        (1, "emails", "welcome", 1, 3)
+    );
     assert_eq!((l.deadline_ms, l.created_at_ms), (T0 + 5 + 30_000, T0));
     assert_eq!(counts(&b, "emails"), (0, 0, 1, 0));
     assert!(effects(&mut b).is_empty(), "reserve persists nothing");
@@ -113,7 +116,8 @@ fn priorities_then_fifo() {
         job_with("e", |o| o.priority = 0),
     ];
     b.add(T0, "q", jobs).unwrap();
-    let names: Vec<String> = take(&mut b, T0, &["q"], 10).iter().map(|l| l.name.to_string()).collect();
+    let names: Vec<String> =
+        take(&mut b, T0, &["q"], 10).iter().map(|l| l.name.to_string()).collect();
     assert_eq!(names, ["d", "b", "e", "a", "c"]);
 }
 
@@ -128,7 +132,8 @@ fn retried_job_queues_behind_jobs_already_waiting() {
         b.nack(T0 + 2, lref(&first), "boom", RetryHint::Backoff),
         Ok(NackOutcome::Retrying { run_at_ms: T0 + 2 })
     );
-    let order: Vec<(JobId, u32)> = take(&mut b, T0 + 3, &["q"], 2).iter().map(|l| (l.id, l.attempt)).collect();
+    let order: Vec<(JobId, u32)> =
+        take(&mut b, T0 + 3, &["q"], 2).iter().map(|l| (l.id, l.attempt)).collect();
     assert_eq!(order, [(2, 1), (1, 2)]);
 }
 
@@ -137,9 +142,11 @@ fn reserve_takes_queues_in_order_until_max() {
     let mut b = broker();
     b.add(T0, "a", vec![job("a1")]).unwrap();
     b.add(T0, "b", vec![job("b1"), job("b2"), job("b3")]).unwrap();
-    let got: Vec<String> = take(&mut b, T0, &["c", "b", "a"], 3).iter().map(|l| l.name.to_string()).collect();
+    let got: Vec<String> =
+        take(&mut b, T0, &["c", "b", "a"], 3).iter().map(|l| l.name.to_string()).collect();
     assert_eq!(got, ["b1", "b2", "b3"]);
-    let got: Vec<String> = take(&mut b, T0, &["a", "b"], 3).iter().map(|l| l.name.to_string()).collect();
+    let got: Vec<String> =
+        take(&mut b, T0, &["a", "b"], 3).iter().map(|l| l.name.to_string()).collect();
     assert_eq!(got, ["a1"]);
     // "c" was seen (reserved from), so it is listed.
     assert_eq!(b.stats().iter().map(|s| s.queue.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
@@ -221,7 +228,8 @@ fn idempotency_key_dedupes_while_pending() {
 #[test]
 fn fails_twice_then_succeeds_on_attempt_three() {
     let mut b = broker();
-    b.add(T0, "q", vec![job_with("flaky", |o| o.backoff = Backoff::Fixed { delay_ms: 100 })]).unwrap();
+    b.add(T0, "q", vec![job_with("flaky", |o| o.backoff = Backoff::Fixed { delay_ms: 100 })])
+        .unwrap();
     let mut now = T0;
     for attempt in 1..=2 {
         let l = take(&mut b, now, &["q"], 1).remove(0);
@@ -249,7 +257,8 @@ fn always_failing_job_dies_with_three_errors() {
         let l = take(&mut b, T0, &["q"], 1).remove(0);
         assert_eq!(l.attempt, attempt);
         let out = b.nack(T0, lref(&l), &format!("err {attempt}"), RetryHint::Backoff).unwrap();
-        let want = if attempt < 3 { NackOutcome::Retrying { run_at_ms: T0 } } else { NackOutcome::Dead };
+        let want =
+            if attempt < 3 { NackOutcome::Retrying { run_at_ms: T0 } } else { NackOutcome::Dead };
         assert_eq!(out, want);
     }
     let got = fails(&effects(&mut b));
@@ -278,7 +287,9 @@ fn retry_hints() {
     // The first retry with the default policy waits about a second, jitter included.
     b.add(T0, "d", vec![job("x")]).unwrap();
     let l = take(&mut b, T0, &["d"], 1).remove(0);
-    let NackOutcome::Retrying { run_at_ms } = b.nack(T0, lref(&l), "x", RetryHint::Backoff).unwrap() else {
+    let NackOutcome::Retrying { run_at_ms } =
+        b.nack(T0, lref(&l), "x", RetryHint::Backoff).unwrap()
+    else {
         panic!("attempts left")
     };
     assert!((T0 + 800..=T0 + 1_000).contains(&run_at_ms), "{}", run_at_ms - T0);
@@ -302,10 +313,14 @@ fn error_text_is_truncated_at_a_char_boundary() {
 fn backoff_spacing_fixed_and_exponential() {
     fn run_ats(backoff: Backoff, attempts: u32) -> Vec<Millis> {
         let mut b = broker();
-        b.add(T0, "q", vec![job_with("x", |o| {
-            o.backoff = backoff;
-            o.attempts = attempts;
-        })])
+        b.add(
+            T0,
+            "q",
+            vec![job_with("x", |o| {
+                o.backoff = backoff;
+                o.attempts = attempts;
+            })],
+        )
         .unwrap();
         let mut now = T0;
         let mut waits = Vec::new();
@@ -336,10 +351,14 @@ fn backoff_spacing_fixed_and_exponential() {
 #[test]
 fn lease_expiry_retries_with_next_attempt() {
     let mut b = broker();
-    b.add(T0, "q", vec![job_with("slow", |o| {
-        o.lease_ms = 1_000;
-        no_backoff(o);
-    })])
+    b.add(
+        T0,
+        "q",
+        vec![job_with("slow", |o| {
+            o.lease_ms = 1_000;
+            no_backoff(o);
+        })],
+    )
     .unwrap();
     effects(&mut b);
     let first = take(&mut b, T0, &["q"], 1).remove(0);
@@ -355,7 +374,10 @@ fn lease_expiry_retries_with_next_attempt() {
     assert_ne!(second.token, first.token);
     // The first worker finally answers: its lease is gone, even though the job is active.
     assert_eq!(b.ack(T0 + 1_002, lref(&first)), Err(BrokerError::LeaseLost(1)));
-    assert_eq!(b.nack(T0 + 1_002, lref(&first), "x", RetryHint::Never), Err(BrokerError::LeaseLost(1)));
+    assert_eq!(
+        b.nack(T0 + 1_002, lref(&first), "x", RetryHint::Never),
+        Err(BrokerError::LeaseLost(1))
+    );
     assert_eq!(b.touch(T0 + 1_002, lref(&first), None), Err(BrokerError::LeaseLost(1)));
     assert!(effects(&mut b).is_empty());
     b.ack(T0 + 1_003, lref(&second)).unwrap();
@@ -386,10 +408,14 @@ fn touch_extends_the_lease() {
 fn disconnect_releases_jobs_and_drops_waiters() {
     let mut b = broker();
     b.add(T0, "q", vec![job_with("a", no_backoff), job_with("b", no_backoff)]).unwrap();
-    b.add(T0, "r", vec![job_with("c", |o| {
-        no_backoff(o);
-        o.attempts = 1;
-    })])
+    b.add(
+        T0,
+        "r",
+        vec![job_with("c", |o| {
+            no_backoff(o);
+            o.attempts = 1;
+        })],
+    )
     .unwrap();
     let held = b.reserve(T0, w(7, 1), &qs(&["q", "r"]), 3, 0).unwrap().unwrap();
     assert_eq!(held.len(), 3);
@@ -474,7 +500,10 @@ fn job_becoming_ready_at_wait_deadline_is_delivered() {
     effects(&mut b);
     b.handle_timeout(T0 + 1_000);
     let eff = effects(&mut b);
-    assert!(matches!(eff.as_slice(), [Effect::Deliver { leases, .. }] if leases.len() == 1), "{eff:?}");
+    assert!(
+        matches!(eff.as_slice(), [Effect::Deliver { leases, .. }] if leases.len() == 1),
+        "{eff:?}"
+    );
 }
 
 #[test]
@@ -510,18 +539,23 @@ fn time_going_backwards_does_not_panic() {
 
 #[test]
 fn restore_rebuilds_ready_delayed_dead_and_keys() {
-    let rec = |id: JobId, queue: &str, run_at_ms: Millis, state, failures, key: Option<&str>| JobRecord {
-        id,
-        queue: queue.into(),
-        name: format!("n{id}"),
-        payload: Bytes::new(),
-        options: JobOptions { key: key.map(Into::into), priority: -(id as i32), ..JobOptions::default() },
-        created_at_ms: T0 - 10_000,
-        run_at_ms,
-        failures,
-        state,
-        errors: Vec::new(),
-    };
+    let rec =
+        |id: JobId, queue: &str, run_at_ms: Millis, state, failures, key: Option<&str>| JobRecord {
+            id,
+            queue: queue.into(),
+            name: format!("n{id}"),
+            payload: Bytes::new(),
+            options: JobOptions {
+                key: key.map(Into::into),
+                priority: -(id as i32),
+                ..JobOptions::default()
+            },
+            created_at_ms: T0 - 10_000,
+            run_at_ms,
+            failures,
+            state,
+            errors: Vec::new(),
+        };
     let mut b = broker();
     let now = T0;
     b.restore(now, &rec(3, "q", now - 5, PersistedState::Waiting, 2, Some("k3")));
@@ -543,8 +577,10 @@ fn restore_rebuilds_ready_delayed_dead_and_keys() {
     let keyed = |k: &str| job_with("k", |o| o.key = Some(k.into()));
     assert_eq!(b.add(now, "q", vec![keyed("k3"), keyed("k9"), keyed("k12")]).unwrap(), [3, 9, 20]);
     // Attempts already used are kept; priority order is rebuilt.
-    let got: Vec<(JobId, u32, String)> =
-        take(&mut b, now, &["q"], 5).iter().map(|l| (l.id, l.attempt, l.name.to_string())).collect();
+    let got: Vec<(JobId, u32, String)> = take(&mut b, now, &["q"], 5)
+        .iter()
+        .map(|l| (l.id, l.attempt, l.name.to_string()))
+        .collect();
     assert_eq!(got, [(4, 1, "n4".into()), (3, 3, "n3".into()), (20, 1, "k".into())]);
 }
 
@@ -557,7 +593,10 @@ fn completed_ring_is_bounded_by_retention() {
     }
     let done: Vec<(JobId, String, Millis)> =
         b.completed("q").into_iter().map(|(id, name, at, _)| (id, name.to_string(), at)).collect();
-    assert_eq!(done, [(5, "j4".into(), T0 + 4), (4, "j3".into(), T0 + 3), (3, "j2".into(), T0 + 2)]);
+    assert_eq!(
+        done,
+        [(5, "j4".into(), T0 + 4), (4, "j3".into(), T0 + 3), (3, "j2".into(), T0 + 2)]
+    );
     let s = stats_of(&b, "q");
     assert_eq!((s.completed, s.completed_total), (3, 5));
     assert!(b.completed("nope").is_empty());
@@ -567,7 +606,19 @@ fn completed_ring_is_bounded_by_retention() {
 fn stats_count_every_state() {
     let mut b = broker();
     b.add(T0, "b", vec![job("x")]).unwrap();
-    b.add(T0, "a", vec![job("r1"), job("r2"), job_with("d", |o| o.delay_ms = 10), job("act"), job("dead"), job("done")]).unwrap();
+    b.add(
+        T0,
+        "a",
+        vec![
+            job("r1"),
+            job("r2"),
+            job_with("d", |o| o.delay_ms = 10),
+            job("act"),
+            job("dead"),
+            job("done"),
+        ],
+    )
+    .unwrap();
     let ls = take(&mut b, T0, &["a"], 3);
     b.ack(T0, lref(&ls[0])).unwrap();
     b.nack(T0, lref(&ls[1]), "x", RetryHint::Never).unwrap();
@@ -605,7 +656,8 @@ fn a_million_job_backlog_is_compact() {
     let mut b = broker();
     let now = T0;
     for chunk in 0..100 {
-        let jobs = (0..10_000).map(|i| job_with("bulk", |o| o.priority = (i % 3) - chunk % 2)).collect();
+        let jobs =
+            (0..10_000).map(|i| job_with("bulk", |o| o.priority = (i % 3) - chunk % 2)).collect();
         b.add(now, "q", jobs).unwrap();
         effects(&mut b);
     }

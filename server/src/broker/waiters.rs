@@ -117,7 +117,10 @@ mod tests {
         t.park(waiter(1, 2, &[0], 300));
         assert_eq!(t.pop_first_for_queue(1).map(|w| w.key.conn), Some(1));
         // The first waiter left queue 0's index too.
-        assert_eq!(t.pop_first_for_queue(0).map(|w| w.key), Some(WaiterKey { conn: 1, request: 2 }));
+        assert_eq!(
+            t.pop_first_for_queue(0).map(|w| w.key),
+            Some(WaiterKey { conn: 1, request: 2 })
+        );
         assert_eq!(t.pop_first_for_queue(0), None);
         assert_eq!(t.next_deadline(), Some(100));
         assert_eq!(t.pop_expired(99), None);
