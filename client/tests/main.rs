@@ -1,0 +1,13 @@
+//! qd-client's tests against fake servers written inside the tests (the real server's
+//! end-to-end tests live in the workspace's `tests/` crate).
+
+/// A scriptable one-connection server and a small in-memory queue server.
+mod fake;
+
+/// Connection behaviour: pipelining, out-of-order answers, handshake errors, disconnects,
+/// reconnects, in-flight limits, local validation, timeouts.
+mod connection;
+
+/// Worker behaviour: concurrency, ack/nack mapping, permanent errors, panics, heartbeats,
+/// graceful shutdown.
+mod worker;
