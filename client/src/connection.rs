@@ -255,7 +255,16 @@ impl Connection {
                     let elapsed = start.elapsed();
                     if elapsed + wait > self.config.reconnect_for {
                         tracing::warn!(addr = %self.config.addr, attempts, ?elapsed, error = %e, "giving up reconnecting to qd");
-                        return Err(e);
+                        return Err(match e {
+                            Error::Connect { addr, source } => Error::Connect {
+                                addr,
+                                source: Arc::new(std::io::Error::new(
+                                    source.kind(),
+                                    format!("{source} (gave up after {attempts} attempts in {elapsed:.1?})"),
+                                )),
+                            },
+                            other => other,
+                        });
                     }
                     tracing::debug!(addr = %self.config.addr, attempts, error = %e, "reconnect failed; retrying in {wait:?}");
                     tokio::time::sleep(wait).await;

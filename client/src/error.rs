@@ -4,8 +4,10 @@
 //! The split that matters to a caller is *did the server see my request?*
 //! - [`Error::Invalid`]: refused locally; nothing was sent.
 //! - [`Error::Connect`], [`Error::Handshake`]: no connection, so nothing was sent.
-//! - [`Error::Server`]: the server answered with an error; the request was not applied
-//!   (the protocol's add is all or nothing, ack failures are per lease).
+//! - [`Error::Server`]: the server answered this request with an error, so it was not
+//!   applied (the protocol's add is all or nothing). One exception: when the server says
+//!   `Goodbye` (shutting down, protocol violation) every request in flight gets that error,
+//!   and like `Disconnected` such a request may or may not have been applied.
 //! - [`Error::Disconnected`], [`Error::Timeout`]: unknown. The request may or may not have
 //!   been applied; an `add` may have added the job (use an idempotency key to make a retry
 //!   safe), an `ack` may have completed it.
@@ -40,8 +42,9 @@ pub enum Error {
     /// No answer within the request timeout. The request may still be applied.
     #[error("no answer from qd within {after:?}; the request may or may not have been applied (raise the timeout with ClientBuilder::request_timeout if the server is just slow)")]
     Timeout { after: Duration },
-    /// The server answered with an error (or said `Goodbye` while the request was in
-    /// flight). `code` is stable; match on it or use the `is_*` helpers.
+    /// The server answered with an error, or said `Goodbye` while the request was in flight
+    /// (then the outcome is unknown, as with `Disconnected`). `code` is stable; match on it
+    /// or use the `is_*` helpers.
     #[error("qd refused the request: {message} (code {code:?})")]
     Server { code: ErrorCode, message: String },
     /// Refused on this side before anything was sent: a bad queue name, an option out of
