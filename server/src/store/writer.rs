@@ -1,0 +1,495 @@
+//! Group commit: [`Writer`] owns the [`Store`] on a dedicated thread, gathers every batch of
+//! changes queued while the previous commit ran into one group, commits the group once
+//! (one sled batch, one flush + fsync in `fsync` mode) and reports per group which tickets
+//! it covered. Holding replies until their ticket is reported, and deciding what to do
+//! when a commit fails, is the engine's business; applying a group is the store's.
+//!
+//! Why a thread and not a tokio task: a commit blocks in `fsync` for milliseconds, and the
+//! store must have exactly one writer anyway. Under load the thread is always either
+//! committing or draining the queue, so one fsync serves every request that arrived during
+//! the previous one; at low load a lone batch waits for one fsync only.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::{Durability, Store, StoreError};
+use crate::model::Change;
+
+/// Most changes gathered into one group. Beyond this, a bigger sled batch no longer saves
+/// fsyncs worth mentioning but does delay the first reply of the group; the rest simply
+/// waits in the queue for the next group.
+const MAX_GROUP_CHANGES: usize = 8_192;
+
+/// The outcome of one group commit.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// Every ticket whose batch was in the group, in submission order.
+    pub tickets: Vec<u64>,
+    /// `Ok` once the group is applied (and, in `fsync` mode, on disk). An error means
+    /// none of the group's changes may be acknowledged.
+    pub result: Result<(), Arc<StoreError>>,
+}
+
+struct Submission {
+    ticket: u64,
+    changes: Vec<Change>,
+}
+
+/// The writer thread's handle. Dropping it without [`Writer::shutdown`] still lets the
+/// thread commit and flush what was queued, but nobody learns the outcome of the flush.
+pub struct Writer {
+    /// Unbounded on purpose: `submit` must never block the engine's task. The engine bounds
+    /// what is in flight (it holds a reply per queued change).
+    queue: Sender<Submission>,
+    /// To answer a submission directly when the thread is gone.
+    done: UnboundedSender<Committed>,
+    thread: JoinHandle<Result<(), StoreError>>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").finish_non_exhaustive()
+    }
+}
+
+impl Writer {
+    /// Starts the writer thread `qd-writer`. `done` receives one [`Committed`] per group.
+    /// `interval` matters in [`Durability::Interval`] mode only: the longest time applied
+    /// changes stay unflushed.
+    pub fn spawn(
+        store: Box<dyn Store>,
+        durability: Durability,
+        interval: Duration,
+        done: UnboundedSender<Committed>,
+    ) -> Writer {
+        let (queue, rx) = mpsc::channel();
+        let loop_ = WriterLoop {
+            store,
+            durability,
+            interval,
+            rx,
+            done: done.clone(),
+            broken: None,
+            last_error: None,
+            stats: GroupStats::default(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("qd-writer".into())
+            .spawn(move || loop_.run())
+            .expect("the OS refused to start the qd-writer thread");
+        Writer { queue, done, thread }
+    }
+
+    /// Queues one batch of changes under `ticket`; never blocks. Its outcome arrives on
+    /// `done` as part of one [`Committed`].
+    pub fn submit(&self, ticket: u64, changes: Vec<Change>) {
+        if self.queue.send(Submission { ticket, changes }).is_err() {
+            // The thread is gone (it can only end early by a panic outside a commit): answer
+            // the ticket here, so that no reply waits forever.
+            let reason = "the writer thread ended".to_string();
+            let _ = self.done.send(Committed {
+                tickets: vec![ticket],
+                result: Err(Arc::new(StoreError::WriterStopped { reason })),
+            });
+        }
+    }
+
+    /// Commits and flushes everything submitted, stops the thread and returns the final
+    /// flush's error, or else the last commit error seen, if any.
+    pub fn shutdown(self) -> Result<(), StoreError> {
+        drop(self.queue);
+        match self.thread.join() {
+            Ok(result) => result,
+            Err(panic) => Err(StoreError::WriterStopped { reason: panic_message(&*panic) }),
+        }
+    }
+}
+
+struct WriterLoop {
+    store: Box<dyn Store>,
+    durability: Durability,
+    interval: Duration,
+    rx: Receiver<Submission>,
+    done: UnboundedSender<Committed>,
+    /// Set when the store panicked: its state is unknown, so every later group fails
+    /// without touching it.
+    broken: Option<String>,
+    last_error: Option<Arc<StoreError>>,
+    stats: GroupStats,
+}
+
+impl WriterLoop {
+    fn run(mut self) -> Result<(), StoreError> {
+        let durable = self.durability == Durability::Fsync;
+        // Interval mode: when the oldest unflushed commit was applied.
+        let mut dirty_since: Option<Instant> = None;
+        loop {
+            if let Some(since) = dirty_since {
+                if since.elapsed() >= self.interval {
+                    self.interval_flush();
+                    dirty_since = None;
+                }
+            }
+            let first = match dirty_since {
+                Some(since) => {
+                    let wait = (since + self.interval).saturating_duration_since(Instant::now());
+                    match self.rx.recv_timeout(wait) {
+                        Ok(s) => s,
+                        Err(RecvTimeoutError::Timeout) => continue,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                None => match self.rx.recv() {
+                    Ok(s) => s,
+                    Err(_) => break,
+                },
+            };
+
+            let mut tickets = vec![first.ticket];
+            let mut changes = first.changes;
+            while changes.len() < MAX_GROUP_CHANGES {
+                match self.rx.try_recv() {
+                    Ok(s) => {
+                        tickets.push(s.ticket);
+                        changes.extend(s.changes);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.stats.record(tickets.len(), changes.len());
+            tracing::trace!(batches = tickets.len(), changes = changes.len(), "group commit");
+
+            let result = self.guarded(|store| store.commit(&changes, durable));
+            match &result {
+                Ok(()) if self.durability == Durability::Interval && dirty_since.is_none() => {
+                    dirty_since = Some(Instant::now());
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::error!("a group commit of {} batches failed: {e}", tickets.len());
+                    self.last_error = Some(e.clone());
+                }
+            }
+            // The receiver gone means the engine is gone; nothing to tell.
+            let _ = self.done.send(Committed { tickets, result });
+        }
+
+        tracing::debug!(stats = ?self.stats, "writer stopping");
+        // A graceful stop flushes in every mode, `none` included.
+        match self.guarded(|store| store.flush()) {
+            Ok(()) => match self.last_error {
+                Some(e) => Err(StoreError::Shared(e)),
+                None => Ok(()),
+            },
+            Err(e) => Err(Arc::try_unwrap(e).unwrap_or_else(StoreError::Shared)),
+        }
+    }
+
+    fn interval_flush(&mut self) {
+        if let Err(e) = self.guarded(|store| store.flush()) {
+            // The replies are already out: all we can do is say so loudly.
+            tracing::error!("interval flush failed; recent acknowledged writes may be lost: {e}");
+            self.last_error = Some(e);
+        }
+    }
+
+    /// Runs `op` on the store unless it is broken; a panic inside breaks it.
+    fn guarded(
+        &mut self,
+        op: impl FnOnce(&mut dyn Store) -> Result<(), StoreError>,
+    ) -> Result<(), Arc<StoreError>> {
+        if let Some(reason) = &self.broken {
+            return Err(Arc::new(StoreError::WriterStopped { reason: reason.clone() }));
+        }
+        let store = &mut *self.store;
+        match catch_unwind(AssertUnwindSafe(|| op(store))) {
+            Ok(result) => result.map_err(Arc::new),
+            Err(panic) => {
+                let reason = format!("the store panicked: {}", panic_message(&*panic));
+                tracing::error!("{reason}; failing every further commit");
+                self.broken = Some(reason.clone());
+                Err(Arc::new(StoreError::WriterStopped { reason }))
+            }
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".into()
+    }
+}
+
+/// How well grouping worked, logged at shutdown: batches per group in powers of two.
+#[derive(Debug, Default)]
+struct GroupStats {
+    groups: u64,
+    changes: u64,
+    /// `batches_log2[i]`: groups of `2^i ..= 2^(i+1) - 1` batches.
+    batches_log2: [u64; 16],
+}
+
+impl GroupStats {
+    fn record(&mut self, batches: usize, changes: usize) {
+        self.groups += 1;
+        self.changes += changes as u64;
+        let bucket = (usize::BITS - 1 - batches.max(1).leading_zeros()) as usize;
+        self.batches_log2[bucket.min(15)] += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::PersistedState;
+    use crate::store::testutil::{complete, fail, insert};
+    use crate::store::{Recovered, SledConfig, SledStore, StoreReader};
+    use qd_protocol::JobId;
+    use std::collections::BTreeSet;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    fn open(dir: &std::path::Path) -> SledStore {
+        SledStore::open(&SledConfig::new(dir)).unwrap()
+    }
+
+    /// Collects `Committed` until every ticket in `0..n` is seen, checking none twice.
+    fn collect(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Committed>, n: u64) -> Vec<Committed> {
+        let mut seen = BTreeSet::new();
+        let mut groups = vec![];
+        while (seen.len() as u64) < n {
+            let c = rx.blocking_recv().expect("writer hung up before answering every ticket");
+            for t in &c.tickets {
+                assert!(seen.insert(*t), "ticket {t} answered twice");
+            }
+            groups.push(c);
+        }
+        assert_eq!(seen, (0..n).collect());
+        groups
+    }
+
+    fn many_batches(durability: Durability) {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let writer = Arc::new(Writer::spawn(
+            Box::new(open(dir.path())),
+            durability,
+            Duration::from_millis(5),
+            tx,
+        ));
+        // Batch t inserts 2t+1 and 2t+2, fails 2t+1, and completes 2t+2 of the batch before.
+        let n = 600u64;
+        let producer = {
+            let writer = writer.clone();
+            std::thread::spawn(move || {
+                for t in 0..n {
+                    let mut changes =
+                        vec![insert(2 * t + 1), insert(2 * t + 2), fail(2 * t + 1, 1, false)];
+                    if t > 0 {
+                        changes.push(complete(2 * t));
+                    }
+                    writer.submit(t, changes);
+                }
+            })
+        };
+        producer.join().unwrap();
+        let groups = collect(&mut rx, n);
+        assert!(groups.iter().all(|g| g.result.is_ok()));
+        let writer = Arc::try_unwrap(writer).unwrap();
+        writer.shutdown().unwrap();
+        eprintln!("{durability:?}: {n} batches in {} groups", groups.len());
+
+        let rec = open(dir.path()).recover().unwrap();
+        let expected: Vec<JobId> = (1..=2 * n).filter(|id| id % 2 == 1 || *id == 2 * n).collect();
+        assert_eq!(rec.records.iter().map(|r| r.id).collect::<Vec<_>>(), expected);
+        assert!(rec.records.iter().filter(|r| r.id % 2 == 1).all(|r| r.failures == 1));
+        assert!(rec.next_id > 2 * n);
+    }
+
+    #[test]
+    fn every_ticket_answered_once_fsync() {
+        many_batches(Durability::Fsync);
+    }
+
+    #[test]
+    fn every_ticket_answered_once_interval() {
+        many_batches(Durability::Interval);
+    }
+
+    #[test]
+    fn every_ticket_answered_once_none() {
+        many_batches(Durability::None);
+    }
+
+    #[test]
+    fn fail_on_a_record_inserted_in_the_same_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let writer =
+            Writer::spawn(Box::new(open(dir.path())), Durability::Fsync, Duration::ZERO, tx);
+        writer.submit(0, vec![insert(1), fail(1, 1, true)]);
+        collect(&mut rx, 1);
+        writer.shutdown().unwrap();
+        let rec = open(dir.path()).recover().unwrap();
+        assert_eq!(rec.records.len(), 1);
+        assert_eq!(rec.records[0].state, PersistedState::Dead);
+    }
+
+    /// A store that fails or panics on demand, to see the writer's error paths.
+    struct Faulty {
+        fail_next: Arc<AtomicBool>,
+        panic_next: Arc<AtomicBool>,
+        commits: Arc<std::sync::Mutex<Vec<usize>>>,
+    }
+
+    impl Store for Faulty {
+        fn recover(&mut self) -> Result<Recovered, StoreError> {
+            Ok(Recovered { records: vec![], next_id: 1 })
+        }
+        fn commit(&mut self, changes: &[Change], _durable: bool) -> Result<(), StoreError> {
+            if self.panic_next.swap(false, Ordering::SeqCst) {
+                panic!("injected panic");
+            }
+            if self.fail_next.swap(false, Ordering::SeqCst) {
+                return Err(StoreError::io("injected", std::io::Error::other("disk full")));
+            }
+            self.commits.lock().unwrap().push(changes.len());
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn reader(&self) -> StoreReader {
+            unreachable!("not used by the writer")
+        }
+    }
+
+    #[test]
+    fn errors_reach_every_ticket_of_the_group_and_panics_stop_the_store() {
+        let fail_next = Arc::new(AtomicBool::new(false));
+        let panic_next = Arc::new(AtomicBool::new(false));
+        let commits = Arc::new(std::sync::Mutex::new(vec![]));
+        let store = Faulty {
+            fail_next: fail_next.clone(),
+            panic_next: panic_next.clone(),
+            commits: commits.clone(),
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let writer = Writer::spawn(Box::new(store), Durability::Fsync, Duration::ZERO, tx);
+
+        let next = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<Committed>| {
+            rx.blocking_recv().expect("an answer")
+        };
+        writer.submit(0, vec![insert(1)]);
+        assert!(next(&mut rx).result.is_ok());
+
+        fail_next.store(true, Ordering::SeqCst);
+        writer.submit(1, vec![insert(2)]);
+        let c = next(&mut rx);
+        assert_eq!(c.tickets, vec![1]);
+        assert!(c.result.unwrap_err().to_string().contains("disk full"));
+
+        writer.submit(2, vec![insert(3)]);
+        assert!(next(&mut rx).result.is_ok(), "one failed commit must not break the next");
+
+        panic_next.store(true, Ordering::SeqCst);
+        writer.submit(3, vec![insert(4)]);
+        let err = next(&mut rx).result.unwrap_err();
+        assert!(err.to_string().contains("injected panic"), "{err}");
+        writer.submit(4, vec![insert(5)]);
+        let err = next(&mut rx).result.unwrap_err();
+        assert!(matches!(*err, StoreError::WriterStopped { .. }), "{err}");
+
+        assert_eq!(*commits.lock().unwrap(), vec![1, 1]);
+        assert!(matches!(writer.shutdown(), Err(StoreError::WriterStopped { .. })));
+    }
+
+    /// A store whose commits wait for the test's go-ahead, so that the test knows what
+    /// is queued while a commit runs.
+    struct Gated {
+        started: mpsc::Sender<Vec<Change>>,
+        proceed: mpsc::Receiver<()>,
+    }
+
+    impl Store for Gated {
+        fn recover(&mut self) -> Result<Recovered, StoreError> {
+            Ok(Recovered { records: vec![], next_id: 1 })
+        }
+        fn commit(&mut self, changes: &[Change], _durable: bool) -> Result<(), StoreError> {
+            self.started.send(changes.to_vec()).unwrap();
+            self.proceed.recv().unwrap();
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn reader(&self) -> StoreReader {
+            unreachable!("not used by the writer")
+        }
+    }
+
+    #[test]
+    fn batches_queued_during_a_commit_form_the_next_group() {
+        let (started_tx, started) = mpsc::channel();
+        let (proceed, proceed_rx) = mpsc::channel();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let store = Gated { started: started_tx, proceed: proceed_rx };
+        let writer = Writer::spawn(Box::new(store), Durability::Fsync, Duration::ZERO, tx);
+
+        writer.submit(0, vec![insert(1)]);
+        assert_eq!(started.recv().unwrap(), vec![insert(1)]); // commit of ticket 0 running
+        for t in 1..=10 {
+            writer.submit(t, vec![insert(t + 1), complete(t)]);
+        }
+        proceed.send(()).unwrap();
+        assert_eq!(rx.blocking_recv().unwrap().tickets, vec![0]);
+
+        // All ten queued batches, in order, as one group and one commit.
+        let group = started.recv().unwrap();
+        let expected: Vec<Change> = (1..=10).flat_map(|t| [insert(t + 1), complete(t)]).collect();
+        assert_eq!(group, expected);
+        proceed.send(()).unwrap();
+        let c = rx.blocking_recv().unwrap();
+        assert_eq!(c.tickets, (1..=10).collect::<Vec<_>>());
+        assert!(c.result.is_ok());
+        writer.shutdown().unwrap();
+    }
+
+    /// Prints the writer's throughput; run with
+    /// `cargo test -p qd-server --release --lib writer_throughput -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn writer_throughput() {
+        for durability in [Durability::Fsync, Durability::Interval, Durability::None] {
+            let dir = tempfile::tempdir().unwrap();
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let writer = Writer::spawn(
+                Box::new(open(dir.path())),
+                durability,
+                Duration::from_millis(10),
+                tx,
+            );
+            let (batches, per_batch) = (20_000u64, 10u64);
+            let start = Instant::now();
+            for t in 0..batches {
+                writer.submit(t, (0..per_batch).map(|i| insert(1 + t * per_batch + i)).collect());
+            }
+            let groups = collect(&mut rx, batches).len();
+            let elapsed = start.elapsed();
+            writer.shutdown().unwrap();
+            eprintln!(
+                "{durability:?}: {} inserts in {elapsed:?} = {:.0}/s, {groups} groups",
+                batches * per_batch,
+                (batches * per_batch) as f64 / elapsed.as_secs_f64()
+            );
+        }
+    }
+}
