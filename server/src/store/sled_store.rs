@@ -290,7 +290,8 @@ impl SledStore {
 
 impl Store for SledStore {
     fn recover(&mut self) -> Result<Recovered, StoreError> {
-        let mut records = Vec::with_capacity(self.jobs.len());
+        // No `with_capacity(jobs.len())`: sled counts by scanning, which would double the work.
+        let mut records = Vec::new();
         for item in self.jobs.iter() {
             let (key, value) = item.map_err(|e| StoreError::sled("scanning jobs", e))?;
             let Some(id) = job_id(&key) else {
