@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::{SinkExt, StreamExt};
-use qd_protocol::codec::ServerCodec;
+use qd_protocol::codec::{Incoming, ServerCodec};
 use qd_protocol::message::{NackOutcome, Welcome};
 use qd_protocol::{
     ClientFrame, ErrorCode, LeasedJob, Request, Response, RetryHint, ServerFrame, WireError,
@@ -52,7 +52,7 @@ pub async fn accept(listener: &TcpListener) -> Wire {
     let (stream, _) = listener.accept().await.unwrap();
     let mut wire = Framed::new(stream, ServerCodec::new(DEFAULT_MAX_FRAME));
     match wire.next().await {
-        Some(Ok(ClientFrame::Hello(_))) => wire,
+        Some(Ok(Incoming::Frame(ClientFrame::Hello(_)))) => wire,
         other => panic!("expected Hello, got {other:?}"),
     }
 }
@@ -70,7 +70,7 @@ pub async fn next_request(wire: &mut Wire) -> (u64, Request) {
         .await
         .expect("no request within 10 s");
     match frame {
-        Some(Ok(ClientFrame::Request { id, body })) => (id, body),
+        Some(Ok(Incoming::Frame(ClientFrame::Request { id, body }))) => (id, body),
         other => panic!("expected a request, got {other:?}"),
     }
 }
@@ -143,7 +143,7 @@ impl FakeQueue {
         loop {
             tokio::select! {
                 frame = wire.next() => {
-                    let Some(Ok(ClientFrame::Request { id, body })) = frame else { return };
+                    let Some(Ok(Incoming::Frame(ClientFrame::Request { id, body }))) = frame else { return };
                     if matches!(body, Request::Reserve { .. })
                         && self.with(|r| std::mem::take(&mut r.drop_on_reserve))
                     {

@@ -18,6 +18,15 @@ pub enum CodecError {
     Io(#[from] std::io::Error),
 }
 
+/// What the server side decodes: a frame, or a request whose envelope was fine but whose
+/// body was not. The latter is an item, not an error, because a `FramedRead` ends its stream
+/// after the first error, and this one must be answered and the connection kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    Frame(ClientFrame),
+    BadRequest { id: u64, reason: String },
+}
+
 /// Server side: reads [`ClientFrame`]s, writes [`ServerFrame`]s.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerCodec {
@@ -31,10 +40,16 @@ impl ServerCodec {
 }
 
 impl Decoder for ServerCodec {
-    type Item = ClientFrame;
+    type Item = Incoming;
     type Error = CodecError;
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<ClientFrame>, CodecError> {
-        Ok(self.frames.decode_client(src)?)
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, CodecError> {
+        match self.frames.decode_client(src) {
+            Ok(frame) => Ok(frame.map(Incoming::Frame)),
+            Err(DecodeError::BadRequest { id, reason }) => {
+                Ok(Some(Incoming::BadRequest { id, reason }))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

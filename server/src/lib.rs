@@ -4,8 +4,16 @@
 //! Layers, each testable without the ones above it (see `docs/ARCHITECTURE.md`):
 //! - [`model`]: the plain data the core and the store exchange;
 //! - [`broker`]: the pure queue state machine (no I/O, no clock);
-//! - [`store`]: sled persistence, group commit, recovery.
+//! - [`store`]: sled persistence, group commit, recovery;
+//! - [`engine`]: the actor that owns the core and drives the store;
+//! - [`net`]: listener, connections, limits, shutdown;
+//! - [`cli`] and [`config`]: flags and environment in, a validated configuration out.
 
+pub mod bench;
 pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod engine;
 pub mod model;
+pub mod net;
 pub mod store;

@@ -1,1 +1,18 @@
-//! End-to-end tests.
+//! End-to-end tests of qd: a real `qd serve` process (the `qd-under-test` binary), the real
+//! client crate, real TCP on loopback. One binary, one module per area:
+
+/// Test support: start/kill servers, poll with deadlines.
+mod support;
+
+/// Garbage bytes, oversized frames, unknown requests, bad names: clear errors, server lives.
+mod bad_input;
+/// add -> reserve -> ack, delays, priorities, bulk add, idempotency keys.
+mod basics;
+/// `qd add` and `qd stats` from the command line.
+mod cli;
+/// kill -9 and SIGTERM of the server process: nothing acknowledged is lost.
+mod crash;
+/// Leases: a vanished worker's jobs come back at once, a late ack is refused.
+mod leases;
+/// Retries with backoff, dead-lettering, the Worker's retry path.
+mod retries;

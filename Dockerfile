@@ -1,0 +1,19 @@
+# qd in a container: multi-stage build, non-root user, data in a volume, a health check.
+#   docker build -t qd .
+#   docker run -p 7700:7700 -v qd-data:/data qd
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked -p qd-server && strip target/release/qd
+
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --home-dir /data qd && mkdir -p /data && chown qd /data
+COPY --from=build /src/target/release/qd /usr/local/bin/qd
+USER qd
+VOLUME /data
+EXPOSE 7700
+ENV QD_LISTEN=0.0.0.0:7700 QD_DATA=/data QD_ADDR=127.0.0.1:7700
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s CMD ["qd", "stats"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["qd"]
+CMD ["serve"]

@@ -1,0 +1,232 @@
+//! `qd bench`: runs the benchmark workloads through the real client against a running
+//! server (`--addr`) or a throwaway one it starts itself (`--spawn`), prints one
+//! machine-readable line per figure (`W2 drain_jobs_per_s=41234`) and a summary table, and
+//! exits non-zero when a workload's correctness check fails.
+//!
+//! Benchmarks are not tests: nothing here is run by `cargo test`. See docs/PERFORMANCE.md.
+
+mod target;
+mod workloads;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use qd_client::Client;
+
+use crate::store::Durability;
+use target::Spawned;
+use workloads::{fig, Figure};
+
+/// Every workload, in the order `all` runs them.
+pub const ALL: [&str; 7] = ["W1", "W1b", "W2", "W3", "W4", "W5", "W6"];
+
+/// Options of `qd bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Address of a running qd. Without it, use --spawn.
+    #[arg(long, env = "QD_ADDR", conflicts_with = "spawn")]
+    pub addr: Option<String>,
+    /// Start a throwaway server (this binary) on a temporary data dir for each workload.
+    #[arg(long)]
+    pub spawn: bool,
+    /// Durability of the spawned server.
+    #[arg(long, default_value = "fsync")]
+    pub durability: Durability,
+    /// Workloads to run, comma-separated (W1,W1b,W2,W3,W4,W5,W6) or `all`.
+    #[arg(long, default_value = "W1,W1b,W2,W3,W4")]
+    pub workloads: String,
+    /// Jobs in W1, W1b and W2.
+    #[arg(long, default_value_t = 100_000)]
+    pub jobs: u64,
+    /// Jobs in W4.
+    #[arg(long, default_value_t = 10_000)]
+    pub retry_jobs: u64,
+    /// Jobs in W5 and W6.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub big_jobs: u64,
+    /// W3's add rate, jobs/s.
+    #[arg(long, default_value_t = 2_000)]
+    pub rate: u64,
+    /// W3's duration, seconds.
+    #[arg(long, default_value_t = 15)]
+    pub seconds: u64,
+}
+
+/// What one workload produced.
+#[derive(Debug)]
+struct Outcome {
+    workload: &'static str,
+    figures: Vec<Figure>,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let chosen: Vec<&'static str> = if args.workloads.eq_ignore_ascii_case("all") {
+        ALL.to_vec()
+    } else {
+        let mut v = Vec::new();
+        for w in args.workloads.split(',').map(str::trim) {
+            match ALL.iter().find(|a| a.eq_ignore_ascii_case(w)) {
+                Some(a) => v.push(*a),
+                None => bail!("unknown workload {w:?}; choose from {} or all", ALL.join(",")),
+            }
+        }
+        v
+    };
+    if args.addr.is_none() && !args.spawn {
+        bail!(
+            "say where to run: --addr HOST:PORT for a running qd, or --spawn for a throwaway one"
+        );
+    }
+    if !args.spawn && chosen.contains(&"W6") {
+        bail!("W6 kills the server with SIGKILL; it needs --spawn");
+    }
+    let tmp = tempfile::tempdir().context("cannot create a temporary data dir")?;
+    let server_args =
+        vec!["--durability".to_string(), durability_name(args.durability).to_string()];
+    let mut outcomes = Vec::new();
+    let mut failed = None;
+    for (i, w) in chosen.iter().enumerate() {
+        eprintln!("== {w}");
+        let queue = format!("bench-{}-{}", w.to_lowercase(), std::process::id());
+        let mut spawned = if args.spawn {
+            let data = tmp.path().join(format!("data-{i}"));
+            Some(Spawned::start(&data, &server_args)?)
+        } else {
+            None
+        };
+        let addr = spawned.as_ref().map(|s| s.addr.clone()).or(args.addr.clone()).expect("checked");
+        let client =
+            Client::connect(&addr).await.with_context(|| format!("cannot reach qd at {addr}"))?;
+        let cpu0 = spawned.as_ref().and_then(Spawned::cpu_seconds);
+        let result = match *w {
+            "W1" => workloads::w1_enqueue(&client, &queue, args.jobs).await,
+            "W1b" => workloads::w1b_bulk(&client, &queue, args.jobs).await,
+            "W2" => workloads::w2_drain(&client, &queue, args.jobs).await,
+            "W3" => workloads::w3_latency(&client, &queue, args.rate, args.seconds).await,
+            "W4" => workloads::w4_retries(&client, &queue, args.retry_jobs).await,
+            "W5" => w5_big_queue(&client, &queue, args.big_jobs, spawned.as_ref()).await,
+            "W6" => {
+                let victim = spawned.take().expect("W6 runs only with --spawn");
+                w6_restart(client.clone(), &queue, args.big_jobs, victim).await
+            }
+            _ => unreachable!("validated above"),
+        };
+        let mut figures = match result {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("{w} FAILED: {e:#}");
+                failed.get_or_insert(format!("{w}: {e:#}"));
+                continue;
+            }
+        };
+        if let Some(s) = &spawned {
+            if let (Some(c0), Some(c1)) = (cpu0, s.cpu_seconds()) {
+                figures.push(fig("server_cpu_s", c1 - c0));
+            }
+            if let Some(rss) = s.peak_rss_mib() {
+                figures.push(fig("server_peak_rss_mib", rss));
+            }
+        }
+        for f in &figures {
+            println!("{w} {}={}", f.name, format_value(f.value));
+        }
+        outcomes.push(Outcome { workload: w, figures });
+    }
+    summary(&outcomes, &args);
+    if let Some(f) = failed {
+        bail!("a workload failed its check: {f}");
+    }
+    Ok(())
+}
+
+fn durability_name(d: Durability) -> &'static str {
+    match d {
+        Durability::Fsync => "fsync",
+        Durability::Interval => "interval",
+        Durability::None => "none",
+    }
+}
+
+fn format_value(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn summary(outcomes: &[Outcome], args: &BenchArgs) {
+    eprintln!();
+    eprintln!(
+        "qd bench summary ({}; durability {})",
+        if args.spawn { "spawned server" } else { "server at --addr" },
+        durability_name(args.durability)
+    );
+    for o in outcomes {
+        let line: Vec<String> =
+            o.figures.iter().map(|f| format!("{} {}", f.name, format_value(f.value))).collect();
+        eprintln!("  {:<4} {}", o.workload, line.join(", "));
+    }
+}
+
+/// W5: a million queued jobs: enqueue and drain rates, peak RSS, data-dir size.
+async fn w5_big_queue(
+    client: &Client,
+    queue: &str,
+    n: u64,
+    spawned: Option<&Spawned>,
+) -> anyhow::Result<Vec<Figure>> {
+    let enqueue = workloads::bulk_fill(client, queue, n, "W5 enqueue").await?;
+    let mut figures = vec![fig("enqueue_jobs_per_s", enqueue)];
+    if let Some(s) = spawned {
+        if let Some(rss) = s.peak_rss_mib() {
+            figures.push(fig("queued_peak_rss_mib", rss));
+        }
+        let bytes = target::dir_size(&s.data);
+        figures.push(fig("data_dir_mib", bytes as f64 / (1 << 20) as f64));
+        figures.push(fig(
+            "data_dir_per_payload_byte",
+            bytes as f64 / (n * workloads::PAYLOAD as u64) as f64,
+        ));
+    }
+    let drain = workloads::drain(client, queue, n, "W5 drain").await?;
+    figures.push(fig("drain_jobs_per_s", drain));
+    Ok(figures)
+}
+
+/// W6: a million queued jobs, SIGKILL, restart: time to the first successful reserve and
+/// the number of jobs lost.
+async fn w6_restart(
+    client: Client,
+    queue: &str,
+    n: u64,
+    mut victim: Spawned,
+) -> anyhow::Result<Vec<Figure>> {
+    workloads::bulk_fill(&client, queue, n, "W6 fill").await?;
+    drop(client);
+    victim.kill9();
+    eprintln!("  W6: killed the server with SIGKILL; restarting");
+    let killed = Instant::now();
+    let restarted = victim.restart()?;
+    let client = Client::connect(&restarted.addr).await?;
+    let first = loop {
+        let jobs = client.reserve(&[queue], 1, Duration::from_secs(5)).await?;
+        if !jobs.is_empty() {
+            break killed.elapsed().as_secs_f64();
+        }
+        ensure!(
+            killed.elapsed() < Duration::from_secs(600),
+            "no job could be reserved within 10 minutes"
+        );
+    };
+    let stats = client.stats().await?;
+    let q = stats.iter().find(|q| q.queue == queue).context("queue missing after restart")?;
+    let present = q.ready + q.delayed + q.active;
+    let lost = n.saturating_sub(present);
+    let mut figures = vec![fig("first_reserve_s", first), fig("lost", lost as f64)];
+    if let Some(rss) = restarted.peak_rss_mib() {
+        figures.push(fig("restarted_peak_rss_mib", rss));
+    }
+    ensure!(lost == 0, "{lost} of {n} acknowledged jobs lost after kill -9");
+    Ok(figures)
+}

@@ -1,0 +1,312 @@
+//! The `qd` command line: flags and `QD_*` environment variables in, a validated
+//! [`ServerConfig`] or a client action out. Everything here is glue; the work happens in the
+//! library modules it calls.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::{Parser, Subcommand, ValueEnum};
+use qd_protocol::Backoff;
+
+use crate::config::ServerConfig;
+use crate::store::Durability;
+
+/// Default address of the job protocol.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:7700";
+
+#[derive(Debug, Parser)]
+#[command(name = "qd", version, about = "qd: a durable job-queue server", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format.
+    #[arg(long, global = true, env = "QD_LOG_FORMAT", default_value = "human")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker.
+    Serve(ServeArgs),
+    /// Add one job and print its id.
+    Add(AddArgs),
+    /// Print job counts per queue.
+    Stats(StatsArgs),
+    /// Run the benchmark workloads (see docs/PERFORMANCE.md).
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address of the job protocol.
+    #[arg(long, env = "QD_LISTEN", default_value = DEFAULT_ADDR)]
+    listen: SocketAddr,
+    /// Data directory (created if missing).
+    #[arg(long, env = "QD_DATA", default_value = "./qd-data")]
+    data: PathBuf,
+    /// fsync: reply after the data is on disk. interval: reply after apply, flush every
+    /// --flush-interval. none: leave flushing to the OS.
+    #[arg(long, env = "QD_DURABILITY", default_value = "fsync")]
+    durability: Durability,
+    /// Flush period of `--durability interval`.
+    #[arg(long, env = "QD_FLUSH_INTERVAL", default_value = "5ms", value_parser = humantime::parse_duration)]
+    flush_interval: Duration,
+    /// Store page cache, in MiB.
+    #[arg(long, env = "QD_CACHE_MB", default_value_t = 64)]
+    cache_mb: u64,
+    /// Most simultaneous connections.
+    #[arg(long, env = "QD_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
+    /// Most unanswered requests per connection.
+    #[arg(long, env = "QD_MAX_IN_FLIGHT", default_value_t = 4096)]
+    max_in_flight: usize,
+    /// Largest frame accepted, in bytes.
+    #[arg(long, env = "QD_MAX_FRAME", default_value_t = qd_protocol::DEFAULT_MAX_FRAME)]
+    max_frame: usize,
+    /// Time a new connection has to say Hello.
+    #[arg(long, env = "QD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    handshake_timeout: Duration,
+    /// Completed jobs kept per queue for display.
+    #[arg(long, env = "QD_COMPLETED_RETENTION", default_value_t = 1000)]
+    completed_retention: usize,
+}
+
+#[derive(Debug, clap::Args)]
+struct AddArgs {
+    /// Address of the qd server.
+    #[arg(long, env = "QD_ADDR", default_value = DEFAULT_ADDR)]
+    addr: String,
+    queue: String,
+    /// The job's type, e.g. `welcome`.
+    name: String,
+    /// Payload text (bytes, passed through as is).
+    #[arg(long, default_value = "")]
+    payload: String,
+    /// Wait before the job becomes ready, e.g. `5s`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    delay: Option<Duration>,
+    /// Maximum number of tries.
+    #[arg(long)]
+    attempts: Option<u32>,
+    /// `fixed:DELAY` or `exponential:BASE[:MAX]`, e.g. `exponential:2s`.
+    #[arg(long, value_parser = parse_backoff)]
+    backoff: Option<Backoff>,
+    /// Lower runs first.
+    #[arg(long, allow_hyphen_values = true)]
+    priority: Option<i32>,
+    /// Lease a worker gets, e.g. `30s`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    lease: Option<Duration>,
+    /// Idempotency key: no second job while one with this key is pending.
+    #[arg(long)]
+    key: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct StatsArgs {
+    /// Address of the qd server.
+    #[arg(long, env = "QD_ADDR", default_value = DEFAULT_ADDR)]
+    addr: String,
+    /// One JSON object keyed by queue name.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Parses `fixed:500ms`, `exponential:2s` or `exponential:2s:10m`.
+pub fn parse_backoff(s: &str) -> Result<Backoff, String> {
+    let ms = |d: &str| {
+        humantime::parse_duration(d)
+            .map(|d| d.as_millis() as u64)
+            .map_err(|e| format!("bad duration {d:?} in backoff: {e}"))
+    };
+    let parts: Vec<&str> = s.split(':').collect();
+    let backoff = match parts.as_slice() {
+        ["fixed", d] => Backoff::Fixed { delay_ms: ms(d)? },
+        ["exponential", base] => Backoff::exponential_ms(ms(base)?),
+        ["exponential", base, max] => {
+            Backoff::Exponential { base_ms: ms(base)?, max_ms: ms(max)?, jitter_pct: 0 }
+        }
+        _ => {
+            return Err(format!(
+                "backoff {s:?}: use fixed:DELAY or exponential:BASE[:MAX], e.g. exponential:2s"
+            ))
+        }
+    };
+    backoff.validate().map_err(|e| e.message)?;
+    Ok(backoff)
+}
+
+/// Runs the command line; the binary's `main` only maps the result to an exit code.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("qd")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::Add(args) => add(args).await,
+            Command::Stats(args) => stats(args).await,
+            Command::Bench(args) => crate::bench::run(args).await,
+        }
+    })
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if args.cache_mb == 0 {
+        bail!("--cache-mb must be at least 1");
+    }
+    if args.max_frame < 1024 || args.max_frame > qd_protocol::HARD_MAX_FRAME {
+        bail!("--max-frame must be between 1024 and {} bytes", qd_protocol::HARD_MAX_FRAME);
+    }
+    if args.max_connections == 0 || args.max_in_flight == 0 {
+        bail!("--max-connections and --max-in-flight must be at least 1");
+    }
+    let mut config = ServerConfig::new(args.listen, args.data);
+    config.durability = args.durability;
+    config.flush_interval = args.flush_interval;
+    config.cache_capacity = args.cache_mb * 1024 * 1024;
+    config.max_connections = args.max_connections;
+    config.max_in_flight = args.max_in_flight;
+    config.max_frame = args.max_frame;
+    config.handshake_timeout = args.handshake_timeout;
+    config.completed_retention = args.completed_retention;
+
+    let server = crate::net::server::start(config).await?;
+    let token = server.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: finishing commits in flight");
+        token.cancel();
+    });
+    server.wait().await?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn connect(addr: &str) -> anyhow::Result<qd_client::Client> {
+    qd_client::Client::connect(addr).await.with_context(|| format!("cannot reach qd at {addr}"))
+}
+
+async fn add(args: AddArgs) -> anyhow::Result<()> {
+    let mut job = qd_client::Job::new(args.name, Bytes::from(args.payload));
+    if let Some(d) = args.delay {
+        job = job.delay(d);
+    }
+    if let Some(a) = args.attempts {
+        job = job.attempts(a);
+    }
+    if let Some(b) = args.backoff {
+        job = job.backoff(b);
+    }
+    if let Some(p) = args.priority {
+        job = job.priority(p);
+    }
+    if let Some(l) = args.lease {
+        job = job.lease(l);
+    }
+    if let Some(k) = args.key {
+        job = job.key(k);
+    }
+    let client = connect(&args.addr).await?;
+    let id = client.add(&args.queue, job).await?;
+    println!("{id}");
+    Ok(())
+}
+
+async fn stats(args: StatsArgs) -> anyhow::Result<()> {
+    let client = connect(&args.addr).await?;
+    let queues = client.stats().await?;
+    if args.json {
+        let map: serde_json::Map<String, serde_json::Value> = queues
+            .iter()
+            .map(|q| {
+                let counts = serde_json::json!({
+                    "ready": q.ready, "delayed": q.delayed, "active": q.active,
+                    "dead": q.dead, "completed": q.completed,
+                });
+                (q.queue.clone(), counts)
+            })
+            .collect();
+        println!("{}", serde_json::Value::Object(map));
+        return Ok(());
+    }
+    if queues.is_empty() {
+        println!("no queues yet: add a job with `qd add QUEUE NAME`");
+        return Ok(());
+    }
+    let width = queues.iter().map(|q| q.queue.len()).max().unwrap_or(5).max(5);
+    println!(
+        "{:<width$} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "queue", "ready", "delayed", "active", "dead", "completed"
+    );
+    for q in &queues {
+        println!(
+            "{:<width$} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            q.queue, q.ready, q.delayed, q.active, q.dead, q.completed
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_specs() {
+        assert_eq!(parse_backoff("fixed:500ms").unwrap(), Backoff::Fixed { delay_ms: 500 });
+        assert_eq!(parse_backoff("exponential:2s").unwrap(), Backoff::exponential_ms(2000));
+        assert_eq!(
+            parse_backoff("exponential:1s:1m").unwrap(),
+            Backoff::Exponential { base_ms: 1000, max_ms: 60_000, jitter_pct: 0 }
+        );
+        assert!(parse_backoff("linear:1s").is_err());
+        assert!(parse_backoff("exponential:1m:1s").is_err(), "cap below base");
+        assert!(parse_backoff("fixed:soon").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

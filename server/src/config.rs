@@ -1,0 +1,50 @@
+//! Validated server configuration. `cli.rs` turns flags and `QD_*` environment variables
+//! into a [`ServerConfig`]; everything below the CLI takes this struct, never raw flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::store::Durability;
+
+/// Everything `qd serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address of the job protocol.
+    pub listen: SocketAddr,
+    /// Data directory of the embedded store.
+    pub data: PathBuf,
+    pub durability: Durability,
+    /// How often `interval` durability flushes.
+    pub flush_interval: Duration,
+    /// sled's page cache, in bytes.
+    pub cache_capacity: u64,
+    /// Connections beyond this wait in the kernel's accept backlog.
+    pub max_connections: usize,
+    /// Requests one connection may have unanswered; more are refused with `Busy`.
+    pub max_in_flight: usize,
+    /// Largest frame accepted, in bytes.
+    pub max_frame: usize,
+    /// A connection must send its `Hello` within this time.
+    pub handshake_timeout: Duration,
+    /// Completed jobs retained per queue for display.
+    pub completed_retention: usize,
+}
+
+impl ServerConfig {
+    /// Defaults for a server on `listen` storing in `data`.
+    pub fn new(listen: SocketAddr, data: PathBuf) -> Self {
+        ServerConfig {
+            listen,
+            data,
+            durability: Durability::Fsync,
+            flush_interval: Duration::from_millis(5),
+            cache_capacity: 64 * 1024 * 1024,
+            max_connections: 1024,
+            max_in_flight: 4096,
+            max_frame: qd_protocol::DEFAULT_MAX_FRAME,
+            handshake_timeout: Duration::from_secs(10),
+            completed_retention: 1000,
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! The engine: the one task that owns the broker core, and the bridge between it, the
+//! network and the store.
+//!
+//! Connections send [`Command`]s over one bounded channel; the engine applies each to the
+//! core, collects the [`Effect`]s, and then:
+//! - hands every `Persist` change of this round to the group-commit [`Writer`] under one
+//!   ticket, and holds back the replies of the requests that caused them until the writer
+//!   reports that ticket committed ("persist, then reply");
+//! - answers requests that changed nothing durable (reserve, touch, stats, errors) at once;
+//! - delivers jobs to parked reserves, reading payloads from the store (or from the
+//!   overlay of inserts not yet applied).
+//!
+//! Between rounds it sleeps until the core's next deadline (`poll_timeout`), so delayed jobs,
+//! lease expiries and reserve timeouts fire without polling.
+//!
+//! The engine owns the clock: `now` is wall-clock unix ms, clamped never to run backwards.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use qd_protocol::message::{LeaseRef, ServerFrame};
+use qd_protocol::{ErrorCode, JobId, LeasedJob, Request, Response, WireError};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{Broker, Effect, Lease, WaiterKey};
+use crate::model::{Change, ConnId, Millis};
+use crate::store::{Committed, StoreReader, Writer};
+
+/// What a connection tells the engine.
+#[derive(Debug)]
+pub enum Command {
+    /// A connection finished its handshake; replies for it go to `replies`.
+    Connect { conn: ConnId, replies: mpsc::UnboundedSender<ServerFrame> },
+    /// One request, answered on the connection's reply channel under `id`.
+    Request { conn: ConnId, id: u64, body: Request },
+    /// The connection is gone: release its leases and parked reserves.
+    Disconnect { conn: ConnId },
+}
+
+/// A reply held back until the batch holding its changes is committed.
+#[derive(Debug)]
+struct Held {
+    conn: ConnId,
+    id: u64,
+    result: Result<Response, WireError>,
+}
+
+/// What one commit ticket covers.
+#[derive(Debug, Default)]
+struct Ticket {
+    replies: Vec<Held>,
+    /// Ids whose payloads sit in the overlay until this ticket is applied.
+    inserted: Vec<JobId>,
+}
+
+/// Clock that never runs backwards, even if the system clock does.
+#[derive(Debug, Default)]
+struct Clock {
+    last: Millis,
+}
+
+impl Clock {
+    fn now(&mut self) -> Millis {
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.last = self.last.max(wall);
+        self.last
+    }
+}
+
+/// The engine's state. Built by [`Engine::new`], consumed by [`Engine::run`].
+#[derive(Debug)]
+pub struct Engine {
+    broker: Broker,
+    reader: StoreReader,
+    writer: Option<Writer>,
+    committed: mpsc::UnboundedReceiver<Committed>,
+    conns: HashMap<ConnId, mpsc::UnboundedSender<ServerFrame>>,
+    /// Payloads of jobs inserted but not yet applied to the store; a reserve can grab a job
+    /// before the batch holding its add has been committed.
+    overlay: HashMap<JobId, Bytes>,
+    /// The round being built: changes and the replies that wait for them.
+    open: Ticket,
+    open_changes: Vec<Change>,
+    /// Submitted tickets not yet committed.
+    in_flight: HashMap<u64, Ticket>,
+    next_ticket: u64,
+    clock: Clock,
+    effects: Vec<Effect>,
+}
+
+impl Engine {
+    /// `committed` is the receiving end of the channel the writer was spawned with.
+    pub fn new(
+        broker: Broker,
+        reader: StoreReader,
+        writer: Writer,
+        committed: mpsc::UnboundedReceiver<Committed>,
+    ) -> Self {
+        Engine {
+            broker,
+            reader,
+            writer: Some(writer),
+            committed,
+            conns: HashMap::new(),
+            overlay: HashMap::new(),
+            open: Ticket::default(),
+            open_changes: Vec::new(),
+            in_flight: HashMap::new(),
+            next_ticket: 1,
+            clock: Clock::default(),
+            effects: Vec::new(),
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled, then answers the commands already queued, waits
+    /// for every commit in flight, and flushes the store.
+    pub async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut batch = Vec::with_capacity(1024);
+        loop {
+            let sleep = match self.broker.poll_timeout() {
+                Some(at) => Duration::from_millis(at.saturating_sub(self.clock.now())),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                biased;
+                Some(done) = self.committed.recv() => self.on_committed(done),
+                n = commands.recv_many(&mut batch, 1024) => {
+                    if n == 0 {
+                        break;
+                    }
+                    for cmd in batch.drain(..) {
+                        self.on_command(cmd);
+                    }
+                }
+                _ = tokio::time::sleep(sleep) => {
+                    let now = self.clock.now();
+                    self.broker.handle_timeout(now);
+                    self.apply_effects(None);
+                }
+                _ = shutdown.cancelled() => break,
+            }
+            self.submit_round();
+        }
+
+        // Shutdown: answer what already arrived, but a disconnect now is the server
+        // leaving, not the worker failing: no attempt is charged, the job stays on disk.
+        while let Ok(cmd) = commands.try_recv() {
+            if !matches!(cmd, Command::Disconnect { .. }) {
+                self.on_command(cmd);
+            }
+        }
+        self.submit_round();
+        while !self.in_flight.is_empty() {
+            match self.committed.recv().await {
+                Some(done) => self.on_committed(done),
+                None => break,
+            }
+        }
+        self.conns.clear();
+        if let Some(writer) = self.writer.take() {
+            tokio::task::spawn_blocking(move || writer.shutdown()).await??;
+        }
+        Ok(())
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Connect { conn, replies } => {
+                self.conns.insert(conn, replies);
+            }
+            Command::Disconnect { conn } => {
+                self.conns.remove(&conn);
+                let now = self.clock.now();
+                self.broker.disconnect(now, conn);
+                self.apply_effects(None);
+            }
+            Command::Request { conn, id, body } => {
+                let result = self.on_request(conn, id, body);
+                // `None`: a parked reserve, answered later by a Deliver effect.
+                if let Some(result) = result {
+                    self.apply_effects(Some(Held { conn, id, result }));
+                } else {
+                    self.apply_effects(None);
+                }
+            }
+        }
+    }
+
+    fn on_request(
+        &mut self,
+        conn: ConnId,
+        id: u64,
+        body: Request,
+    ) -> Option<Result<Response, WireError>> {
+        let now = self.clock.now();
+        let b = &mut self.broker;
+        let result = match body {
+            Request::Add { queue, jobs } => {
+                b.add(now, &queue, jobs).map(|ids| Response::Added { ids }).map_err(Into::into)
+            }
+            Request::Reserve { queues, max, timeout_ms } => {
+                let waiter = WaiterKey { conn, request: id };
+                match b.reserve(now, waiter, &queues, max, timeout_ms) {
+                    Ok(Some(leases)) => Ok(Response::Reserved { jobs: self.leased(leases) }),
+                    Ok(None) => return None,
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Request::Ack { leases } => {
+                let failed = leases
+                    .into_iter()
+                    .filter_map(|lease: LeaseRef| {
+                        b.ack(now, lease).err().map(|e| (lease.id, WireError::from(e)))
+                    })
+                    .collect();
+                Ok(Response::Acked { failed })
+            }
+            Request::Nack { lease, error, retry } => b
+                .nack(now, lease, &error, retry)
+                .map(|outcome| Response::Nacked { outcome })
+                .map_err(Into::into),
+            Request::Touch { lease, lease_ms } => b
+                .touch(now, lease, lease_ms)
+                .map(|lease_deadline_ms| Response::Touched { lease_deadline_ms })
+                .map_err(Into::into),
+            Request::Stats => Ok(Response::Stats { queues: b.stats() }),
+        };
+        Some(result)
+    }
+
+    /// Routes the core's effects of one command. `reply` is that command's answer: held
+    /// for the commit if the command changed anything durable, sent now otherwise.
+    fn apply_effects(&mut self, reply: Option<Held>) {
+        let mut effects = std::mem::take(&mut self.effects);
+        self.broker.take_effects(&mut effects);
+        let mut persisted = false;
+        for effect in effects.drain(..) {
+            match effect {
+                Effect::Persist(change) => {
+                    if let Change::Insert(record) = &change {
+                        self.overlay.insert(record.id, record.payload.clone());
+                        self.open.inserted.push(record.id);
+                    }
+                    self.open_changes.push(change);
+                    persisted = true;
+                }
+                Effect::Deliver { waiter, leases } => {
+                    let jobs = self.leased(leases);
+                    self.send(waiter.conn, waiter.request, Ok(Response::Reserved { jobs }));
+                }
+            }
+        }
+        self.effects = effects;
+        if let Some(held) = reply {
+            if persisted {
+                self.open.replies.push(held);
+            } else {
+                self.send(held.conn, held.id, held.result);
+            }
+        }
+    }
+
+    /// Hands this round's changes to the writer as one ticket.
+    fn submit_round(&mut self) {
+        if self.open_changes.is_empty() {
+            return;
+        }
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let changes = std::mem::take(&mut self.open_changes);
+        self.in_flight.insert(ticket, std::mem::take(&mut self.open));
+        match &self.writer {
+            Some(writer) => writer.submit(ticket, changes),
+            None => unreachable!("the writer lives until the engine has drained"),
+        }
+    }
+
+    fn on_committed(&mut self, done: Committed) {
+        for ticket in done.tickets {
+            let Some(t) = self.in_flight.remove(&ticket) else { continue };
+            for id in &t.inserted {
+                self.overlay.remove(id);
+            }
+            for held in t.replies {
+                let result = match &done.result {
+                    Ok(()) => held.result,
+                    Err(e) => Err(WireError::new(
+                        ErrorCode::Storage,
+                        format!("not stored: {e}; the request may be retried once the server's storage is fixed"),
+                    )),
+                };
+                self.send(held.conn, held.id, result);
+            }
+        }
+    }
+
+    fn leased(&self, leases: Vec<Lease>) -> Vec<LeasedJob> {
+        leases
+            .into_iter()
+            .filter_map(|l| {
+                let payload = match self.overlay.get(&l.id) {
+                    Some(p) => p.clone(),
+                    None => match self.reader.get(l.id) {
+                        Ok(Some(record)) => record.payload,
+                        Ok(None) => {
+                            tracing::error!(id = l.id, "leased job has no stored record; skipping it");
+                            return None;
+                        }
+                        Err(e) => {
+                            tracing::error!(id = l.id, error = %e, "cannot read leased job's payload; it will run again when its lease expires");
+                            return None;
+                        }
+                    },
+                };
+                Some(LeasedJob {
+                    id: l.id,
+                    queue: l.queue.to_string(),
+                    name: l.name.to_string(),
+                    payload,
+                    attempt: l.attempt,
+                    max_attempts: l.max_attempts,
+                    token: l.token,
+                    lease_deadline_ms: l.deadline_ms,
+                    created_at_ms: l.created_at_ms,
+                })
+            })
+            .collect()
+    }
+
+    fn send(&self, conn: ConnId, id: u64, result: Result<Response, WireError>) {
+        if let Some(tx) = self.conns.get(&conn) {
+            // A closed channel means the connection is going away; its Disconnect follows.
+            let _ = tx.send(ServerFrame::Response { id, result });
+        }
+    }
+}

@@ -1,0 +1,161 @@
+use std::time::Duration;
+
+use bytes::BytesMut;
+use qd_client::Job;
+use qd_protocol::message::{Hello, ServerFrame};
+use qd_protocol::{frame, ClientFrame, ErrorCode, FrameDecoder, Request, PROTOCOL_VERSION};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{self, counts};
+
+/// A raw connection that has said Hello.
+async fn raw(addr: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let hello = ClientFrame::Hello(Hello {
+        protocol: PROTOCOL_VERSION,
+        client_name: "raw".into(),
+        token: None,
+    });
+    send(&mut s, &hello).await;
+    assert!(matches!(recv(&mut s).await, Some(ServerFrame::Welcome(_))));
+    s
+}
+
+async fn send(s: &mut TcpStream, f: &ClientFrame) {
+    let mut buf = BytesMut::new();
+    frame::encode(f, &mut buf, usize::MAX).unwrap();
+    s.write_all(&buf).await.unwrap();
+}
+
+/// The next frame, or `None` when the server closed the connection.
+async fn recv(s: &mut TcpStream) -> Option<ServerFrame> {
+    let dec = FrameDecoder::new(qd_protocol::HARD_MAX_FRAME);
+    let mut buf = BytesMut::new();
+    loop {
+        if let Some(f) = dec.decode_server(&mut buf).unwrap() {
+            return Some(f);
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read_buf(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        if n == 0 {
+            return None;
+        }
+    }
+}
+
+async fn closed(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 64];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut b)).await.unwrap() {
+            Ok(0) | Err(_) => return true,
+            Ok(_) => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn garbage_bytes_close_only_that_connection() {
+    let (server, _dir) = support::start();
+    let mut s = TcpStream::connect(&server.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    match recv(&mut s).await {
+        Some(ServerFrame::Goodbye(e)) => {
+            assert!(matches!(e.code, ErrorCode::FrameTooLarge | ErrorCode::BadFrame), "{e:?}")
+        }
+        other => panic!("expected a Goodbye, got {other:?}"),
+    }
+    assert!(closed(&mut s).await);
+    // Others are served as before.
+    let client = server.client().await;
+    client.add("still-up", Job::new("x", "")).await.unwrap();
+}
+
+#[tokio::test]
+async fn garbage_after_handshake_is_refused_with_a_reason() {
+    let (server, _dir) = support::start();
+    let mut s = raw(&server.addr).await;
+    s.write_all(&[0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff]).await.unwrap();
+    match recv(&mut s).await {
+        Some(ServerFrame::Goodbye(e)) => assert_eq!(e.code, ErrorCode::BadFrame, "{e:?}"),
+        other => panic!("expected a Goodbye, got {other:?}"),
+    }
+    assert!(closed(&mut s).await);
+}
+
+#[tokio::test]
+async fn oversized_frame_is_refused() {
+    let (server, _dir) = support::start_with(&["--max-frame", "4096"]);
+    let mut s = raw(&server.addr).await;
+    // Announce 1 GiB; the server must refuse without waiting for (or allocating) it.
+    s.write_all(&(1u32 << 30).to_be_bytes()).await.unwrap();
+    match recv(&mut s).await {
+        Some(ServerFrame::Goodbye(e)) => assert_eq!(e.code, ErrorCode::FrameTooLarge, "{e:?}"),
+        other => panic!("expected a Goodbye, got {other:?}"),
+    }
+    assert!(closed(&mut s).await);
+    // A client that sends a too-big job gets a clear error from its own side or the server's.
+    let client = server.client().await;
+    let big = vec![7u8; 8192];
+    assert!(client.add("big", Job::new("x", big)).await.is_err());
+    client.add("big", Job::new("x", "small")).await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_request_gets_an_error_and_the_connection_goes_on() {
+    let (server, _dir) = support::start();
+    let mut s = raw(&server.addr).await;
+    // variant 1 (Request), id 9, request kind 200: from some future protocol.
+    s.write_all(&[0, 0, 0, 4, 0x01, 0x09, 0xc8, 0x00]).await.unwrap();
+    match recv(&mut s).await {
+        Some(ServerFrame::Response { id: 9, result: Err(e) }) => {
+            assert_eq!(e.code, ErrorCode::UnknownRequest, "{e:?}")
+        }
+        other => panic!("expected an error response for id 9, got {other:?}"),
+    }
+    send(&mut s, &ClientFrame::Request { id: 10, body: Request::Stats }).await;
+    let answer = recv(&mut s).await;
+    assert!(matches!(answer, Some(ServerFrame::Response { id: 10, result: Ok(_) })), "{answer:?}");
+}
+
+#[tokio::test]
+async fn request_before_hello_is_refused() {
+    let (server, _dir) = support::start();
+    let mut s = TcpStream::connect(&server.addr).await.unwrap();
+    send(&mut s, &ClientFrame::Request { id: 1, body: Request::Stats }).await;
+    match recv(&mut s).await {
+        Some(ServerFrame::Goodbye(e)) => assert_eq!(e.code, ErrorCode::HandshakeRequired),
+        other => panic!("expected a Goodbye, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn invalid_queue_name_and_unknown_job_are_clear_errors() {
+    let (server, _dir) = support::start();
+    let mut s = raw(&server.addr).await;
+    // Bypass the client's own validation to see the server's answer.
+    let add = Request::Add { queue: "no spaces allowed".into(), jobs: vec![] };
+    send(&mut s, &ClientFrame::Request { id: 1, body: add }).await;
+    match recv(&mut s).await {
+        Some(ServerFrame::Response { id: 1, result: Err(e) }) => {
+            assert_eq!(e.code, ErrorCode::InvalidQueueName);
+            assert!(e.message.contains("no spaces allowed"), "{}", e.message);
+        }
+        other => panic!("expected InvalidQueueName, got {other:?}"),
+    }
+    let client = server.client().await;
+    let ack = client.ack_many::<qd_protocol::message::LeaseRef>(&[]).await;
+    assert!(ack.is_ok());
+    let lease = qd_protocol::message::LeaseRef { id: 987_654, token: 1 };
+    send(&mut s, &ClientFrame::Request { id: 2, body: Request::Touch { lease, lease_ms: None } })
+        .await;
+    match recv(&mut s).await {
+        Some(ServerFrame::Response { id: 2, result: Err(e) }) => {
+            assert_eq!(e.code, ErrorCode::NotFound)
+        }
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    assert_eq!(counts(&client, "x").await, (0, 0, 0, 0, 0));
+}

@@ -1,0 +1,62 @@
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use qd_client::Job;
+
+use crate::support::{counts, Server};
+
+#[tokio::test]
+async fn acknowledged_adds_survive_kill_9_and_active_jobs_return() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::start_in(&data, &[]);
+    let client = server.client().await;
+    let mut ids = BTreeSet::new();
+    for i in 0..200 {
+        ids.insert(client.add("crash", Job::new("x", format!("{i}"))).await.unwrap());
+    }
+    let bulk = client
+        .add_bulk("crash", (0..300).map(|i| Job::new("y", format!("b{i}"))).collect())
+        .await
+        .unwrap();
+    ids.extend(bulk);
+    // Ten jobs are being worked on when the server dies.
+    let active = client.reserve(&["crash"], 10, Duration::ZERO).await.unwrap();
+    assert_eq!(active.len(), 10);
+    server.kill9();
+    drop(client);
+
+    let server = Server::start_in(&data, &[]);
+    let client = server.client().await;
+    assert_eq!(counts(&client, "crash").await, (500, 0, 0, 0, 0), "every acknowledged add is back");
+    let jobs = client.reserve(&["crash"], 1000, Duration::ZERO).await.unwrap();
+    let got: BTreeSet<u64> = jobs.iter().map(|j| j.id).collect();
+    assert_eq!(got, ids);
+    for j in &jobs {
+        assert_eq!(j.attempt, 1, "a server crash does not use up the job's attempts");
+    }
+    // Ids are never reused after a restart.
+    let new_id = client.add("crash", Job::new("z", "")).await.unwrap();
+    assert!(new_id > *ids.last().unwrap());
+}
+
+#[tokio::test]
+async fn sigterm_stops_cleanly_and_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::start_in(&data, &[]);
+    let client = server.client().await;
+    client
+        .add_bulk("term", (0..50).map(|i| Job::new("x", format!("{i}"))).collect())
+        .await
+        .unwrap();
+    let held = client.reserve(&["term"], 5, Duration::ZERO).await.unwrap();
+    client.ack(&held[0]).await.unwrap();
+    let status = server.terminate();
+    assert!(status.success(), "exit status {status:?}; log:\n{}", server.log());
+
+    let server = Server::start_in(&data, &[]);
+    let client = server.client().await;
+    // 49 left: the acked one is gone, the four held at shutdown are ready again.
+    assert_eq!(counts(&client, "term").await, (49, 0, 0, 0, 0));
+}

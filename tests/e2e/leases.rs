@@ -1,0 +1,94 @@
+use std::time::{Duration, Instant};
+
+use qd_client::Job;
+use qd_protocol::Backoff;
+
+use crate::support::{self, counts, eventually};
+
+#[tokio::test]
+async fn a_vanished_worker_releases_its_jobs_at_once() {
+    let (server, _dir) = support::start();
+    let producer = server.client().await;
+    // A long lease: if the job came back only when the lease ran out, this test would wait
+    // a minute and time out.
+    let id = producer
+        .add(
+            "mail",
+            Job::new("x", "").attempts(3).backoff(Backoff::NONE).lease(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    {
+        let doomed = server.client().await;
+        let jobs = doomed.reserve(&["mail"], 1, Duration::ZERO).await.unwrap();
+        assert_eq!(jobs[0].id, id);
+        assert_eq!(counts(&producer, "mail").await.2, 1, "active while held");
+    } // the worker's connection drops here
+
+    let started = Instant::now();
+    let other = server.client().await;
+    let jobs = other.reserve(&["mail"], 1, Duration::from_secs(20)).await.unwrap();
+    assert_eq!(jobs.len(), 1, "the job came back");
+    assert_eq!((jobs[0].id, jobs[0].attempt), (id, 2), "the lost try counts as an attempt");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    other.ack(&jobs[0]).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_worker_that_outlives_its_lease_cannot_ack() {
+    let (server, _dir) = support::start();
+    let client = server.client().await;
+    let id = client
+        .add(
+            "slow",
+            Job::new("x", "").attempts(3).backoff(Backoff::NONE).lease(Duration::from_millis(200)),
+        )
+        .await
+        .unwrap();
+    let slow = server.client().await;
+    let first = slow.reserve(&["slow"], 1, Duration::ZERO).await.unwrap().remove(0);
+
+    // The lease runs out; another worker gets the job again as attempt 2.
+    let fast = server.client().await;
+    let second = fast.reserve(&["slow"], 1, Duration::from_secs(20)).await.unwrap().remove(0);
+    assert_eq!((second.id, second.attempt), (id, 2));
+
+    let err = slow.ack(&first).await.unwrap_err();
+    assert!(err.is_lease_lost(), "late ack must be refused as lease lost, got {err}");
+    fast.ack(&second).await.unwrap();
+    assert_eq!(counts(&client, "slow").await, (0, 0, 0, 0, 1));
+}
+
+#[tokio::test]
+async fn touch_keeps_a_long_job_leased() {
+    let (server, _dir) = support::start();
+    let client = server.client().await;
+    client
+        .add("long", Job::new("x", "").backoff(Backoff::NONE).lease(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    let job = client.reserve(&["long"], 1, Duration::ZERO).await.unwrap().remove(0);
+    let until = Instant::now() + Duration::from_millis(900);
+    while Instant::now() < until {
+        client.touch(&job, None).await.unwrap();
+        assert_eq!(counts(&client, "long").await.2, 1, "still active");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client.ack(&job).await.unwrap();
+}
+
+#[tokio::test]
+async fn expired_lease_without_attempts_left_goes_dead() {
+    let (server, _dir) = support::start();
+    let client = server.client().await;
+    client
+        .add("once", Job::new("x", "").attempts(1).lease(Duration::from_millis(100)))
+        .await
+        .unwrap();
+    let _job = client.reserve(&["once"], 1, Duration::ZERO).await.unwrap();
+    eventually(Duration::from_secs(20), "dead after lease expiry", || {
+        let client = client.clone();
+        async move { (counts(&client, "once").await.3 == 1).then_some(()) }
+    })
+    .await;
+}

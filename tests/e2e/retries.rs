@@ -1,0 +1,163 @@
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use qd_client::{Job, RetryHint, Worker};
+use qd_protocol::Backoff;
+use qd_server::store::{SledConfig, SledStore, Store};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{self, counts, eventually};
+
+/// Runs a Worker on `queue` until cancelled; returns its task.
+fn spawn_worker<F>(
+    client: qd_client::Client,
+    queue: &str,
+    handler: F,
+) -> (CancellationToken, tokio::task::JoinHandle<()>)
+where
+    F: Fn(qd_client::LeasedJob) -> Result<(), String> + Send + Sync + 'static,
+{
+    let token = CancellationToken::new();
+    let worker = Worker::new(client, queue).concurrency(5);
+    let handler = Arc::new(handler);
+    let t = token.clone();
+    let task = tokio::spawn(async move {
+        worker
+            .run(t, move |job| {
+                let handler = handler.clone();
+                async move { handler(job) }
+            })
+            .await
+            .expect("worker ran");
+    });
+    (token, task)
+}
+
+#[tokio::test]
+async fn fails_twice_then_completes_on_attempt_3() {
+    let (server, _dir) = support::start();
+    let client = server.client().await;
+    let id = client
+        .add(
+            "flaky",
+            Job::new("welcome", "bob").attempts(3).backoff(Backoff::Fixed { delay_ms: 20 }),
+        )
+        .await
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let (stop, task) = spawn_worker(server.client().await, "flaky", move |job| {
+        log.lock().unwrap().push((job.id, job.attempt));
+        if job.attempt < 3 {
+            Err(format!("smtp timeout on try {}", job.attempt))
+        } else {
+            Ok(())
+        }
+    });
+    eventually(Duration::from_secs(20), "job completed", || {
+        let client = client.clone();
+        async move { (counts(&client, "flaky").await.4 == 1).then_some(()) }
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec![(id, 1), (id, 2), (id, 3)]);
+    assert_eq!(counts(&client, "flaky").await, (0, 0, 0, 0, 1));
+}
+
+#[tokio::test]
+async fn always_failing_job_is_dead_with_every_error_recorded() {
+    let (mut server, dir) = support::start();
+    let client = server.client().await;
+    let id = client
+        .add(
+            "doomed",
+            Job::new("welcome", "x").attempts(3).backoff(Backoff::Fixed { delay_ms: 10 }),
+        )
+        .await
+        .unwrap();
+    let (stop, task) =
+        spawn_worker(server.client().await, "doomed", |job| Err(format!("boom {}", job.attempt)));
+    eventually(Duration::from_secs(20), "job dead", || {
+        let client = client.clone();
+        async move { (counts(&client, "doomed").await.3 == 1).then_some(()) }
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(counts(&client, "doomed").await, (0, 0, 0, 1, 0));
+    drop(client);
+
+    // The dead record on disk carries all three failures, in order.
+    assert!(server.terminate().success());
+    let mut store =
+        SledStore::open(&SledConfig { path: dir.path().join("data"), cache_capacity: 8 << 20 })
+            .unwrap();
+    let recovered = store.recover().unwrap();
+    let record = recovered.records.iter().find(|r| r.id == id).expect("dead job kept");
+    let errors: Vec<(u32, &str)> =
+        record.errors.iter().map(|e| (e.attempt, e.message.as_str())).collect();
+    assert_eq!(errors, vec![(1, "boom 1"), (2, "boom 2"), (3, "boom 3")]);
+}
+
+#[tokio::test]
+async fn retry_spacing_follows_the_backoff() {
+    let (server, _dir) = support::start();
+    let client = server.client().await;
+    let backoff = Backoff::Exponential { base_ms: 100, max_ms: 10_000, jitter_pct: 0 };
+    client.add("spaced", Job::new("x", "").attempts(3).backoff(backoff)).await.unwrap();
+    let starts = Arc::new(Mutex::new(HashMap::new()));
+    let log = starts.clone();
+    let (stop, task) = spawn_worker(server.client().await, "spaced", move |job| {
+        log.lock().unwrap().insert(job.attempt, Instant::now());
+        Err("nope".to_string())
+    });
+    eventually(Duration::from_secs(20), "job dead", || {
+        let client = client.clone();
+        async move { (counts(&client, "spaced").await.3 == 1).then_some(()) }
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap();
+    let starts = starts.lock().unwrap();
+    // Only lower bounds: the server never retries early. Upper bounds would test the
+    // machine's load, not qd.
+    let gap1 = starts[&2] - starts[&1];
+    let gap2 = starts[&3] - starts[&2];
+    assert!(gap1 >= Duration::from_millis(100), "first retry after {gap1:?}, backoff is 100 ms");
+    assert!(gap2 >= Duration::from_millis(200), "second retry after {gap2:?}, backoff is 200 ms");
+}
+
+#[tokio::test]
+async fn nack_never_dead_letters_at_once() {
+    let (server, _dir) = support::start();
+    let client = server.client().await;
+    client.add("perm", Job::new("x", "").attempts(5)).await.unwrap();
+    let jobs = client.reserve(&["perm"], 1, Duration::ZERO).await.unwrap();
+    client.nack(&jobs[0], "invalid address", RetryHint::Never).await.unwrap();
+    assert_eq!(counts(&client, "perm").await, (0, 0, 0, 1, 0));
+}
+
+#[tokio::test]
+async fn permanent_error_from_a_handler_skips_the_retries() {
+    let (server, _dir) = support::start();
+    let client = server.client().await;
+    client.add("perm2", Job::new("x", "").attempts(5).backoff(Backoff::NONE)).await.unwrap();
+    let token = CancellationToken::new();
+    let worker = Worker::new(server.client().await, "perm2").concurrency(1);
+    let t = token.clone();
+    let task = tokio::spawn(async move {
+        worker
+            .run(t, |_job| async { Err::<(), _>(qd_client::permanent("account closed")) })
+            .await
+            .unwrap();
+    });
+    eventually(Duration::from_secs(20), "job dead", || {
+        let client = client.clone();
+        async move { (counts(&client, "perm2").await.3 == 1).then_some(()) }
+    })
+    .await;
+    token.cancel();
+    task.await.unwrap();
+}

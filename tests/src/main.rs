@@ -1,0 +1,12 @@
+//! `qd` itself, under another name, so that the end-to-end tests can start it as a real
+//! process (kill -9 included) and find it through `CARGO_BIN_EXE_qd-under-test`.
+
+fn main() -> std::process::ExitCode {
+    match qd_server::cli::main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("qd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
