@@ -88,6 +88,8 @@ pub struct Engine {
     next_ticket: u64,
     clock: Clock,
     effects: Vec<Effect>,
+    /// Set by the first failed commit; the engine then stops (see `run`).
+    storage_failure: Option<String>,
 }
 
 impl Engine {
@@ -111,6 +113,7 @@ impl Engine {
             next_ticket: 1,
             clock: Clock::default(),
             effects: Vec::new(),
+            storage_failure: None,
         }
     }
 
@@ -122,9 +125,16 @@ impl Engine {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let mut batch = Vec::with_capacity(1024);
-        loop {
+        while self.storage_failure.is_none() {
+            // Due timers first: under a constant stream of commands the sleep branch below
+            // would never win the select, and delayed jobs and lease expiries would starve.
+            let now = self.clock.now();
+            if self.broker.poll_timeout().is_some_and(|at| at <= now) {
+                self.broker.handle_timeout(now);
+                self.apply_effects(None);
+            }
             let sleep = match self.broker.poll_timeout() {
-                Some(at) => Duration::from_millis(at.saturating_sub(self.clock.now())),
+                Some(at) => Duration::from_millis(at.saturating_sub(now)),
                 None => Duration::from_secs(3600),
             };
             tokio::select! {
@@ -138,14 +148,33 @@ impl Engine {
                         self.on_command(cmd);
                     }
                 }
-                _ = tokio::time::sleep(sleep) => {
-                    let now = self.clock.now();
-                    self.broker.handle_timeout(now);
-                    self.apply_effects(None);
-                }
+                _ = tokio::time::sleep(sleep) => {}
                 _ = shutdown.cancelled() => break,
             }
             self.submit_round();
+        }
+
+        if let Some(failure) = self.storage_failure.clone() {
+            // Fail-stop: the core's memory now holds changes the disk may not. Going on
+            // could acknowledge work that a restart would forget, so answer everything
+            // pending with an error and stop; recovery from disk is the consistent state.
+            shutdown.cancel();
+            let open = std::mem::take(&mut self.open);
+            self.fail_replies(open.replies, &failure);
+            while !self.in_flight.is_empty() {
+                match self.committed.recv().await {
+                    Some(done) => self.on_committed(done),
+                    None => break,
+                }
+            }
+            self.conns.clear();
+            if let Some(writer) = self.writer.take() {
+                let _ = tokio::task::spawn_blocking(move || writer.shutdown()).await;
+            }
+            anyhow::bail!(
+                "storage failed: {failure}. qd stopped so that memory and disk cannot disagree; \
+                 nothing it acknowledged is lost. Fix the cause (disk full? permissions?) and start it again"
+            );
         }
 
         // Shutdown: answer what already arrived, but a disconnect now is the server
@@ -166,7 +195,10 @@ impl Engine {
         if let Some(writer) = self.writer.take() {
             tokio::task::spawn_blocking(move || writer.shutdown()).await??;
         }
-        Ok(())
+        match self.storage_failure {
+            Some(failure) => anyhow::bail!("storage failed during shutdown: {failure}"),
+            None => Ok(()),
+        }
     }
 
     fn on_command(&mut self, cmd: Command) {
@@ -282,21 +314,34 @@ impl Engine {
     }
 
     fn on_committed(&mut self, done: Committed) {
+        if let Err(e) = &done.result {
+            tracing::error!(error = %e, "commit failed; stopping");
+            self.storage_failure.get_or_insert_with(|| e.to_string());
+        }
         for ticket in done.tickets {
             let Some(t) = self.in_flight.remove(&ticket) else { continue };
             for id in &t.inserted {
                 self.overlay.remove(id);
             }
-            for held in t.replies {
-                let result = match &done.result {
-                    Ok(()) => held.result,
-                    Err(e) => Err(WireError::new(
-                        ErrorCode::Storage,
-                        format!("not stored: {e}; the request may be retried once the server's storage is fixed"),
-                    )),
-                };
-                self.send(held.conn, held.id, result);
+            match &done.result {
+                Ok(()) => {
+                    for held in t.replies {
+                        self.send(held.conn, held.id, held.result);
+                    }
+                }
+                Err(e) => self.fail_replies(t.replies, &e.to_string()),
             }
+        }
+    }
+
+    /// Answers held replies with a storage error instead of their result.
+    fn fail_replies(&self, replies: Vec<Held>, failure: &str) {
+        for held in replies {
+            let err = WireError::new(
+                ErrorCode::Storage,
+                format!("not stored: {failure}; the server is stopping, retry against it once it is back"),
+            );
+            self.send(held.conn, held.id, Err(err));
         }
     }
 
@@ -338,5 +383,148 @@ impl Engine {
             // A closed channel means the connection is going away; its Disconnect follows.
             let _ = tx.send(ServerFrame::Response { id, result });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The engine against an in-memory store that can be told to fail: replies wait for the
+    //! commit, and a failed commit is answered with an error and stops the engine.
+
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use qd_protocol::{JobOptions, NewJob};
+
+    use super::*;
+    use crate::broker::BrokerConfig;
+    use crate::model::JobRecord;
+    use crate::store::{Durability, JobLookup, Recovered, Store, StoreError, StoreReader};
+
+    #[derive(Default)]
+    struct MemStore {
+        records: Mutex<BTreeMap<JobId, JobRecord>>,
+        fail: AtomicBool,
+    }
+
+    struct Shared(Arc<MemStore>);
+
+    impl JobLookup for MemStore {
+        fn get(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
+            Ok(self.records.lock().unwrap().get(&id).cloned())
+        }
+    }
+
+    impl Store for Shared {
+        fn recover(&mut self) -> Result<Recovered, StoreError> {
+            Ok(Recovered { records: Vec::new(), next_id: 1 })
+        }
+        fn commit(&mut self, changes: &[Change], _durable: bool) -> Result<(), StoreError> {
+            if self.0.fail.load(Ordering::SeqCst) {
+                return Err(StoreError::Io {
+                    context: "writing the batch".into(),
+                    source: std::io::Error::other("no space left on device"),
+                });
+            }
+            let mut records = self.0.records.lock().unwrap();
+            for c in changes {
+                match c {
+                    Change::Insert(r) => {
+                        records.insert(r.id, r.clone());
+                    }
+                    Change::Complete { id } => {
+                        records.remove(id);
+                    }
+                    Change::Fail { id, error, run_at_ms, dead } => {
+                        if let Some(r) = records.get_mut(id) {
+                            r.apply_failure(error.clone(), *run_at_ms, *dead);
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn reader(&self) -> StoreReader {
+            StoreReader::new(self.0.clone())
+        }
+    }
+
+    struct Harness {
+        store: Arc<MemStore>,
+        commands: mpsc::Sender<Command>,
+        replies: mpsc::UnboundedReceiver<ServerFrame>,
+        engine: tokio::task::JoinHandle<anyhow::Result<()>>,
+        shutdown: CancellationToken,
+    }
+
+    async fn harness() -> Harness {
+        let store = Arc::new(MemStore::default());
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let shared = Shared(store.clone());
+        let reader = shared.reader();
+        let writer =
+            Writer::spawn(Box::new(shared), Durability::Fsync, Duration::from_millis(5), done_tx);
+        let engine = Engine::new(Broker::new(BrokerConfig::default()), reader, writer, done_rx);
+        let (commands, rx) = mpsc::channel(64);
+        let shutdown = CancellationToken::new();
+        let engine = tokio::spawn(engine.run(rx, shutdown.clone()));
+        let (tx, replies) = mpsc::unbounded_channel();
+        commands.send(Command::Connect { conn: 1, replies: tx }).await.unwrap();
+        Harness { store, commands, replies, engine, shutdown }
+    }
+
+    fn add(id: u64, payload: &'static [u8]) -> Command {
+        let job = NewJob {
+            name: "x".into(),
+            payload: Bytes::from_static(payload),
+            options: JobOptions::default(),
+        };
+        Command::Request { conn: 1, id, body: Request::Add { queue: "q".into(), jobs: vec![job] } }
+    }
+
+    #[tokio::test]
+    async fn add_is_answered_after_its_commit_and_reserve_sees_the_payload() {
+        let mut h = harness().await;
+        h.commands.send(add(7, b"hello")).await.unwrap();
+        let Some(ServerFrame::Response { id: 7, result: Ok(Response::Added { ids }) }) =
+            h.replies.recv().await
+        else {
+            panic!("expected Added");
+        };
+        assert!(h.store.records.lock().unwrap().contains_key(&ids[0]), "stored before the reply");
+        let reserve = Request::Reserve { queues: vec!["q".into()], max: 1, timeout_ms: 0 };
+        h.commands.send(Command::Request { conn: 1, id: 8, body: reserve }).await.unwrap();
+        let Some(ServerFrame::Response { id: 8, result: Ok(Response::Reserved { jobs }) }) =
+            h.replies.recv().await
+        else {
+            panic!("expected Reserved");
+        };
+        assert_eq!(&jobs[0].payload[..], b"hello");
+        h.shutdown.cancel();
+        h.engine.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_is_never_answered_ok_and_stops_the_engine() {
+        let mut h = harness().await;
+        h.store.fail.store(true, Ordering::SeqCst);
+        h.commands.send(add(1, b"lost")).await.unwrap();
+        match h.replies.recv().await {
+            Some(ServerFrame::Response { id: 1, result: Err(e) }) => {
+                assert_eq!(e.code, ErrorCode::Storage);
+                assert!(e.message.contains("no space left"), "{}", e.message);
+            }
+            other => panic!("expected a Storage error, got {other:?}"),
+        }
+        let stopped =
+            tokio::time::timeout(Duration::from_secs(10), h.engine).await.unwrap().unwrap();
+        let err = stopped.unwrap_err().to_string();
+        assert!(err.contains("start it again"), "says what to do: {err}");
+        assert!(h.shutdown.is_cancelled(), "the whole server stops with the engine");
     }
 }

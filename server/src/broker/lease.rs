@@ -37,6 +37,12 @@ pub(crate) struct LeaseTable {
 }
 
 impl LeaseTable {
+    /// A table whose tokens start from `seed`. The engine seeds each server run differently
+    /// so that a token from before a restart cannot match a delivery after it.
+    pub(crate) fn seeded(seed: u64) -> Self {
+        LeaseTable { issued: seed, ..LeaseTable::default() }
+    }
+
     /// Leases `id` to `conn` until `deadline`; returns the new token. The caller makes sure
     /// the job is not leased already.
     pub(crate) fn grant(&mut self, id: JobId, conn: ConnId, deadline: Millis) -> u64 {

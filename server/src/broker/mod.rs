@@ -61,11 +61,15 @@ pub const WORKER_DISCONNECTED: &str = "worker disconnected";
 pub struct BrokerConfig {
     /// Completed jobs kept per queue for display (in memory only).
     pub completed_retention: usize,
+    /// Where lease tokens start. Leases are not persisted, so tokens restart with the
+    /// process; a different seed per run (the engine draws one at random) keeps a stale
+    /// worker's token from matching a delivery made after a restart.
+    pub token_seed: u64,
 }
 
 impl Default for BrokerConfig {
     fn default() -> Self {
-        BrokerConfig { completed_retention: 1000 }
+        BrokerConfig { completed_retention: 1000, token_seed: 0 }
     }
 }
 
@@ -120,6 +124,7 @@ pub struct Broker {
 
 impl Broker {
     pub fn new(config: BrokerConfig) -> Self {
+        let leases = LeaseTable::seeded(config.token_seed);
         Broker {
             config,
             jobs: JobTable::default(),
@@ -129,7 +134,7 @@ impl Broker {
             policies: Interner::default(),
             job_keys: HashMap::new(),
             delayed: BinaryHeap::new(),
-            leases: LeaseTable::default(),
+            leases,
             waiters: WaiterTable::default(),
             effects: Vec::new(),
             touched: Vec::new(),

@@ -371,7 +371,7 @@ fn apply(store: &mut HashMap<JobId, JobRecord>, effects: Vec<Effect>) {
 }
 
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let mut b = Broker::new(BrokerConfig { completed_retention: 5 });
+    let mut b = Broker::new(BrokerConfig { completed_retention: 5, ..BrokerConfig::default() });
     let mut m = Model { now: T0, ..Model::default() };
     let mut store: HashMap<JobId, JobRecord> = HashMap::new();
     let mut issued: Vec<LeaseRef> = Vec::new();

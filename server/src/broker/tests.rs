@@ -586,7 +586,7 @@ fn restore_rebuilds_ready_delayed_dead_and_keys() {
 
 #[test]
 fn completed_ring_is_bounded_by_retention() {
-    let mut b = Broker::new(BrokerConfig { completed_retention: 3 });
+    let mut b = Broker::new(BrokerConfig { completed_retention: 3, ..BrokerConfig::default() });
     b.add(T0, "q", (0..5).map(|i| job(&format!("j{i}"))).collect()).unwrap();
     for (i, l) in take(&mut b, T0, &["q"], 5).iter().enumerate() {
         b.ack(T0 + i as u64, lref(l)).unwrap();

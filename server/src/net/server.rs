@@ -66,7 +66,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let mut broker = Broker::new(BrokerConfig { completed_retention: retention });
+        let token_seed = rand::random::<u64>();
+        let mut broker = Broker::new(BrokerConfig { completed_retention: retention, token_seed });
         for record in &recovered.records {
             broker.restore(now, record);
         }
