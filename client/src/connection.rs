@@ -385,9 +385,15 @@ impl Driver {
     ) {
         // Both halves run in this one task; when either stops, the other is dropped with
         // it. Dropping the writer mid-write is fine: the socket is being abandoned anyway.
+        //
+        // Reading is polled first: if the server already closed the socket (say, it was
+        // restarted while this task was not scheduled), we learn it before writing new
+        // requests into a dead socket, so they count as never sent and go out again on a
+        // new connection instead of failing with an unknown outcome.
         let why = tokio::select! {
-            why = write_loop(self.encoder, &self.pending, wr, &mut rx) => why,
+            biased;
             why = read_loop(self.decoder, &self.pending, rd, buf) => why,
+            why = write_loop(self.encoder, &self.pending, wr, &mut rx) => why,
         };
         // Order matters. First make the socket look dead so new callers reconnect, then
         // stop the permit and command queues so nobody new gets in, and only then fail

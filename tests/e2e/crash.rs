@@ -60,3 +60,24 @@ async fn sigterm_stops_cleanly_and_keeps_everything() {
     // 49 left: the acked one is gone, the four held at shutdown are ready again.
     assert_eq!(counts(&client, "term").await, (49, 0, 0, 0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reconnects_when_the_server_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::start_in(&data, &[]);
+    let addr = server.addr.clone();
+    let client = server.client().await;
+    let first = client.add("again", Job::new("x", "1")).await.unwrap();
+    // Kill and restart off the runtime's threads, so the client's connection task sees the
+    // socket close while it happens, as it would in a real program.
+    let restarted = tokio::task::spawn_blocking(move || {
+        server.kill9();
+        Server::start_in_at(&data, &addr, &[])
+    });
+    // Same address, same data: the existing Client finds it again on its next request.
+    let _server = restarted.await.unwrap();
+    let second = client.add("again", Job::new("x", "2")).await.expect("the client reconnected");
+    assert!(second > first);
+    assert_eq!(counts(&client, "again").await.0, 2);
+}

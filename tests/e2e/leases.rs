@@ -92,3 +92,49 @@ async fn expired_lease_without_attempts_left_goes_dead() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_worker_heartbeats_a_job_that_outlives_its_lease() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    let (server, _dir) = support::start();
+    let client = server.client().await;
+    // The handler runs three times as long as the lease; without heartbeats the job would
+    // expire, be retried, and run more than once.
+    client
+        .add(
+            "hb",
+            Job::new("x", "").attempts(3).backoff(Backoff::NONE).lease(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap();
+    let runs = Arc::new(AtomicU32::new(0));
+    let seen = runs.clone();
+    let stop = qd_client::CancellationToken::new();
+    let worker = qd_client::Worker::new(server.client().await, "hb").concurrency(2);
+    let token = stop.clone();
+    let task = tokio::spawn(async move {
+        worker
+            .run(token, move |job| {
+                let seen = seen.clone();
+                async move {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    assert_eq!(job.attempt, 1, "the job was retried although its worker was alive");
+                    tokio::time::sleep(Duration::from_millis(900)).await;
+                    Ok::<(), String>(())
+                }
+            })
+            .await
+            .unwrap();
+    });
+    eventually(Duration::from_secs(20), "job completed", || {
+        let client = client.clone();
+        async move { (counts(&client, "hb").await.4 == 1).then_some(()) }
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "ran exactly once");
+    assert_eq!(counts(&client, "hb").await, (0, 0, 0, 0, 1));
+}

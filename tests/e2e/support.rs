@@ -29,8 +29,13 @@ pub struct Server {
 impl Server {
     /// Starts a server on `data` with extra flags, and waits until it listens.
     pub fn start_in(data: &Path, extra: &[&str]) -> Server {
+        Server::start_in_at(data, "127.0.0.1:0", extra)
+    }
+
+    /// Like [`Server::start_in`], on a given address.
+    pub fn start_in_at(data: &Path, listen: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(qd_bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--data"])
+            .args(["serve", "--listen", listen, "--log-format", "json", "--data"])
             .arg(data)
             .args(extra)
             .env("RUST_LOG", "info")
