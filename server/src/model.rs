@@ -60,8 +60,9 @@ pub struct JobRecord {
 }
 
 /// A change the core asks the store to make durable. Replies that depend on a change are
-/// released only after the store has committed it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// released only after the store has committed it. Serializable because the store's
+/// journal writes changes as they come (see `store/journal.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Change {
     /// A new job (add).
     Insert(JobRecord),
@@ -73,13 +74,71 @@ pub enum Change {
 
 impl JobRecord {
     /// Applies a [`Change::Fail`] to this record.
+    ///
+    /// Idempotent: applying a failure whose error is already kept changes nothing but
+    /// `run_at_ms` and `state` (set to the same values again when failures are replayed in
+    /// order). The journal relies on this: after a crash between a checkpoint reaching sled
+    /// and its journal segments being deleted, recovery replays `Fail`s that sled already
+    /// holds. Attempt numbers only grow, so a genuinely new failure never equals a kept one.
     pub fn apply_failure(&mut self, error: AttemptError, run_at_ms: Millis, dead: bool) {
         self.failures = self.failures.max(error.attempt);
         self.run_at_ms = run_at_ms;
         self.state = if dead { PersistedState::Dead } else { PersistedState::Waiting };
+        if self.errors.contains(&error) {
+            return;
+        }
         if self.errors.len() >= MAX_ERRORS_KEPT {
             self.errors.remove(0);
         }
         self.errors.push(error);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> JobRecord {
+        JobRecord {
+            id: 1,
+            queue: "q".into(),
+            name: "n".into(),
+            payload: Bytes::new(),
+            options: JobOptions::default(),
+            created_at_ms: 0,
+            run_at_ms: 0,
+            failures: 0,
+            state: PersistedState::Waiting,
+            errors: vec![],
+        }
+    }
+
+    fn error(attempt: u32) -> AttemptError {
+        AttemptError { attempt, at_ms: u64::from(attempt) * 10, message: format!("try {attempt}") }
+    }
+
+    #[test]
+    fn apply_failure_is_idempotent() {
+        let mut once = record();
+        once.apply_failure(error(1), 100, false);
+        once.apply_failure(error(2), 200, true);
+
+        // Replaying both failures (as recovery does when sled already holds them) in order.
+        let mut replayed = once.clone();
+        replayed.apply_failure(error(1), 100, false);
+        replayed.apply_failure(error(2), 200, true);
+        assert_eq!(replayed, once);
+
+        // The last one alone, too.
+        let mut again = once.clone();
+        again.apply_failure(error(2), 200, true);
+        assert_eq!(again, once);
+        assert_eq!(once.errors, vec![error(1), error(2)]);
+        assert_eq!((once.failures, once.state, once.run_at_ms), (2, PersistedState::Dead, 200));
+
+        // A new failure is still recorded.
+        again.apply_failure(error(3), 300, false);
+        assert_eq!(again.errors.len(), 3);
+        assert_eq!(again.failures, 3);
     }
 }

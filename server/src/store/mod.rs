@@ -8,6 +8,8 @@
 //! (the engine does that with the [`Committed`] notices the writer sends). The store never
 //! imports the core; `crate::model` is the whole interface between them.
 
+mod journal;
+mod journaled;
 mod keys;
 mod record;
 mod sled_store;
@@ -26,6 +28,7 @@ use qd_protocol::JobId;
 
 use crate::model::{Change, JobRecord};
 
+pub use journaled::{JournalConfig, JournaledStore, RecoveryStats};
 pub use keys::STORE_FORMAT_VERSION;
 pub use record::RECORD_FORMAT;
 pub use sled_store::{SledConfig, SledStore, DEFAULT_CACHE_CAPACITY};
@@ -69,6 +72,13 @@ pub trait Store: Send + 'static {
 
     /// Makes everything applied so far durable.
     fn flush(&mut self) -> Result<(), StoreError>;
+
+    /// Called once by the writer when it stops: makes everything durable and leaves the
+    /// data dir tidy for the next start (the journaled store checkpoints into sled). No
+    /// commit follows.
+    fn close(&mut self) -> Result<(), StoreError> {
+        self.flush()
+    }
 
     /// A cheap, cloneable, thread-safe reader for payload lookups while the writer commits.
     fn reader(&self) -> StoreReader;

@@ -131,6 +131,12 @@ impl SledStore {
         Ok(store)
     }
 
+    /// The `jobs` tree itself, for tests that watch what reaches sled.
+    #[cfg(test)]
+    pub(super) fn jobs_tree(&self) -> &sled::Tree {
+        &self.jobs
+    }
+
     /// The data directory.
     pub fn path(&self) -> &Path {
         &self.path
@@ -233,8 +239,63 @@ impl SledStore {
         }
     }
 
+    /// Makes sure the persisted id ceiling is above `max_id`.
+    ///
+    /// The ceiling goes to the log before the batch that needs it: sled recovers a prefix
+    /// of its log, so whenever the batch survives a crash, so does the ceiling. A ceiling
+    /// ahead of reality is harmless; one behind would let a restart reuse ids.
+    fn raise_id_ceiling(&mut self, max_id: JobId) -> Result<(), StoreError> {
+        if max_id >= self.id_ceiling {
+            let ceiling = max_id.saturating_add(ID_CEILING_STEP);
+            self.meta
+                .insert(ID_CEILING_KEY, &ceiling.to_be_bytes())
+                .map_err(|e| StoreError::sled("raising the id ceiling", e))?;
+            self.id_ceiling = ceiling;
+        }
+        Ok(())
+    }
+
+    /// Applies the net effect of many groups, as a journal checkpoint has it: one final
+    /// record (`Some`) or a removal (`None`) per id, after raising the id ceiling above
+    /// `max_id` (the highest id ever inserted, including ids whose records never reached
+    /// sled). Not durable until [`SledStore::sync`].
+    ///
+    /// Applied in sled batches of `CHECKPOINT_BATCH` entries rather than one: nothing needs
+    /// the whole checkpoint to be atomic (the journal still holds it, and replaying it onto
+    /// any mix of old and new records gives the same result), and smaller batches keep the
+    /// encoded copy small.
+    pub(super) fn apply_net<'a>(
+        &mut self,
+        entries: impl IntoIterator<Item = (JobId, Option<&'a JobRecord>)>,
+        max_id: JobId,
+    ) -> Result<(), StoreError> {
+        const CHECKPOINT_BATCH: usize = 16 * 1024;
+        self.raise_id_ceiling(max_id)?;
+        let mut batch = sled::Batch::default();
+        let mut in_batch = 0;
+        for (id, record) in entries {
+            match record {
+                Some(record) => batch.insert(&job_key(id), encode(record)?),
+                None => batch.remove(&job_key(id)),
+            }
+            in_batch += 1;
+            if in_batch == CHECKPOINT_BATCH {
+                self.jobs
+                    .apply_batch(std::mem::take(&mut batch))
+                    .map_err(|e| StoreError::sled("applying a checkpoint", e))?;
+                in_batch = 0;
+            }
+        }
+        if in_batch > 0 {
+            self.jobs
+                .apply_batch(batch)
+                .map_err(|e| StoreError::sled("applying a checkpoint", e))?;
+        }
+        Ok(())
+    }
+
     /// Flush sled's log, then force it (and new blob files) to stable storage.
-    fn sync(&mut self) -> Result<(), StoreError> {
+    pub(super) fn sync(&mut self) -> Result<(), StoreError> {
         self.db.flush().map_err(|e| StoreError::sled("flushing to disk", e))?;
         self.sync_new_blobs()?;
         if let Some(file) = &self.db_file {
@@ -351,15 +412,8 @@ impl Store for SledStore {
             }
         }
 
-        // The ceiling goes to the log before the batch that needs it: sled recovers a prefix
-        // of its log, so whenever the batch survives a crash, so does the ceiling. A ceiling
-        // ahead of reality is harmless; one behind would let a restart reuse ids.
-        if let Some(max) = max_inserted.filter(|&max| max >= self.id_ceiling) {
-            let ceiling = max.saturating_add(ID_CEILING_STEP);
-            self.meta
-                .insert(ID_CEILING_KEY, &ceiling.to_be_bytes())
-                .map_err(|e| StoreError::sled("raising the id ceiling", e))?;
-            self.id_ceiling = ceiling;
+        if let Some(max) = max_inserted {
+            self.raise_id_ceiling(max)?;
         }
         self.jobs.apply_batch(batch).map_err(|e| StoreError::sled("applying a batch", e))?;
         self.touched.clear();

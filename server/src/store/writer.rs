@@ -180,8 +180,8 @@ impl WriterLoop {
         }
 
         tracing::debug!(stats = ?self.stats, "writer stopping");
-        // A graceful stop flushes in every mode, `none` included.
-        match self.guarded(|store| store.flush()) {
+        // A graceful stop flushes (or checkpoints) in every mode, `none` included.
+        match self.guarded(|store| store.close()) {
             Ok(()) => match self.last_error {
                 Some(e) => Err(StoreError::Shared(e)),
                 None => Ok(()),
@@ -219,7 +219,7 @@ impl WriterLoop {
     }
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = panic.downcast_ref::<String>() {
