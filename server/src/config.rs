@@ -29,6 +29,9 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Completed jobs retained per queue for display.
     pub completed_retention: usize,
+    /// Journal writes and checkpoint them into sled (`JournaledStore`), or write every
+    /// group into sled (`SledStore`). See docs/STORAGE.md.
+    pub journal: bool,
 }
 
 impl ServerConfig {
@@ -45,6 +48,7 @@ impl ServerConfig {
             max_frame: qd_protocol::DEFAULT_MAX_FRAME,
             handshake_timeout: Duration::from_secs(10),
             completed_retention: 1000,
+            journal: true,
         }
     }
 }

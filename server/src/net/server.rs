@@ -21,7 +21,7 @@ use crate::broker::{Broker, BrokerConfig};
 use crate::config::ServerConfig;
 use crate::engine::{Command, Engine};
 use crate::net::conn::{self, ConnLimits};
-use crate::store::{SledConfig, SledStore, Store, Writer};
+use crate::store::{JournalConfig, JournaledStore, SledConfig, SledStore, Store, Writer};
 
 /// A server that is up: its address, and the means to stop it.
 #[derive(Debug)]
@@ -60,8 +60,13 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let sled_config =
         SledConfig { path: config.data.clone(), cache_capacity: config.cache_capacity };
     let retention = config.completed_retention;
+    let journal = config.journal;
     let (store, recovered, broker) = tokio::task::spawn_blocking(move || {
-        let mut store = SledStore::open(&sled_config)?;
+        let mut store: Box<dyn Store> = if journal {
+            Box::new(JournaledStore::open(&sled_config, JournalConfig::default())?)
+        } else {
+            Box::new(SledStore::open(&sled_config)?)
+        };
         let recovered = store.recover()?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -95,7 +100,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
 
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let reader = store.reader();
-    let writer = Writer::spawn(Box::new(store), config.durability, config.flush_interval, done_tx);
+    let writer = Writer::spawn(store, config.durability, config.flush_interval, done_tx);
     let engine = Engine::new(broker, reader, writer, done_rx);
     let (cmd_tx, cmd_rx) = mpsc::channel(16 * 1024);
     let shutdown = CancellationToken::new();
@@ -124,7 +129,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         conns.wait().await;
         engine_result
     });
-    tracing::info!(%addr, durability = ?config.durability, "qd is listening");
+    tracing::info!(%addr, durability = ?config.durability, journal, "qd is listening");
     Ok(RunningServer { addr, shutdown, task })
 }
 

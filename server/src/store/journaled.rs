@@ -1043,9 +1043,11 @@ mod tests {
             }
             store.flush().unwrap();
             eprintln!(
-                "{n} inserts journaled in {:?}, {} checkpoints done; dropping (like a crash)",
+                "{n} inserts journaled in {:?}, {} checkpoints done; peak RSS {}; dropping \
+                 (like a crash)",
                 started.elapsed(),
-                store.checkpoints()
+                store.checkpoints(),
+                peak_rss()
             );
         }
         eprintln!("segments left: {}", segments(dir.path()).len());
@@ -1063,5 +1065,12 @@ mod tests {
             JournaledStore::open_with_stats(&SledConfig::new(dir.path()), JournalConfig::default())
                 .unwrap();
         eprintln!("after a clean stop: {stats:?}");
+    }
+
+    fn peak_rss() -> String {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
+            .unwrap_or_default()
     }
 }

@@ -1,9 +1,12 @@
 //! Persistence of job records: the [`Store`] interface the engine writes through, its
-//! errors, and the sled implementation behind it.
+//! errors, and the two implementations behind it.
 //!
 //! What lives here: the key layout (`keys.rs`), the record encoding (`record.rs`), the sled
-//! store with its recovery scan and schema-version check (`sled_store.rs`), and the
-//! group-commit writer thread (`writer.rs`). What does not: deciding *what* to write (the
+//! store with its recovery scan and schema-version check (`sled_store.rs`), the append-only
+//! journal (`journal.rs`), the journaled store that makes groups durable in the journal and
+//! checkpoints their net effect into the sled store in the background (`journaled.rs`, the
+//! default; `--journal false` selects the sled store alone), and the group-commit writer
+//! thread (`writer.rs`). docs/STORAGE.md describes the bytes on disk. What does not: deciding *what* to write (the
 //! broker core produces [`Change`]s), and holding replies until their change is committed
 //! (the engine does that with the [`Committed`] notices the writer sends). The store never
 //! imports the core; `crate::model` is the whole interface between them.
@@ -41,8 +44,9 @@ pub enum Durability {
     /// on power loss.
     #[default]
     Fsync,
-    /// Reply once the group is applied; flush every interval. A crash of the machine (not
-    /// of qd alone) can lose the last interval's writes.
+    /// Reply once the group is written (to the journal, or applied to sled); fsync every
+    /// interval. A crash of the machine (not of qd alone) can lose the last interval's
+    /// writes.
     Interval,
     /// Never flush explicitly; sled's background flush only. For throwaway data.
     None,
