@@ -78,10 +78,6 @@ struct ServeArgs {
     /// Completed jobs kept per queue for display.
     #[arg(long, env = "QD_COMPLETED_RETENTION", default_value_t = 1000)]
     completed_retention: usize,
-    /// true: make writes durable in an append-only journal and move their net effect into
-    /// the store in background checkpoints. false: write every group into the store.
-    #[arg(long, env = "QD_JOURNAL", default_value_t = true, action = clap::ArgAction::Set)]
-    journal: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -199,7 +195,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.max_frame = args.max_frame;
     config.handshake_timeout = args.handshake_timeout;
     config.completed_retention = args.completed_retention;
-    config.journal = args.journal;
 
     let server = crate::net::server::start(config).await?;
     let token = server.shutdown_token();

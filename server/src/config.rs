@@ -29,9 +29,6 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Completed jobs retained per queue for display.
     pub completed_retention: usize,
-    /// Journal writes and checkpoint them into sled (`JournaledStore`), or write every
-    /// group into sled (`SledStore`). See docs/STORAGE.md.
-    pub journal: bool,
 }
 
 impl ServerConfig {
@@ -42,13 +39,12 @@ impl ServerConfig {
             data,
             durability: Durability::Fsync,
             flush_interval: Duration::from_millis(5),
-            cache_capacity: 64 * 1024 * 1024,
+            cache_capacity: crate::store::DEFAULT_CACHE_CAPACITY,
             max_connections: 1024,
             max_in_flight: 4096,
             max_frame: qd_protocol::DEFAULT_MAX_FRAME,
             handshake_timeout: Duration::from_secs(10),
             completed_retention: 1000,
-            journal: true,
         }
     }
 }

@@ -401,7 +401,7 @@ mod tests {
     use super::*;
     use crate::broker::BrokerConfig;
     use crate::model::JobRecord;
-    use crate::store::{Durability, JobLookup, Recovered, Store, StoreError, StoreReader};
+    use crate::store::{Durability, JobLookup, RecoveredMeta, Store, StoreError, StoreReader};
 
     #[derive(Default)]
     struct MemStore {
@@ -418,8 +418,11 @@ mod tests {
     }
 
     impl Store for Shared {
-        fn recover(&mut self) -> Result<Recovered, StoreError> {
-            Ok(Recovered { records: Vec::new(), next_id: 1 })
+        fn recover(
+            &mut self,
+            _visit: &mut dyn FnMut(JobRecord),
+        ) -> Result<RecoveredMeta, StoreError> {
+            Ok(RecoveredMeta { next_id: 1, records: 0 })
         }
         fn commit(&mut self, changes: &[Change], _durable: bool) -> Result<(), StoreError> {
             if self.0.fail.load(Ordering::SeqCst) {

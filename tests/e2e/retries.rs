@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use qd_client::{Job, RetryHint, Worker};
 use qd_protocol::Backoff;
-use qd_server::store::{SledConfig, SledStore, Store};
+use qd_server::store::{JournalConfig, JournaledStore, SledConfig, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{self, counts, eventually};
@@ -91,11 +91,17 @@ async fn always_failing_job_is_dead_with_every_error_recorded() {
 
     // The dead record on disk carries all three failures, in order.
     assert!(server.terminate().success());
-    let mut store =
-        SledStore::open(&SledConfig { path: dir.path().join("data"), cache_capacity: 8 << 20 })
-            .unwrap();
-    let recovered = store.recover().unwrap();
-    let record = recovered.records.iter().find(|r| r.id == id).expect("dead job kept");
+    let config = SledConfig { path: dir.path().join("data"), cache_capacity: 8 << 20 };
+    let mut store = JournaledStore::open(&config, JournalConfig::default()).unwrap();
+    let mut found = None;
+    store
+        .recover(&mut |r| {
+            if r.id == id {
+                found = Some(r);
+            }
+        })
+        .unwrap();
+    let record = found.expect("dead job kept");
     let errors: Vec<(u32, &str)> =
         record.errors.iter().map(|e| (e.attempt, e.message.as_str())).collect();
     assert_eq!(errors, vec![(1, "boom 1"), (2, "boom 2"), (3, "boom 3")]);

@@ -21,7 +21,7 @@ use crate::broker::{Broker, BrokerConfig};
 use crate::config::ServerConfig;
 use crate::engine::{Command, Engine};
 use crate::net::conn::{self, ConnLimits};
-use crate::store::{JournalConfig, JournaledStore, SledConfig, SledStore, Store, Writer};
+use crate::store::{JournalConfig, JournaledStore, SledConfig, Store, Writer};
 
 /// A server that is up: its address, and the means to stop it.
 #[derive(Debug)]
@@ -60,25 +60,19 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let sled_config =
         SledConfig { path: config.data.clone(), cache_capacity: config.cache_capacity };
     let retention = config.completed_retention;
-    let journal = config.journal;
     let (store, recovered, broker) = tokio::task::spawn_blocking(move || {
-        let mut store: Box<dyn Store> = if journal {
-            Box::new(JournaledStore::open(&sled_config, JournalConfig::default())?)
-        } else {
-            Box::new(SledStore::open(&sled_config)?)
-        };
-        let recovered = store.recover()?;
+        let mut store: Box<dyn Store> =
+            Box::new(JournaledStore::open(&sled_config, JournalConfig::default())?);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let token_seed = rand::random::<u64>();
         let mut broker = Broker::new(BrokerConfig { completed_retention: retention, token_seed });
-        for record in &recovered.records {
-            broker.restore(now, record);
-        }
+        // Streamed: one record at a time goes from the store into the broker's indexes.
+        let recovered = store.recover(&mut |record| broker.restore(now, &record))?;
         let next = broker.next_id().max(recovered.next_id);
         broker.set_next_id(next);
-        anyhow::Ok((store, recovered.records.len(), broker))
+        anyhow::Ok((store, recovered.records, broker))
     })
     .await
     .context("recovery task panicked")?
@@ -129,7 +123,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         conns.wait().await;
         engine_result
     });
-    tracing::info!(%addr, durability = ?config.durability, journal, "qd is listening");
+    tracing::info!(%addr, durability = ?config.durability, "qd is listening");
     Ok(RunningServer { addr, shutdown, task })
 }
 

@@ -1,12 +1,11 @@
-//! Crash tests of the stores: a writing *process* is killed with SIGKILL over and over,
+//! Crash tests of the store: a writing *process* is killed with SIGKILL over and over,
 //! and after each kill the data dir must open and hold everything that was acknowledged.
-//! The same loop runs against the plain sled store and the journaled store (whose child
-//! uses a tiny checkpoint budget, so kills land before, in and after checkpoints too).
-//! Test-only; the store's unit tests live next to the code they test.
+//! The child uses a tiny checkpoint budget, so kills land before, in and after checkpoints
+//! (page merges into sled) too. Test-only; the store's unit tests live next to the code
+//! they test.
 //!
 //! No qd binary is involved: the test re-executes its own test binary (`current_exe`) with
-//! itself as the only test to run and `QD_STORE_CRASH_CHILD=<dir>` set (and
-//! `QD_STORE_CRASH_ENGINE` saying which store). In that mode the
+//! itself as the only test to run and `QD_STORE_CRASH_CHILD=<dir>` set. In that mode the
 //! test body is the writer: it opens the store, commits durable groups of inserts and
 //! completions in a loop, and prints each group after `commit` returned, i.e. once it would
 //! have been acknowledged. The parent kills it at varying points, then reopens the store
@@ -22,11 +21,10 @@ use std::time::{Duration, Instant};
 use qd_protocol::JobId;
 
 use super::testutil::{complete, insert};
-use super::{JournalConfig, JournaledStore, SledConfig, SledStore, Store};
+use super::{JournalConfig, JournaledStore, SledConfig, Store};
 use crate::model::Change;
 
 const CHILD_ENV: &str = "QD_STORE_CRASH_CHILD";
-const ENGINE_ENV: &str = "QD_STORE_CRASH_ENGINE";
 /// The child's report lines (prefixed to tell them from the test harness's own output):
 /// `BEGIN <inserted ids> <completed ids> end` before a commit, `REPORT` once it returned.
 const BEGIN: &str = "qd-crash-begin";
@@ -39,72 +37,30 @@ const COMPLETES_PER_GROUP: usize = 3;
 /// Generous: only reached when something hangs, never in a passing run.
 const STUCK: Duration = Duration::from_secs(30);
 
-/// Which store a crash loop runs against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Engine {
-    Sled,
-    Journaled,
-}
+/// The test's path in the lib test binary: the child is started with it as exact filter.
+const TEST_NAME: &str =
+    "store::crash_tests::kill9_during_durable_commits_loses_nothing_acknowledged";
 
-impl Engine {
-    fn name(self) -> &'static str {
-        match self {
-            Engine::Sled => "sled",
-            Engine::Journaled => "journaled",
+/// Opens the store; the child's store checkpoints every few groups. Also says whether the
+/// journal had a torn tail to cut off.
+fn open(dir: &Path, child: bool) -> Result<(JournaledStore, bool), super::StoreError> {
+    let config = if child {
+        JournalConfig {
+            checkpoint_bytes: 2048,
+            segment_bytes: 8192,
+            checkpoint_interval: Duration::from_millis(20),
         }
-    }
-
-    /// The test's path in the lib test binary: the child is started with it as exact filter.
-    fn test_name(self) -> &'static str {
-        match self {
-            Engine::Sled => {
-                "store::crash_tests::kill9_during_durable_commits_loses_nothing_acknowledged"
-            }
-            Engine::Journaled => {
-                "store::crash_tests::kill9_during_durable_commits_loses_nothing_acknowledged_journaled"
-            }
-        }
-    }
-
-    /// Opens the store; the child's journaled store checkpoints every few groups. Also says
-    /// whether the journal had a torn tail to cut off.
-    fn open(self, dir: &Path, child: bool) -> Result<(Box<dyn Store>, bool), super::StoreError> {
-        let sled = SledConfig::new(dir);
-        Ok(match self {
-            Engine::Sled => (Box::new(SledStore::open(&sled)?), false),
-            Engine::Journaled => {
-                let config = if child {
-                    JournalConfig {
-                        checkpoint_bytes: 2048,
-                        segment_bytes: 8192,
-                        checkpoint_interval: Duration::from_millis(20),
-                    }
-                } else {
-                    JournalConfig::default()
-                };
-                let (store, stats) = JournaledStore::open_with_stats(&sled, config)?;
-                (Box::new(store), stats.torn_tail_bytes > 0)
-            }
-        })
-    }
+    } else {
+        JournalConfig::default()
+    };
+    let (store, stats) = JournaledStore::open_with_stats(&SledConfig::new(dir), config)?;
+    Ok((store, stats.torn_tail_bytes > 0))
 }
 
 #[test]
 fn kill9_during_durable_commits_loses_nothing_acknowledged() {
-    kill9_loop(Engine::Sled);
-}
-
-#[test]
-fn kill9_during_durable_commits_loses_nothing_acknowledged_journaled() {
-    kill9_loop(Engine::Journaled);
-}
-
-fn kill9_loop(engine: Engine) {
     if let Some(dir) = std::env::var_os(CHILD_ENV) {
-        if std::env::var(ENGINE_ENV).as_deref() == Ok(engine.name()) {
-            run_child(engine, Path::new(&dir));
-        }
-        return; // the other engine's test, started by mistake: nothing to do
+        run_child(Path::new(&dir));
     }
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
@@ -125,9 +81,8 @@ fn kill9_loop(engine: Engine) {
         // acknowledged groups; the child goes on meanwhile, so the kill lands anywhere.
         let groups_before_kill = (kill * 5 + kill / 7) % 7;
         let mut child = Command::new(&exe)
-            .args([engine.test_name(), "--exact", "--nocapture", "--test-threads=1", "-q"])
+            .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1", "-q"])
             .env(CHILD_ENV, dir.path())
-            .env(ENGINE_ENV, engine.name())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -172,13 +127,16 @@ fn kill9_loop(engine: Engine) {
             .unwrap()
             .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".generating"))
             .count();
-        let (mut store, torn) = engine.open(dir.path(), false).unwrap_or_else(|e| {
+        let (mut store, torn) = open(dir.path(), false).unwrap_or_else(|e| {
             panic!("kill {kill}: reopening failed: {e}\nchild stderr:\n{child_stderr}")
         });
         torn_tails += u32::from(torn);
-        let recovered = store.recover().unwrap();
+        let mut stored = BTreeSet::<JobId>::new();
+        let recovered = store.recover(&mut |r| {
+            stored.insert(r.id);
+        });
+        let recovered = recovered.unwrap();
         drop(store);
-        let stored: BTreeSet<JobId> = recovered.records.iter().map(|r| r.id).collect();
 
         // Replay the reports: a group counts once its commit returned. The group the kill
         // interrupted may or may not be on disk, but all of it or none of it.
@@ -229,10 +187,9 @@ fn kill9_loop(engine: Engine) {
         );
     }
     eprintln!(
-        "{}: {KILLS} kills in {:?}; {} jobs acknowledged and kept, {} completed; interrupted \
+        "{KILLS} kills in {:?}; {} jobs acknowledged and kept, {} completed; interrupted \
          groups: {} applied, {} not; partial snapshots removed: {partial_snapshots}; torn \
          journal tails cut: {torn_tails}",
-        engine.name(),
         started.elapsed(),
         present.len(),
         completed.len(),
@@ -242,16 +199,16 @@ fn kill9_loop(engine: Engine) {
 }
 
 /// The writer side: never returns; the parent kills it.
-fn run_child(engine: Engine, dir: &Path) -> ! {
+fn run_child(dir: &Path) -> ! {
     let mut out = std::io::stdout().lock(); // not `println!`: the harness would capture it
                                             // sled writes a snapshot while it opens: some kills should land in there (and leave a
                                             // partial `snap.*.generating` behind for the next open to clean up).
     writeln!(out, "{OPENING}").unwrap();
     out.flush().unwrap();
-    let (mut store, _) = engine.open(dir, true).unwrap();
-    let recovered = store.recover().unwrap();
+    let (mut store, _) = open(dir, true).unwrap();
+    let mut live: Vec<JobId> = vec![];
+    let recovered = store.recover(&mut |r| live.push(r.id)).unwrap();
     let mut next_id = recovered.next_id;
-    let mut live: Vec<JobId> = recovered.records.iter().map(|r| r.id).collect();
     loop {
         let inserted: Vec<JobId> = (next_id..next_id + INSERTS_PER_GROUP).collect();
         next_id += INSERTS_PER_GROUP;

@@ -1,20 +1,24 @@
-//! [`JournaledStore`]: the [`Store`] that makes groups durable in the journal
-//! (`journal.rs`) and moves only their *net effect* into sled, in large background batches
-//! (checkpoints). A job added and acked between two checkpoints never costs sled a write.
-//! sled stays the store of record; the journal holds what sled does not have yet. Encoding
-//! records for sled and syncing it is `sled_store.rs`'s business; the journal's bytes are
-//! `journal.rs`'s; grouping requests is the writer's (`writer.rs`).
+//! [`JournaledStore`]: the [`Store`]. It makes groups durable in the journal
+//! (`journal.rs`) and moves only their *net effect* into sled's pages, in large background
+//! batches (checkpoints). A job added and acked between two checkpoints never costs sled a
+//! write. sled stays the store of record; the journal holds what sled does not have yet.
+//! Reading and merging pages and syncing sled is `sled_store.rs`'s business; the journal's
+//! bytes are `journal.rs`'s; grouping requests is the writer's (`writer.rs`).
 //!
 //! Data and who holds it:
 //! - The writer thread (`qd-writer`, the one owner of the `Store`) appends each group to the
-//!   journal, then folds it into the *current pending map* (`id -> Put(record) | Delete`).
+//!   journal, then folds it into the *current pending map* (`id -> Put(encoded record body)
+//!   | Delete`): bytes, not decoded records, so an entry costs its encoded size plus a
+//!   small fixed overhead (`ENTRY_OVERHEAD`), and that is what the budget counts.
 //! - The checkpoint thread (`qd-checkpoint`) owns the [`SledStore`]. When the current map
 //!   grows past a byte budget, or the journal segment past its own budget, or a time
 //!   interval passes with something journaled, the map is *frozen*: the journal rotates to a
 //!   new segment, the map moves to `frozen` (still visible to readers) and the checkpoint
-//!   thread applies it to sled, syncs sled, deletes the segments it covered and only then
-//!   drops the map from readers' view. Meanwhile the writer fills a new current map.
-//! - Readers look in the current map, then the frozen one, then sled.
+//!   thread merges it into sled page by page, syncs sled, deletes the segments it covered
+//!   and only then drops the map from readers' view. Meanwhile the writer fills a new
+//!   current map.
+//! - Readers look in the current map, then the frozen one, then sled's page of the id; each
+//!   decodes one record body.
 //!
 //! Invariants:
 //! 1. Logical state = sled, overlaid with the frozen map, overlaid with the current map.
@@ -22,10 +26,11 @@
 //!    holds it durably; a segment is deleted only after sled holds all of it durably.
 //! 2. `Put { fresh: true }` means the id was inserted after the last freeze, so neither sled
 //!    nor the frozen map has it: completing it removes the entry (the job cancels out).
-//!    Any other completion leaves a `Delete`.
+//!    Any other completion leaves a `Delete`. Replayed inserts are never fresh (sled may
+//!    already hold them).
 //! 3. At most one checkpoint runs. The writer keeps accumulating while one runs, but waits
-//!    for it once the current map reaches `BACKPRESSURE_FACTOR` times the budget, so memory
-//!    stays bounded.
+//!    for it once the current map reaches `BACKPRESSURE_FACTOR` times the budget, so the
+//!    pending maps together stay below about 2 x that (plus one group).
 //! 4. Replaying journal segments onto sled gives the logical state whether or not sled
 //!    already holds some of their effect (a crash between a checkpoint's sync and the
 //!    segment deletion): `Insert` overwrites, `Complete` removes, and `Fail` is idempotent
@@ -34,7 +39,7 @@
 //!    that cancelled out and never reached sled.
 //!
 //! Lock order: `ctl`, then `views`. The checkpoint thread never holds the sled mutex while
-//! it takes `ctl`, so `recover` may hold `ctl` and then take sled.
+//! it takes `ctl`.
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -47,17 +52,25 @@ use std::time::{Duration, Instant};
 use qd_protocol::JobId;
 
 use super::journal::{remove_segments_before, Journal, JOURNAL_DIR};
-use super::{JobLookup, Recovered, SledConfig, SledStore, Store, StoreError, StoreReader};
+use super::record;
+use super::sled_store::{PageReader, SledStore};
+use super::{JobLookup, RecoveredMeta, SledConfig, Store, StoreError, StoreReader};
 use crate::model::{Change, JobRecord};
 
 /// The writer waits for a running checkpoint once the current map holds this many times
 /// the checkpoint budget.
-pub const BACKPRESSURE_FACTOR: u64 = 4;
+pub const BACKPRESSURE_FACTOR: u64 = 2;
+
+/// What a pending entry costs besides its body: its slot in the hash table (key, tag,
+/// pointer and length, at the table's load factor) and the allocator's header of the body.
+/// An estimate; the budget needs the order of magnitude, not the byte.
+pub const ENTRY_OVERHEAD: u64 = 64;
 
 /// When checkpoints happen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalConfig {
-    /// Checkpoint once the current pending map holds about this many bytes of records.
+    /// Checkpoint once the current pending map holds about this many bytes (encoded bodies
+    /// plus `ENTRY_OVERHEAD` per entry).
     pub checkpoint_bytes: u64,
     /// Checkpoint once the newest journal segment is this long, even if the pending map is
     /// small (jobs that cancel out still fill the journal).
@@ -69,7 +82,7 @@ pub struct JournalConfig {
 impl Default for JournalConfig {
     fn default() -> Self {
         JournalConfig {
-            checkpoint_bytes: 32 << 20,
+            checkpoint_bytes: 16 << 20,
             segment_bytes: 64 << 20,
             checkpoint_interval: Duration::from_secs(30),
         }
@@ -79,19 +92,24 @@ impl Default for JournalConfig {
 /// What the journal knows about an id that sled does not (yet).
 #[derive(Debug, Clone)]
 enum Pending {
-    /// The record as it is now. `fresh`: see invariant 2. Boxed: a map entry stays small,
-    /// which keeps rehashing the big maps cheap.
-    Put { record: Box<JobRecord>, fresh: bool },
+    /// The record as it is now, encoded as in a page slot (`record.rs`). `fresh`: see
+    /// invariant 2.
+    Put { body: Box<[u8]>, fresh: bool },
     /// The job completed; sled (or the frozen map) may still have it.
     Delete,
 }
 
 impl Pending {
-    fn record(&self) -> Option<&JobRecord> {
+    fn body(&self) -> Option<&[u8]> {
         match self {
-            Pending::Put { record, .. } => Some(&**record),
+            Pending::Put { body, .. } => Some(body),
             Pending::Delete => None,
         }
+    }
+
+    /// What the budget counts for this entry.
+    fn cost(&self) -> u64 {
+        ENTRY_OVERHEAD + self.body().map_or(0, |b| b.len() as u64)
     }
 }
 
@@ -110,8 +128,10 @@ struct Views {
 #[derive(Debug)]
 struct Control {
     journal: Journal,
-    /// Estimated bytes of the current map (see `entry_bytes`).
+    /// What the current map costs (see `Pending::cost`).
     pending_bytes: u64,
+    /// What the frozen map cost when it was frozen; 0 when there is none.
+    frozen_bytes: u64,
     /// The highest id ever journaled or stored (invariant 5).
     max_id: JobId,
     /// A checkpoint is running (`views.frozen` is its map).
@@ -121,6 +141,9 @@ struct Control {
     failed: Option<Arc<StoreError>>,
     last_checkpoint: Instant,
     checkpoints: u64,
+    /// Commits that waited for a checkpoint (invariant 3), and whether one waits now.
+    backpressure_waits: u64,
+    waiting: bool,
 }
 
 #[derive(Debug)]
@@ -129,9 +152,12 @@ struct Shared {
     ctl: Mutex<Control>,
     /// Notified (with `ctl`) whenever a checkpoint ends.
     checkpoint_ended: Condvar,
-    sled_reader: StoreReader,
+    pages: PageReader,
     config: JournalConfig,
     journal_dir: PathBuf,
+    /// Tests hold checkpoints here: each one waits for a message (or a hung-up sender).
+    #[cfg(test)]
+    gate: Mutex<Option<Receiver<()>>>,
 }
 
 /// One checkpoint's work.
@@ -152,11 +178,11 @@ enum ToCheckpointer {
 /// The journaled store. Owned by the writer thread; readers go through [`Store::reader`].
 pub struct JournaledStore {
     shared: Arc<Shared>,
+    /// The checkpoint thread's sled, for tests that watch what reaches it.
+    #[cfg(test)]
     sled: Arc<Mutex<SledStore>>,
     to_checkpointer: Sender<ToCheckpointer>,
     checkpointer: Option<JoinHandle<()>>,
-    /// What `open` recovered, handed out by the first `recover`.
-    recovered: Option<Recovered>,
     closed: bool,
     /// Per-commit scratch: the record each `Fail` of the group applies to, looked up before
     /// the group is journaled (so a failed lookup leaves nothing behind).
@@ -175,10 +201,11 @@ impl std::fmt::Debug for JournaledStore {
 /// How long each step of `open` took, and what the journal held.
 #[derive(Debug, Clone, Default)]
 pub struct RecoveryStats {
-    pub sled_records: usize,
-    pub sled_scan: Duration,
+    pub sled_open: Duration,
     pub journal_segments: usize,
     pub journal_records: u64,
+    /// Entries of the journal's net effect (the pending map after replay).
+    pub journal_entries: usize,
     pub journal_replay: Duration,
     pub torn_tail_bytes: u64,
     pub total: Duration,
@@ -186,10 +213,10 @@ pub struct RecoveryStats {
 
 impl JournaledStore {
     /// Opens the store in `sled_config.path`: opens sled (partial snapshot cleanup, lock,
-    /// format version), scans it, replays the journal in `<data>/journal/` on top (cutting
-    /// off a torn tail), and starts the checkpoint thread. The replayed state becomes the
-    /// pending map, which a first checkpoint moves into sled in the background. Call
-    /// [`Store::recover`] for the result.
+    /// format version), replays the journal in `<data>/journal/` into a pending map (cutting
+    /// off a torn tail; its size is bounded by the checkpoint budget the crashed process
+    /// kept), and starts the checkpoint thread, which moves the replayed map into sled in
+    /// the background. Reading sled's pages is left to [`Store::recover`], which streams.
     pub fn open(
         sled_config: &SledConfig,
         config: JournalConfig,
@@ -203,50 +230,43 @@ impl JournaledStore {
         config: JournalConfig,
     ) -> Result<(JournaledStore, RecoveryStats), StoreError> {
         let started = Instant::now();
-        let mut sled = SledStore::open(sled_config)?;
-        let base = sled.recover()?;
-        let mut stats = RecoveryStats {
-            sled_records: base.records.len(),
-            sled_scan: started.elapsed(),
-            ..RecoveryStats::default()
-        };
+        let sled = SledStore::open(sled_config)?;
+        let pages = sled.reader();
+        let mut stats = RecoveryStats { sled_open: started.elapsed(), ..RecoveryStats::default() };
 
         let replay_started = Instant::now();
         let journal_dir = sled_config.path.join(JOURNAL_DIR);
         let mut fold = Fold::default();
-        let in_base = |id: JobId| base.records.binary_search_by_key(&id, |r| r.id);
         let (journal, replayed) = Journal::open(&journal_dir, |change| {
-            fold.apply(
-                change,
-                |id| in_base(id).is_ok(),
-                |id| in_base(id).ok().map(|i| base.records[i].clone()),
-            );
-            Ok(())
+            // Replayed inserts are not fresh: sled may hold them already (invariant 2).
+            fold.apply(&change, false, |id| pages.get(id))
         })?;
         stats.journal_segments = replayed.segments;
         stats.journal_records = replayed.records;
+        stats.journal_entries = fold.map.len();
         stats.torn_tail_bytes = replayed.truncated;
         stats.journal_replay = replay_started.elapsed();
-
-        let next_id = base.next_id.max(fold.max_id.saturating_add(1)).max(1);
-        let records = merge(base.records, &fold.map);
-        let recovered = Recovered { records, next_id };
 
         let shared = Arc::new(Shared {
             views: RwLock::new(Views { current: fold.map, frozen: None }),
             ctl: Mutex::new(Control {
                 journal,
                 pending_bytes: fold.bytes,
+                frozen_bytes: 0,
                 max_id: fold.max_id,
                 running: false,
                 failed: None,
                 last_checkpoint: Instant::now(),
                 checkpoints: 0,
+                backpressure_waits: 0,
+                waiting: false,
             }),
             checkpoint_ended: Condvar::new(),
-            sled_reader: sled.reader(),
+            pages,
             config,
             journal_dir,
+            #[cfg(test)]
+            gate: Mutex::new(None),
         });
         let sled = Arc::new(Mutex::new(sled));
         let (to_checkpointer, rx) = mpsc::channel();
@@ -259,15 +279,15 @@ impl JournaledStore {
         };
         let store = JournaledStore {
             shared,
+            #[cfg(test)]
             sled,
             to_checkpointer,
             checkpointer: Some(checkpointer),
-            recovered: Some(recovered),
             closed: false,
             bases: HashMap::new(),
         };
         // Move what was replayed into sled right away, in the background: the next start
-        // then has less journal to read.
+        // then has less journal to read. `recover` overlays it meanwhile.
         if replayed.bytes > 0 {
             let mut ctl = lock(&store.shared.ctl);
             let job = store.shared.freeze(&mut ctl)?;
@@ -276,12 +296,12 @@ impl JournaledStore {
         }
         stats.total = started.elapsed();
         tracing::info!(
-            sled_records = stats.sled_records,
-            sled_scan_ms = stats.sled_scan.as_millis() as u64,
+            sled_open_ms = stats.sled_open.as_millis() as u64,
             journal_segments = stats.journal_segments,
             journal_records = stats.journal_records,
+            journal_entries = stats.journal_entries,
             journal_replay_ms = stats.journal_replay.as_millis() as u64,
-            "recovered the journaled store"
+            "opened the store"
         );
         Ok((store, stats))
     }
@@ -327,8 +347,8 @@ impl JournaledStore {
                 continue;
             }
             let base = match views.frozen.as_ref().and_then(|f| f.get(id)) {
-                Some(pending) => pending.record().cloned(),
-                None => self.shared.sled_reader.get(*id)?,
+                Some(pending) => pending.body().map(|b| record::decode(*id, b)).transpose()?,
+                None => self.shared.pages.get(*id)?,
             };
             self.bases.insert(*id, base);
         }
@@ -381,6 +401,7 @@ impl Shared {
             map
         };
         ctl.running = true;
+        ctl.frozen_bytes = ctl.pending_bytes;
         ctl.pending_bytes = 0;
         Ok(Checkpoint { map, before_seq, max_id: ctl.max_id })
     }
@@ -396,17 +417,85 @@ impl Shared {
     }
 }
 
+/// Emits records in id order during [`Store::recover`], counting them.
+struct Emitter<'v> {
+    visit: &'v mut dyn FnMut(JobRecord),
+    records: u64,
+    highest: Option<JobId>,
+}
+
+impl Emitter<'_> {
+    fn emit(&mut self, id: JobId, body: &[u8]) -> Result<(), StoreError> {
+        let record = record::decode(id, body)?;
+        self.records += 1;
+        self.highest = Some(id);
+        (self.visit)(record);
+        Ok(())
+    }
+}
+
 impl Store for JournaledStore {
-    fn recover(&mut self) -> Result<Recovered, StoreError> {
-        if let Some(recovered) = self.recovered.take() {
-            return Ok(recovered);
-        }
-        // Later calls (tests, tools): sled + the current map, once no checkpoint runs.
-        let ctl = self.shared.wait_idle(lock(&self.shared.ctl))?;
-        let base = lock(&self.sled).recover()?;
+    /// Streams sled's pages in id order, overlaid with the pending maps (the journal's net
+    /// effect, bounded by the budget): an id a map holds is taken from the map (or skipped
+    /// if deleted), and the map's inserts that sled does not have yet are emitted in their
+    /// place in the order. Only one page and one record are decoded at a time.
+    fn recover(&mut self, visit: &mut dyn FnMut(JobRecord)) -> Result<RecoveredMeta, StoreError> {
+        let started = Instant::now();
+        let max_id = lock(&self.shared.ctl).max_id;
+        let ceiling = self.shared.pages.id_ceiling()?;
+        // Held during the scan: a checkpoint may still merge the frozen map into sled
+        // meanwhile (either version of a page overlaid with the map is the same state), but
+        // cannot drop the map or freeze another until the scan is done.
         let views = read(&self.shared.views);
-        let next_id = base.next_id.max(ctl.max_id.saturating_add(1));
-        Ok(Recovered { records: merge(base.records, &views.current), next_id })
+        let mut overlay: Vec<(JobId, Option<&[u8]>)> =
+            views.current.iter().map(|(id, p)| (*id, p.body())).collect();
+        if let Some(frozen) = &views.frozen {
+            overlay.extend(
+                frozen
+                    .iter()
+                    .filter(|(id, _)| !views.current.contains_key(id))
+                    .map(|(id, p)| (*id, p.body())),
+            );
+        }
+        overlay.sort_unstable_by_key(|(id, _)| *id);
+
+        let mut out = Emitter { visit, records: 0, highest: None };
+        let mut next = 0;
+        let mut from_sled = 0u64;
+        self.shared.pages.scan(|id, body| {
+            while let Some(&(pending_id, pending)) = overlay.get(next) {
+                if pending_id > id {
+                    break;
+                }
+                next += 1;
+                if let Some(pending) = pending {
+                    out.emit(pending_id, pending)?;
+                }
+                if pending_id == id {
+                    return Ok(()); // the journal's version wins (or its deletion)
+                }
+            }
+            from_sled += 1;
+            out.emit(id, body)
+        })?;
+        for &(id, pending) in &overlay[next..] {
+            if let Some(body) = pending {
+                out.emit(id, body)?;
+            }
+        }
+        drop(views);
+
+        let after_last = out.highest.map_or(0, |id| id.saturating_add(1));
+        let next_id = ceiling.max(max_id.saturating_add(1)).max(after_last).max(1);
+        tracing::info!(
+            records = out.records,
+            from_sled,
+            from_journal = out.records - from_sled,
+            next_id,
+            ms = started.elapsed().as_millis() as u64,
+            "recovered the store"
+        );
+        Ok(RecoveredMeta { next_id, records: out.records })
     }
 
     fn commit(&mut self, changes: &[Change], durable: bool) -> Result<(), StoreError> {
@@ -414,7 +503,6 @@ impl Store for JournaledStore {
             return Err(StoreError::WriterStopped { reason: "the store was closed".into() });
         }
         self.prefetch_bases(changes)?;
-        self.recovered = None; // stale from now on
         let shared = self.shared.clone();
         let mut ctl = lock(&shared.ctl);
         // Invariant 3: bounded memory. Waiting here holds up the writer thread, and so
@@ -422,7 +510,17 @@ impl Store for JournaledStore {
         let limit = shared.config.checkpoint_bytes.saturating_mul(BACKPRESSURE_FACTOR);
         if ctl.running && ctl.pending_bytes >= limit {
             tracing::debug!(pending_bytes = ctl.pending_bytes, "waiting for the checkpoint");
-            ctl = shared.wait_idle(ctl)?;
+            ctl.backpressure_waits += 1;
+            ctl.waiting = true;
+            let waited = shared.wait_idle(ctl);
+            ctl = match waited {
+                Ok(ctl) => ctl,
+                Err(e) => {
+                    lock(&shared.ctl).waiting = false;
+                    return Err(e);
+                }
+            };
+            ctl.waiting = false;
         }
         if let Some(e) = &ctl.failed {
             return Err(StoreError::Shared(e.clone()));
@@ -438,7 +536,7 @@ impl Store for JournaledStore {
             return Err(StoreError::Shared(e));
         }
 
-        {
+        let folded = {
             let mut views = write(&shared.views);
             let mut fold = Fold {
                 map: std::mem::take(&mut views.current),
@@ -446,12 +544,19 @@ impl Store for JournaledStore {
                 max_id: ctl.max_id,
             };
             let bases = &mut self.bases;
-            for change in changes {
-                fold.apply(change.clone(), |_| false, |id| bases.remove(&id).flatten());
-            }
+            let result = changes
+                .iter()
+                .try_for_each(|c| fold.apply(c, true, |id| Ok(bases.remove(&id).flatten())));
             views.current = fold.map;
             ctl.pending_bytes = fold.bytes;
             ctl.max_id = fold.max_id;
+            result
+        };
+        if let Err(e) = folded {
+            // Journaled but not in the map: the memory no longer matches the journal.
+            let e = Arc::new(e);
+            ctl.failed = Some(e.clone());
+            return Err(StoreError::Shared(e));
         }
 
         if shared.checkpoint_due(&ctl) {
@@ -514,12 +619,12 @@ impl JobLookup for JournaledReader {
             let pending =
                 views.current.get(&id).or_else(|| views.frozen.as_ref().and_then(|f| f.get(&id)));
             if let Some(pending) = pending {
-                return Ok(pending.record().cloned());
+                return pending.body().map(|b| record::decode(id, b)).transpose();
             }
         }
         // Not pending: sled has the logical state (or had it a moment ago, if a freeze and
         // checkpoint overtook this lookup; either is a consistent answer).
-        self.shared.sled_reader.get(id)
+        self.shared.pages.get(id)
     }
 }
 
@@ -527,115 +632,73 @@ impl JobLookup for JournaledReader {
 #[derive(Debug, Default)]
 struct Fold {
     map: PendingMap,
+    /// What `map` costs (see `Pending::cost`).
     bytes: u64,
     max_id: JobId,
 }
 
 impl Fold {
-    /// Applies one change. `in_base(id)`: whether sled (and the frozen map) hold `id`
-    /// (decides `fresh`); `base(id)`: the record a `Fail` applies to when the map has none.
+    /// Applies one change. `fresh`: whether an insert is certainly not in sled or the
+    /// frozen map (invariant 2); `base(id)`: the record a `Fail` applies to when the map
+    /// has none.
     fn apply(
         &mut self,
-        change: Change,
-        in_base: impl FnOnce(JobId) -> bool,
-        base: impl FnOnce(JobId) -> Option<JobRecord>,
-    ) {
+        change: &Change,
+        fresh: bool,
+        base: impl FnOnce(JobId) -> Result<Option<JobRecord>, StoreError>,
+    ) -> Result<(), StoreError> {
         match change {
             Change::Insert(record) => {
                 let id = record.id;
                 self.max_id = self.max_id.max(id);
-                let fresh = !in_base(id);
-                self.bytes += record_bytes(&record);
-                let old = self.map.insert(id, Pending::Put { record: Box::new(record), fresh });
-                self.bytes -= old.as_ref().map_or(0, entry_bytes);
+                self.put(id, record::encode(record)?, fresh);
             }
-            Change::Complete { id } => match self.map.get(&id) {
+            Change::Complete { id } => match self.map.get(id) {
                 Some(Pending::Put { fresh: true, .. }) => {
                     // Invariant 2: never in sled, so nothing to write at all.
-                    let old = self.map.remove(&id).expect("just seen");
-                    self.bytes -= entry_bytes(&old);
+                    let old = self.map.remove(id).expect("just seen");
+                    self.bytes -= old.cost();
                 }
                 Some(Pending::Delete) => {}
                 Some(Pending::Put { .. }) | None => {
                     // Without an entry, sled or the frozen map may hold it: a `Delete` is
-                    // right either way (removing a missing key is harmless).
-                    let old = self.map.insert(id, Pending::Delete);
-                    self.bytes += entry_bytes(&Pending::Delete);
-                    self.bytes -= old.as_ref().map_or(0, entry_bytes);
+                    // right either way (removing a missing slot is harmless).
+                    self.bytes += Pending::Delete.cost();
+                    let old = self.map.insert(*id, Pending::Delete);
+                    self.bytes -= old.as_ref().map_or(0, Pending::cost);
                 }
             },
-            Change::Fail { id, error, run_at_ms, dead } => match self.map.get_mut(&id) {
-                Some(Pending::Put { record, .. }) => {
-                    self.bytes -= record_bytes(record);
-                    record.apply_failure(error, run_at_ms, dead);
-                    self.bytes += record_bytes(record);
-                }
-                Some(Pending::Delete) => {
-                    tracing::warn!(id, "asked to fail job {id}, which completed; skipped");
-                }
-                None => match base(id) {
-                    Some(mut record) => {
-                        record.apply_failure(error, run_at_ms, dead);
-                        self.bytes += record_bytes(&record);
-                        self.map
-                            .insert(id, Pending::Put { record: Box::new(record), fresh: false });
+            Change::Fail { id, error, run_at_ms, dead } => {
+                let (mut record, fresh) = match self.map.get(id) {
+                    Some(Pending::Put { body, fresh }) => (record::decode(*id, body)?, *fresh),
+                    Some(Pending::Delete) => {
+                        tracing::warn!(id, "asked to fail job {id}, which completed; skipped");
+                        return Ok(());
                     }
-                    None => {
-                        tracing::warn!(id, "asked to fail job {id}, which is not stored; skipped");
-                    }
-                },
-            },
-        }
-    }
-}
-
-/// Rough memory of a pending record: what the budget counts.
-fn record_bytes(record: &JobRecord) -> u64 {
-    let errors: usize = record.errors.iter().map(|e| 48 + e.message.len()).sum();
-    let key = record.options.key.as_ref().map_or(0, String::len);
-    (160 + record.payload.len() + record.queue.len() + record.name.len() + key + errors) as u64
-}
-
-fn entry_bytes(pending: &Pending) -> u64 {
-    match pending {
-        Pending::Put { record, .. } => record_bytes(record),
-        Pending::Delete => 32,
-    }
-}
-
-/// The records of `base` (sled's, in id order) overlaid with `map`, in id order.
-fn merge(base: Vec<JobRecord>, map: &PendingMap) -> Vec<JobRecord> {
-    if map.is_empty() {
-        return base;
-    }
-    let mut seen = 0;
-    let mut records = Vec::with_capacity(base.len() + map.len());
-    for record in base {
-        match map.get(&record.id) {
-            Some(pending) => {
-                seen += 1;
-                records.extend(pending.record().cloned());
-            }
-            None => records.push(record),
-        }
-    }
-    if seen < map.len() {
-        let in_order = records.len();
-        for pending in map.values() {
-            if let Pending::Put { record, fresh: true } = pending {
-                records.push((**record).clone());
+                    None => match base(*id)? {
+                        Some(record) => (record, false),
+                        None => {
+                            tracing::warn!(
+                                id,
+                                "asked to fail job {id}, which is not stored; skipped"
+                            );
+                            return Ok(());
+                        }
+                    },
+                };
+                record.apply_failure(error.clone(), *run_at_ms, *dead);
+                self.put(*id, record::encode(&record)?, fresh);
             }
         }
-        // Usually every new id is above sled's, and only the new part needs sorting.
-        let start = in_order.saturating_sub(1);
-        if records[start..].windows(2).any(|w| w[0].id > w[1].id) {
-            records[start..].sort_unstable_by_key(|r| r.id);
-            if records.windows(2).any(|w| w[0].id > w[1].id) {
-                records.sort_unstable_by_key(|r| r.id);
-            }
-        }
+        Ok(())
     }
-    records
+
+    fn put(&mut self, id: JobId, body: Box<[u8]>, fresh: bool) {
+        let entry = Pending::Put { body, fresh };
+        self.bytes += entry.cost();
+        let old = self.map.insert(id, entry);
+        self.bytes -= old.as_ref().map_or(0, Pending::cost);
+    }
 }
 
 /// The checkpoint thread: runs the checkpoints the writer hands over, and starts one itself
@@ -663,6 +726,10 @@ fn checkpoint_loop(shared: &Shared, sled: &Mutex<SledStore>, rx: &Receiver<ToChe
 }
 
 fn run_checkpoint(shared: &Shared, sled: &Mutex<SledStore>, job: Checkpoint) {
+    #[cfg(test)]
+    if let Some(gate) = lock(&shared.gate).as_ref() {
+        let _ = gate.recv();
+    }
     let started = Instant::now();
     let entries = job.map.len();
     let result =
@@ -678,12 +745,15 @@ fn run_checkpoint(shared: &Shared, sled: &Mutex<SledStore>, job: Checkpoint) {
     let mut ctl = lock(&shared.ctl);
     ctl.running = false;
     match result {
-        Ok(removed) => {
+        Ok((pages, removed)) => {
             write(&shared.views).frozen = None;
+            ctl.frozen_bytes = 0;
             ctl.last_checkpoint = Instant::now();
             ctl.checkpoints += 1;
             tracing::debug!(
                 entries,
+                pages_written = pages.written,
+                pages_removed = pages.removed,
                 segments_removed = removed,
                 ms = started.elapsed().as_millis() as u64,
                 "checkpoint done"
@@ -699,22 +769,24 @@ fn run_checkpoint(shared: &Shared, sled: &Mutex<SledStore>, job: Checkpoint) {
     shared.checkpoint_ended.notify_all();
 }
 
-/// Applies a frozen map to sled in id order (sled likes neighbouring keys together), syncs
-/// sled, then deletes the segments the map covered. Holds the sled mutex only meanwhile.
+/// Merges a frozen map into sled's pages in id order (each touched page read and written
+/// once), syncs sled, then deletes the segments the map covered. Holds the sled mutex only
+/// meanwhile.
 fn apply_checkpoint(
     sled: &Mutex<SledStore>,
     job: &Checkpoint,
     journal_dir: &Path,
-) -> Result<usize, StoreError> {
-    let mut entries: Vec<(JobId, Option<&JobRecord>)> =
-        job.map.iter().map(|(id, pending)| (*id, pending.record())).collect();
+) -> Result<(super::sled_store::PagesWritten, usize), StoreError> {
+    let mut entries: Vec<(JobId, Option<&[u8]>)> =
+        job.map.iter().map(|(id, pending)| (*id, pending.body())).collect();
     entries.sort_unstable_by_key(|(id, _)| *id);
-    {
+    let pages = {
         let mut sled = lock(sled);
-        sled.apply_net(entries, job.max_id)?;
+        let pages = sled.apply_checkpoint(&entries, job.max_id)?;
         sled.sync()?;
-    }
-    remove_segments_before(journal_dir, job.before_seq)
+        pages
+    };
+    Ok((pages, remove_segments_before(journal_dir, job.before_seq)?))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -731,14 +803,15 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
 
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
     use super::*;
     use crate::model::PersistedState;
-    use crate::store::testutil::{complete, fail, insert, record};
+    use crate::store::page;
+    use crate::store::testutil::{complete, fail, insert, record, recover_all, Recovered};
 
     /// A budget no test reaches by accident: checkpoints happen when the test says.
     fn manual() -> JournalConfig {
@@ -767,38 +840,50 @@ mod tests {
         files
     }
 
-    /// The keys sled's `jobs` tree is written with while `f` runs (inserts and removals).
-    fn sled_writes(store: &mut JournaledStore, f: impl FnOnce(&mut JournaledStore)) -> Vec<JobId> {
-        let mut events = lock(&store.sled).jobs_tree().watch_prefix(vec![]);
+    /// The pages sled's `pages` tree is written with while `f` runs (inserts and
+    /// removals), as (page number, whether it was removed).
+    fn sled_writes(
+        store: &mut JournaledStore,
+        f: impl FnOnce(&mut JournaledStore),
+    ) -> Vec<(u64, bool)> {
+        let mut events = lock(&store.sled).pages_tree().watch_prefix(vec![]);
         f(store);
         let mut keys = vec![];
         // Events are queued while the batch is applied, before `apply_batch` returns.
         while let Ok(event) = events.next_timeout(Duration::ZERO) {
-            keys.push(super::super::keys::job_id(event.key()).unwrap());
+            let removed = matches!(event, sled::Event::Remove { .. });
+            keys.push((super::super::keys::page_of_key(event.key()).unwrap(), removed));
         }
         keys.sort_unstable();
         keys
+    }
+
+    /// Pages stored in sled right now.
+    fn stored_pages(store: &JournaledStore) -> usize {
+        lock(&store.sled).pages_tree().len()
     }
 
     #[test]
     fn a_job_added_and_completed_between_checkpoints_never_reaches_sled() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = open(dir.path(), manual());
-        store.commit(&[insert(1), insert(2), insert(3)], true).unwrap();
-        store.commit(&[complete(2), fail(3, 1, false)], true).unwrap();
-        store.commit(&[insert(4), complete(4)], false).unwrap();
+        // One job per page (pages hold 64 ids), so the pages written name the jobs.
+        store.commit(&[insert(1), insert(65), insert(129)], true).unwrap();
+        store.commit(&[complete(65), fail(129, 1, false)], true).unwrap();
+        store.commit(&[insert(193), complete(193)], false).unwrap();
         let written = sled_writes(&mut store, |s| s.checkpoint_now().unwrap());
-        assert_eq!(written, vec![1, 3], "only the jobs still pending reach sled");
-        let sled = &store.shared.sled_reader;
+        assert_eq!(written, vec![(0, false), (2, false)], "only the jobs still pending reach sled");
+        let sled = &store.shared.pages;
         assert_eq!(sled.get(1).unwrap(), Some(record(1, 16)));
-        assert_eq!(sled.get(3).unwrap().unwrap().failures, 1);
-        assert_eq!(sled.get(2).unwrap(), None);
+        assert_eq!(sled.get(129).unwrap().unwrap().failures, 1);
+        assert_eq!(sled.get(65).unwrap(), None);
 
-        // Completing a job sled holds is one removal.
+        // Completing the last job of a page removes the page.
         store.commit(&[complete(1)], true).unwrap();
         let written = sled_writes(&mut store, |s| s.checkpoint_now().unwrap());
-        assert_eq!(written, vec![1]);
-        assert_eq!(store.shared.sled_reader.get(1).unwrap(), None);
+        assert_eq!(written, vec![(0, true)]);
+        assert_eq!(store.shared.pages.get(1).unwrap(), None);
+        assert_eq!(stored_pages(&store), 1);
         assert_eq!(segments(dir.path()).len(), 1, "covered segments are deleted");
     }
 
@@ -827,7 +912,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut store = open(dir.path(), manual());
-            assert_eq!(store.recover().unwrap(), Recovered { records: vec![], next_id: 1 });
+            assert_eq!(recover_all(&mut store), Recovered { records: vec![], next_id: 1 });
             store.commit(&(1..=10).map(insert).collect::<Vec<_>>(), true).unwrap();
             store.checkpoint_now().unwrap();
             store.commit(&[complete(1), complete(2), fail(4, 1, false), insert(11)], true).unwrap();
@@ -837,14 +922,18 @@ mod tests {
         assert!(!segments(dir.path()).is_empty());
         let (mut store, stats) =
             JournaledStore::open_with_stats(&SledConfig::new(dir.path()), manual()).unwrap();
-        assert_eq!((stats.sled_records, stats.journal_records, stats.torn_tail_bytes), (10, 8, 0));
-        let rec = store.recover().unwrap();
+        assert_eq!(
+            (stats.journal_records, stats.journal_entries, stats.torn_tail_bytes),
+            (8, 6, 0),
+            "ids 1, 2, 3, 11 deleted, 4 failed, 12 inserted"
+        );
+        let rec = recover_all(&mut store);
         assert_eq!(ids(&rec), vec![4, 5, 6, 7, 8, 9, 10, 12]);
         let four = &rec.records[0];
         assert_eq!((four.failures, four.state, four.errors.len()), (2, PersistedState::Dead, 2));
         assert!(rec.next_id > 12);
         // A second recover (after the background checkpoint of the replayed state) agrees.
-        assert_eq!(store.recover().unwrap(), rec);
+        assert_eq!(recover_all(&mut store), rec);
     }
 
     #[test]
@@ -854,16 +943,26 @@ mod tests {
             let mut store = open(dir.path(), manual());
             store.commit(&[insert(1), insert(2), insert(30)], true).unwrap();
             store.commit(&[complete(30), fail(1, 1, false)], false).unwrap();
-            let expected = store.recover().unwrap();
+            let expected = recover_all(&mut store);
             store.close().unwrap();
             expected
         };
         assert!(segments(dir.path()).is_empty(), "{:?}", segments(dir.path()));
         // sled alone holds it all now, including an id ceiling above the cancelled job 30.
-        let rec = SledStore::open(&SledConfig::new(dir.path())).unwrap().recover().unwrap();
-        assert_eq!(rec.records, expected.records);
-        assert!(rec.next_id > 30, "next id {} would reuse job 30's id", rec.next_id);
-        let rec = open(dir.path(), manual()).recover().unwrap();
+        {
+            let sled = SledStore::open(&SledConfig::new(dir.path())).unwrap();
+            let mut records = vec![];
+            sled.reader()
+                .scan(|id, body| {
+                    records.push(record::decode(id, body)?);
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(records, expected.records);
+            let ceiling = sled.reader().id_ceiling().unwrap();
+            assert!(ceiling > 30, "id ceiling {ceiling} would reuse job 30's id");
+        }
+        let rec = recover_all(&mut open(dir.path(), manual()));
         assert_eq!(rec.records, expected.records);
         assert!(rec.next_id > 30);
     }
@@ -890,14 +989,14 @@ mod tests {
             // Job 7 is in sled and in the saved segments; completing it must not leave the
             // sled copy behind when its replayed insert is mistaken for a new one.
             store.commit(&[fail(1, 3, true), complete(3), complete(7)], true).unwrap();
-            store.recover().unwrap()
+            recover_all(&mut store)
         };
         for saved in std::fs::read_dir(saved.path()).unwrap() {
             let saved = saved.unwrap();
             let back = dir.path().join(JOURNAL_DIR).join(saved.file_name());
             std::fs::copy(saved.path(), back).unwrap();
         }
-        let rec = open(dir.path(), manual()).recover().unwrap();
+        let rec = recover_all(&mut open(dir.path(), manual()));
         assert_eq!(rec.records, expected.records);
         assert_eq!(ids(&rec), vec![1, 4, 5, 6]);
         let one = &rec.records[0];
@@ -923,7 +1022,7 @@ mod tests {
         let (mut store, stats) =
             JournaledStore::open_with_stats(&SledConfig::new(dir.path()), manual()).unwrap();
         assert_eq!(stats.torn_tail_bytes, half.len() as u64);
-        assert_eq!(ids(&store.recover().unwrap()), vec![1, 2]);
+        assert_eq!(ids(&recover_all(&mut store)), vec![1, 2]);
     }
 
     #[test]
@@ -990,6 +1089,13 @@ mod tests {
             }
             store.commit(&group, rng.gen_bool(0.5)).unwrap();
             {
+                // The budget counts what the current map holds, entry by entry.
+                let ctl = lock(&store.shared.ctl);
+                let views = read(&store.shared.views);
+                let counted: u64 = views.current.values().map(Pending::cost).sum();
+                assert_eq!(ctl.pending_bytes, counted, "round {round}");
+            }
+            {
                 // Dropped before a reopen: a reader keeps sled (and its lock) alive.
                 let reader = store.reader();
                 for _ in 0..4 {
@@ -1003,7 +1109,7 @@ mod tests {
                     checkpoints += store.checkpoints();
                     drop(store); // like a crash: the journal stays
                     store = open(dir.path(), tiny.clone());
-                    let rec = store.recover().unwrap();
+                    let rec = recover_all(&mut store);
                     assert_eq!(rec.records, model.values().cloned().collect::<Vec<_>>());
                     assert!(rec.next_id >= next_id, "round {round}");
                 }
@@ -1012,7 +1118,7 @@ mod tests {
                     store.close().unwrap();
                     drop(store);
                     store = open(dir.path(), tiny.clone());
-                    let rec = store.recover().unwrap();
+                    let rec = recover_all(&mut store);
                     assert_eq!(rec.records, model.values().cloned().collect::<Vec<_>>());
                 }
                 _ => {}
@@ -1021,10 +1127,133 @@ mod tests {
         checkpoints += store.checkpoints();
         assert!(checkpoints > 50, "the tiny budget should checkpoint often: {checkpoints}");
         let expected: Vec<JobRecord> = model.into_values().collect();
-        assert_eq!(store.recover().unwrap().records, expected);
+        assert_eq!(recover_all(&mut store).records, expected);
         store.close().unwrap();
         drop(store);
-        assert_eq!(open(dir.path(), tiny).recover().unwrap().records, expected);
+        let mut store = open(dir.path(), tiny);
+        assert_eq!(recover_all(&mut store).records, expected);
+        // Empty pages are removed: sled holds exactly the pages of the live jobs.
+        let live_pages: BTreeSet<u64> = expected.iter().map(|r| page::page_no(r.id)).collect();
+        assert_eq!(stored_pages(&store), live_pages.len());
+    }
+
+    /// The journal tail wins over sled's pages for every id it touches: a page whose jobs
+    /// all completed in the journal, a job failed in the journal, jobs inserted in the
+    /// journal into a page sled already has and into new pages. The stream comes out in id
+    /// order and equals the model.
+    #[test]
+    fn recovery_overlays_the_journal_tail_on_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = BTreeMap::<JobId, JobRecord>::new();
+        {
+            let mut store = open(dir.path(), manual());
+            let first: Vec<Change> = (1..=140).map(insert).collect();
+            store.commit(&first, true).unwrap();
+            store.checkpoint_now().unwrap();
+            assert_eq!(stored_pages(&store), 3);
+            for id in 1..=140 {
+                model.insert(id, record(id, 16));
+            }
+            // Journal only from here on.
+            let mut tail: Vec<Change> = (64..128).map(complete).collect(); // all of page 1
+            tail.extend([complete(1), fail(5, 1, false), fail(5, 2, true), insert(141)]);
+            tail.extend([
+                insert(300),
+                insert(301),
+                complete(300),
+                complete(140),
+                fail(130, 1, false),
+            ]);
+            store.commit(&tail, true).unwrap();
+            for change in tail {
+                match change {
+                    Change::Insert(r) => {
+                        model.insert(r.id, r);
+                    }
+                    Change::Complete { id } => {
+                        model.remove(&id);
+                    }
+                    Change::Fail { id, error, run_at_ms, dead } => {
+                        model.get_mut(&id).unwrap().apply_failure(error, run_at_ms, dead);
+                    }
+                }
+            }
+            // Dropped without `close`: sled has 140 jobs, the journal the rest.
+        }
+        let (mut store, stats) =
+            JournaledStore::open_with_stats(&SledConfig::new(dir.path()), manual()).unwrap();
+        assert_eq!(stats.journal_records, 73);
+        let rec = recover_all(&mut store);
+        assert_eq!(rec.records, model.values().cloned().collect::<Vec<_>>());
+        assert!(rec.next_id > 301);
+        // Readers agree, before and after the replayed tail reached sled.
+        let reader = store.reader();
+        for id in 0..310 {
+            assert_eq!(reader.get(id).unwrap().as_ref(), model.get(&id), "job {id}");
+        }
+        store.checkpoint_now().unwrap();
+        for id in 0..310 {
+            assert_eq!(reader.get(id).unwrap().as_ref(), model.get(&id), "job {id}");
+        }
+        // Page 1 emptied and is gone; pages 0, 2 and 4 (job 301) remain.
+        assert_eq!(stored_pages(&store), 3);
+        assert_eq!(recover_all(&mut store).records, model.values().cloned().collect::<Vec<_>>());
+    }
+
+    /// Invariant 3 with a checkpoint held up: the writer stops (waits) once the current map
+    /// reaches twice the budget, the maps never hold more than that plus one group, and
+    /// everything committed meanwhile is there once the checkpoint is let go.
+    #[test]
+    fn backpressure_bounds_the_pending_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = 16 * 1024;
+        let config = JournalConfig {
+            checkpoint_bytes: budget,
+            segment_bytes: u64::MAX,
+            checkpoint_interval: Duration::from_secs(3600),
+        };
+        let mut store = open(dir.path(), config);
+        let (release, gate) = mpsc::channel::<()>();
+        *lock(&store.shared.gate) = Some(gate);
+        let shared = store.shared.clone();
+        let group_len = 10u64;
+        let groups = 200u64;
+        // One insert costs its body plus the entry overhead; a group at most ten of them.
+        let one = record::encode(&record(1, 16)).unwrap().len() as u64 + ENTRY_OVERHEAD;
+        let writer = std::thread::spawn(move || {
+            for g in 0..groups {
+                let group: Vec<Change> =
+                    (1..=group_len).map(|i| insert(g * group_len + i)).collect();
+                store.commit(&group, false).unwrap();
+            }
+            store
+        });
+        // Wait (polling, with a deadline) until the writer blocks on the held checkpoint.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            {
+                let ctl = lock(&shared.ctl);
+                if ctl.waiting {
+                    assert!(ctl.running);
+                    let limit = budget * BACKPRESSURE_FACTOR;
+                    assert!(ctl.pending_bytes >= limit, "waited at {} bytes", ctl.pending_bytes);
+                    assert!(ctl.pending_bytes < limit + group_len * one, "{}", ctl.pending_bytes);
+                    // The frozen map was frozen at the budget, within one group.
+                    assert!(
+                        ctl.frozen_bytes >= budget && ctl.frozen_bytes < budget + group_len * one
+                    );
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "the writer never waited for the checkpoint");
+            std::thread::yield_now();
+        }
+        drop(release); // let every checkpoint through
+        let mut store = writer.join().unwrap();
+        assert!(lock(&store.shared.ctl).backpressure_waits >= 1);
+        let rec = recover_all(&mut store);
+        assert_eq!(ids(&rec), (1..=groups * group_len).collect::<Vec<_>>());
+        assert!(store.checkpoints() >= 2);
     }
 
     /// Recovery time with a million jobs queued. Run with
@@ -1054,17 +1283,26 @@ mod tests {
         let (mut store, stats) =
             JournaledStore::open_with_stats(&SledConfig::new(dir.path()), JournalConfig::default())
                 .unwrap();
-        let rec = store.recover().unwrap();
-        assert_eq!(rec.records.len(), n as usize);
-        eprintln!("{stats:?}");
+        let recovering = Instant::now();
+        let mut count = 0u64;
+        let meta = store.recover(&mut |_| count += 1).unwrap();
+        assert_eq!((meta.records, count), (n, n));
+        eprintln!(
+            "{stats:?}; streaming recover {:?}; peak RSS {}",
+            recovering.elapsed(),
+            peak_rss()
+        );
         let checkpoint = Instant::now();
         store.close().unwrap();
         eprintln!("final checkpoint of the replayed tail: {:?}", checkpoint.elapsed());
         drop(store);
-        let (_, stats) =
+        let (mut store, stats) =
             JournaledStore::open_with_stats(&SledConfig::new(dir.path()), JournalConfig::default())
                 .unwrap();
-        eprintln!("after a clean stop: {stats:?}");
+        let recovering = Instant::now();
+        let meta = store.recover(&mut |_| {}).unwrap();
+        assert_eq!(meta.records, n);
+        eprintln!("after a clean stop: {stats:?}; streaming recover {:?}", recovering.elapsed());
     }
 
     fn peak_rss() -> String {

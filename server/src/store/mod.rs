@@ -1,12 +1,13 @@
 //! Persistence of job records: the [`Store`] interface the engine writes through, its
 //! errors, and the two implementations behind it.
 //!
-//! What lives here: the key layout (`keys.rs`), the record encoding (`record.rs`), the sled
-//! store with its recovery scan and schema-version check (`sled_store.rs`), the append-only
-//! journal (`journal.rs`), the journaled store that makes groups durable in the journal and
-//! checkpoints their net effect into the sled store in the background (`journaled.rs`, the
-//! default; `--journal false` selects the sled store alone), and the group-commit writer
-//! thread (`writer.rs`). docs/STORAGE.md describes the bytes on disk. What does not: deciding *what* to write (the
+//! What lives here: the key layout (`keys.rs`), pages of 64 records per sled key
+//! (`page.rs`), the record encoding (`record.rs`), the sled side with its page reads,
+//! checkpoint merges and schema-version check (`sled_store.rs`), the append-only journal
+//! (`journal.rs`), the journaled store that makes groups durable in the journal and
+//! checkpoints their net effect into sled's pages in the background (`journaled.rs`, the
+//! one [`Store`]), and the group-commit writer thread (`writer.rs`). docs/STORAGE.md
+//! describes the bytes on disk. What does not: deciding *what* to write (the
 //! broker core produces [`Change`]s), and holding replies until their change is committed
 //! (the engine does that with the [`Committed`] notices the writer sends). The store never
 //! imports the core; `crate::model` is the whole interface between them.
@@ -14,6 +15,7 @@
 mod journal;
 mod journaled;
 mod keys;
+mod page;
 mod record;
 mod sled_store;
 mod writer;
@@ -33,8 +35,7 @@ use crate::model::{Change, JobRecord};
 
 pub use journaled::{JournalConfig, JournaledStore, RecoveryStats};
 pub use keys::STORE_FORMAT_VERSION;
-pub use record::RECORD_FORMAT;
-pub use sled_store::{SledConfig, SledStore, DEFAULT_CACHE_CAPACITY};
+pub use sled_store::{SledConfig, DEFAULT_CACHE_CAPACITY};
 pub use writer::{Committed, Writer};
 
 /// When a commit counts as done, chosen with `--durability`.
@@ -52,21 +53,23 @@ pub enum Durability {
     None,
 }
 
-/// Everything the store found on disk at start.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Recovered {
-    /// Every stored record, in id order.
-    pub records: Vec<JobRecord>,
+/// What [`Store::recover`] found besides the records it handed to its visitor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveredMeta {
     /// The first id never used in this data dir: assign ids from here on.
     pub next_id: JobId,
+    /// How many records were visited.
+    pub records: u64,
 }
 
 /// A persistence engine for job records. One owner (the writer thread) calls the mutating
 /// methods; any number of [`StoreReader`]s may read meanwhile.
 pub trait Store: Send + 'static {
-    /// One scan of everything stored, in id order, plus the first id never used (the larger
-    /// of the persisted id ceiling and the highest record id + 1; at least 1).
-    fn recover(&mut self) -> Result<Recovered, StoreError>;
+    /// One scan of everything stored: calls `visit` with each record, in id order, without
+    /// collecting them (a million records must not cost a million records of memory at
+    /// once). Returns the first id never used (the largest of the persisted id ceiling, the
+    /// highest id ever journaled + 1 and the highest record id + 1; at least 1).
+    fn recover(&mut self, visit: &mut dyn FnMut(JobRecord)) -> Result<RecoveredMeta, StoreError>;
 
     /// Applies all changes as ONE atomic batch, in order. With `durable`, returns only after
     /// the data is on disk. An error means none of the promises hold: the caller fails every
@@ -158,6 +161,15 @@ pub enum StoreError {
         path.display()
     )]
     UnknownVersion { path: PathBuf, found: u32, expected: u32 },
+
+    /// The data dir was written by an older format this build cannot convert.
+    #[error(
+        "data dir {} was written by an older qd (store format version {found}; this qd reads \
+         version {expected}, which keeps jobs in pages of 64, and cannot convert it): drain it \
+         with the qd that wrote it, or move it aside and start with an empty --data",
+        path.display()
+    )]
+    OldVersion { path: PathBuf, found: u32, expected: u32 },
 
     /// A record could not be encoded (a bug: our types always encode).
     #[error("could not encode job {id}: {source}; this is a bug in qd, please report it")]

@@ -1,59 +1,107 @@
-//! The byte encoding of a [`JobRecord`] as stored in the `jobs` tree. Where the record is
-//! stored (keys, trees) is `keys.rs`'s business; what its fields mean is `model.rs`'s.
+//! The byte encoding of one [`JobRecord`] as stored in a slot of a sled page. Where the
+//! record is stored (pages, trees) is `keys.rs` and `page.rs`'s business; what its fields
+//! mean is `model.rs`'s.
 //!
 //! ```text
-//! byte 0      record format, u8 = RECORD_FORMAT (1)
-//! bytes 1..   bincode 2, serde API, bincode::config::standard()
-//!             (varint integers, little-endian where fixed-width, length-prefixed strings,
-//!              bytes and sequences; fields in declaration order of model::JobRecord)
+//! record body = bincode 2, serde API, bincode::config::standard() of the record's fields
+//!               in declaration order of model::JobRecord, WITHOUT `id` (the page and slot
+//!               a body is stored in give the id):
+//!                 queue, name (length-prefixed strings), payload (length-prefixed bytes),
+//!                 options, created_at_ms, run_at_ms, failures (varints), state (variant
+//!                 index), errors (length-prefixed sequence)
+//!               varint integers; little-endian where fixed-width
 //! ```
 //!
-//! The leading byte lets a later format change a record's shape without rewriting every
-//! record at once: a decoder can dispatch on it. The golden-bytes test below pins the
+//! There is no per-record format byte: the store's `format_version` (meta tree) says how
+//! every page and body in the directory is encoded. The golden-bytes test below pins the
 //! encoding, so a bincode or serde upgrade cannot change it silently.
 
-use crate::model::JobRecord;
+use bytes::Bytes;
+use qd_protocol::{JobId, JobOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{AttemptError, JobRecord, Millis, PersistedState};
 
 use super::StoreError;
 
-/// The format byte this build writes and the only one it reads.
-pub const RECORD_FORMAT: u8 = 1;
-
-/// Encodes a record: one format byte, then bincode.
-pub fn encode(record: &JobRecord) -> Result<Vec<u8>, StoreError> {
-    let mut out = Vec::with_capacity(64 + record.payload.len());
-    out.push(RECORD_FORMAT);
-    bincode::serde::encode_into_std_write(record, &mut out, bincode::config::standard())
-        .map_err(|source| StoreError::Encode { id: record.id, source })?;
-    Ok(out)
+/// A record's fields but its id, borrowed for encoding. Field order is the format.
+#[derive(Serialize)]
+struct BodyRef<'a> {
+    queue: &'a str,
+    name: &'a str,
+    payload: &'a Bytes,
+    options: &'a JobOptions,
+    created_at_ms: Millis,
+    run_at_ms: Millis,
+    failures: u32,
+    state: PersistedState,
+    errors: &'a [AttemptError],
 }
 
-/// Decodes what [`encode`] wrote. `what` names the record in error messages (its key).
-pub fn decode(bytes: &[u8], what: impl Fn() -> String) -> Result<JobRecord, StoreError> {
-    let Some((&format, body)) = bytes.split_first() else {
-        return Err(corrupt(what(), "the record is empty".into()));
+/// The same fields, owned, for decoding.
+#[derive(Deserialize)]
+struct Body {
+    queue: String,
+    name: String,
+    payload: Bytes,
+    options: JobOptions,
+    created_at_ms: Millis,
+    run_at_ms: Millis,
+    failures: u32,
+    state: PersistedState,
+    errors: Vec<AttemptError>,
+}
+
+/// Encodes a record's body (everything but its id), appending to `out`.
+pub fn encode_into(record: &JobRecord, out: &mut Vec<u8>) -> Result<(), StoreError> {
+    let body = BodyRef {
+        queue: &record.queue,
+        name: &record.name,
+        payload: &record.payload,
+        options: &record.options,
+        created_at_ms: record.created_at_ms,
+        run_at_ms: record.run_at_ms,
+        failures: record.failures,
+        state: record.state,
+        errors: &record.errors,
     };
-    if format != RECORD_FORMAT {
-        return Err(corrupt(
-            what(),
-            format!("record format byte is {format}, this qd reads {RECORD_FORMAT}"),
-        ));
-    }
-    let (record, used) =
-        bincode::serde::decode_from_slice::<JobRecord, _>(body, bincode::config::standard())
-            .map_err(|e| corrupt(what(), format!("cannot decode the record: {e}")))?;
-    if used != body.len() {
-        return Err(corrupt(
-            what(),
-            format!("{} trailing bytes after the record", body.len() - used),
-        ));
-    }
-    Ok(record)
+    bincode::serde::encode_into_std_write(&body, out, bincode::config::standard())
+        .map_err(|source| StoreError::Encode { id: record.id, source })?;
+    Ok(())
 }
 
-fn corrupt(what: String, detail: String) -> StoreError {
+/// Encodes a record's body into a new buffer of exactly its size.
+pub fn encode(record: &JobRecord) -> Result<Box<[u8]>, StoreError> {
+    let mut out = Vec::with_capacity(48 + record.payload.len());
+    encode_into(record, &mut out)?;
+    Ok(out.into_boxed_slice())
+}
+
+/// Decodes what [`encode`] wrote for job `id`.
+pub fn decode(id: JobId, bytes: &[u8]) -> Result<JobRecord, StoreError> {
+    let (body, used) =
+        bincode::serde::decode_from_slice::<Body, _>(bytes, bincode::config::standard())
+            .map_err(|e| corrupt(id, format!("cannot decode the record: {e}")))?;
+    if used != bytes.len() {
+        return Err(corrupt(id, format!("{} trailing bytes after the record", bytes.len() - used)));
+    }
+    Ok(JobRecord {
+        id,
+        queue: body.queue,
+        name: body.name,
+        payload: body.payload,
+        options: body.options,
+        created_at_ms: body.created_at_ms,
+        run_at_ms: body.run_at_ms,
+        failures: body.failures,
+        state: body.state,
+        errors: body.errors,
+    })
+}
+
+fn corrupt(id: JobId, detail: String) -> StoreError {
     StoreError::Corrupt {
-        what: format!("{what}: {detail}"),
+        what: format!("job {id}: {detail}"),
         hint: "the data dir is damaged or was written by another program; restore it from a \
                backup, or move it aside and start qd with an empty --data"
             .into(),
@@ -63,17 +111,16 @@ fn corrupt(what: String, detail: String) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AttemptError, PersistedState};
     use crate::store::testutil::record;
     use proptest::prelude::*;
-    use qd_protocol::{Backoff, JobOptions};
+    use qd_protocol::Backoff;
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// Pins the on-disk bytes. If this fails after a dependency bump, the stored format
-    /// changed: bump `RECORD_FORMAT` and keep a decoder for the old one.
+    /// changed: bump `STORE_FORMAT_VERSION` and keep a decoder for the old one.
     #[test]
     fn golden_bytes() {
         let mut r = JobRecord {
@@ -97,22 +144,19 @@ mod tests {
         };
         r.apply_failure(AttemptError { attempt: 1, at_ms: 9, message: "x".into() }, 10, true);
         let bytes = encode(&r).unwrap();
-        assert_eq!(hex(&bytes), "01fb2c010171016e0268690100030005fbe80301016b070a01010101090178");
-        assert_eq!(decode(&bytes, || "golden".into()).unwrap(), r);
+        // The format-1 record of the same job was "01" "fb2c01" (format byte, id) + this.
+        assert_eq!(hex(&bytes), "0171016e0268690100030005fbe80301016b070a01010101090178");
+        assert_eq!(decode(300, &bytes).unwrap(), r);
     }
 
     #[test]
     fn refuses_garbage() {
         let good = encode(&record(1, 3)).unwrap();
-        let mut other_format = good.clone();
-        other_format[0] = 9;
-        let err = decode(&other_format, || "job 1".into()).unwrap_err().to_string();
-        assert!(err.contains("format byte is 9"), "{err}");
-        assert!(decode(&[], || "job 1".into()).is_err());
-        assert!(decode(&good[..good.len() - 1], || "job 1".into()).is_err());
-        let mut trailing = good;
+        assert!(decode(1, &[]).is_err());
+        assert!(decode(1, &good[..good.len() - 1]).is_err());
+        let mut trailing = good.to_vec();
         trailing.push(0);
-        let err = decode(&trailing, || "job 1".into()).unwrap_err().to_string();
+        let err = decode(1, &trailing).unwrap_err().to_string();
         assert!(err.contains("trailing"), "{err}");
     }
 
@@ -138,8 +182,7 @@ mod tests {
                 r.apply_failure(AttemptError { attempt, at_ms, message }, run_at, dead);
             }
             let bytes = encode(&r).unwrap();
-            prop_assert_eq!(bytes[0], RECORD_FORMAT);
-            prop_assert_eq!(decode(&bytes, || "prop".into()).unwrap(), r);
+            prop_assert_eq!(decode(id, &bytes).unwrap(), r);
         }
     }
 }

@@ -1,38 +1,39 @@
-//! [`SledStore`]: the [`Store`] on sled 0.34 — opening a data dir (leftover cleanup, lock,
-//! format version), the recovery scan, applying a group of changes as one atomic batch,
-//! and making it durable. Batching requests into groups is the writer's job (`writer.rs`);
-//! keys and bytes are `keys.rs` and `record.rs`.
+//! [`SledStore`]: the sled side of the store. It opens a data dir (leftover cleanup, lock,
+//! format version), reads records out of pages (point lookups for readers, the recovery
+//! scan), applies a checkpoint's net effect page by page, and makes it durable. It is not a
+//! [`super::Store`] on its own: durability of each group is the journal's business
+//! (`journaled.rs`), which hands the net effect of many groups over in checkpoints. Page
+//! bytes are `page.rs`, record bodies `record.rs`, keys `keys.rs`.
 //!
 //! Facts about sled 0.34.7 this file is built around (measured on the dev machine; see
 //! DESIGN.md "Storage on sled"):
 //! - `Db::flush` writes the log with `sync_file_range`, which neither flushes the drive's
-//!   cache nor persists file metadata. A durable commit therefore also calls `sync_data` on
-//!   the `db` file, and on any new file in `blobs/` (sled writes values too large to inline
-//!   there, and never fsyncs them).
+//!   cache nor persists file metadata. A durable checkpoint therefore also calls `sync_data`
+//!   on the `db` file, and on any new file in `blobs/` (sled writes values too large to
+//!   inline there, and never fsyncs them).
 //! - A kill -9 while sled generates a snapshot leaves `snap.<lsn>.generating`, and every
 //!   later open fails with `Corruption { at: None }` (upstream issues 1527, 1533). Removing
 //!   the leftover before opening restores everything acknowledged.
-//! - A removal costs one log write, a remove + insert pair four times a plain insert, so a
-//!   completed job is one `remove` and nothing else.
+//! - sled's cost is per key (memory for its page table and cache, bytes on disk, time to
+//!   open and scan): one key per job cost ~1.7 GiB of RSS, 534 MB of disk and 5.4 s of
+//!   recovery at a million jobs. Hence pages of 64 jobs per key.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use qd_protocol::JobId;
 
 use super::keys::{
-    job_id, job_key, FORMAT_VERSION_KEY, ID_CEILING_KEY, ID_CEILING_STEP, JOBS_TREE, META_TREE,
-    STORE_FORMAT_VERSION,
+    page_key, page_of_key, FORMAT_VERSION_KEY, ID_CEILING_KEY, ID_CEILING_STEP, META_TREE,
+    PAGES_TREE, STORE_FORMAT_VERSION,
 };
-use super::record::{decode, encode};
-use super::{JobLookup, Recovered, Store, StoreError, StoreReader};
-use crate::model::{Change, JobRecord};
+use super::page::{self, Page};
+use super::record;
+use super::StoreError;
+use crate::model::JobRecord;
 
-/// sled's page cache size when not configured: enough for a few hundred thousand hot
-/// records without the ~370 MiB that sled's own default costs per million records.
+/// sled's page cache size when not configured (`--cache-mb`).
 pub const DEFAULT_CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
 
 /// Where and how to open the sled store.
@@ -51,34 +52,29 @@ impl SledConfig {
     }
 }
 
-/// The job store on sled. Owned by the writer thread; readers go through [`Store::reader`].
+/// The pages in sled. Owned by the checkpoint thread (behind a mutex); readers use
+/// [`PageReader`]s, which share sled's trees.
 pub struct SledStore {
     path: PathBuf,
     db: sled::Db,
-    jobs: sled::Tree,
+    pages: sled::Tree,
     meta: sled::Tree,
     /// Mirrors the persisted `id_ceiling`: every id below it may have been used. Raised
-    /// (on disk first) before a batch inserts an id at or above it.
+    /// (on disk first) before a checkpoint that needs it.
     id_ceiling: u64,
-    /// sled's log file, held open so that a durable commit can `sync_data` it. `None` if
+    /// sled's log file, held open so that a durable checkpoint can `sync_data` it. `None` if
     /// sled's layout has no `db` file (a future sled); then flush alone is what we get.
     db_file: Option<File>,
-    /// The highest blob file name (an LSN) already synced, so each durable commit only
-    /// syncs blobs written since.
+    /// The highest blob file name (an LSN) already synced, so each sync only syncs blobs
+    /// written since.
     blobs_synced_up_to: u64,
-    /// Per-commit scratch: what this group did to each id so far, so that a `Fail` sees an
-    /// `Insert` or earlier `Fail` of the same group. Kept to reuse its allocation.
-    touched: HashMap<JobId, Touched>,
 }
 
-/// What the current group has done to one id.
-enum Touched {
-    /// Inserted by `changes[index]`, unchanged since.
-    Inserted(usize),
-    /// Rewritten by a `Fail` of this group.
-    Updated(JobRecord),
-    /// Removed by a `Complete` of this group.
-    Removed,
+/// What one checkpoint did to sled.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PagesWritten {
+    pub written: u64,
+    pub removed: u64,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -91,7 +87,7 @@ impl std::fmt::Debug for SledStore {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in `config.path`: removes a leftover partial snapshot,
+    /// Opens (or creates) the pages in `config.path`: removes a leftover partial snapshot,
     /// takes sled's lock, checks the format version, and writes it into a new dir.
     pub fn open(config: &SledConfig) -> Result<SledStore, StoreError> {
         let path = config.path.clone();
@@ -101,14 +97,15 @@ impl SledStore {
 
         let db = open_sled(config)?;
         let ctx = |what: &str| format!("{what} in data dir {}", path.display());
-        let jobs = db.open_tree(JOBS_TREE).map_err(|e| StoreError::sled(ctx("opening jobs"), e))?;
         let meta = db.open_tree(META_TREE).map_err(|e| StoreError::sled(ctx("opening meta"), e))?;
+        let pages =
+            db.open_tree(PAGES_TREE).map_err(|e| StoreError::sled(ctx("opening pages"), e))?;
 
         let db_file = match File::open(path.join("db")) {
             Ok(f) => Some(f),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 tracing::debug!(
-                    "no `db` file in {}: durable commits rely on sled's flush alone",
+                    "no `db` file in {}: durable checkpoints rely on sled's flush alone",
                     path.display()
                 );
                 None
@@ -116,30 +113,22 @@ impl SledStore {
             Err(e) => return Err(StoreError::io(ctx("cannot open sled's db file"), e)),
         };
 
-        let mut store = SledStore {
-            path,
-            db,
-            jobs,
-            meta,
-            id_ceiling: 0,
-            db_file,
-            blobs_synced_up_to: 0,
-            touched: HashMap::new(),
-        };
+        let mut store =
+            SledStore { path, db, pages, meta, id_ceiling: 0, db_file, blobs_synced_up_to: 0 };
         store.check_format_version()?;
-        store.id_ceiling = store.read_id_ceiling()?;
+        store.id_ceiling = store.reader().id_ceiling()?;
         Ok(store)
     }
 
-    /// The `jobs` tree itself, for tests that watch what reaches sled.
-    #[cfg(test)]
-    pub(super) fn jobs_tree(&self) -> &sled::Tree {
-        &self.jobs
+    /// A reader sharing this store's trees.
+    pub fn reader(&self) -> PageReader {
+        PageReader { pages: self.pages.clone(), meta: self.meta.clone() }
     }
 
-    /// The data directory.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The `pages` tree itself, for tests that watch what reaches sled.
+    #[cfg(test)]
+    pub(super) fn pages_tree(&self) -> &sled::Tree {
+        &self.pages
     }
 
     fn check_format_version(&mut self) -> Result<(), StoreError> {
@@ -162,6 +151,13 @@ impl SledStore {
                                 .into(),
                         }
                     })?;
+                if found < STORE_FORMAT_VERSION {
+                    return Err(StoreError::OldVersion {
+                        path: self.path.clone(),
+                        found,
+                        expected: STORE_FORMAT_VERSION,
+                    });
+                }
                 if found != STORE_FORMAT_VERSION {
                     return Err(StoreError::UnknownVersion {
                         path: self.path.clone(),
@@ -172,8 +168,9 @@ impl SledStore {
                 Ok(())
             }
             None => {
-                let has_jobs = !self.jobs.is_empty();
-                if has_jobs {
+                let foreign = !self.pages.is_empty()
+                    || self.db.tree_names().iter().any(|n| n.as_ref() == b"jobs");
+                if foreign {
                     return Err(StoreError::Corrupt {
                         what: format!(
                             "data dir {} holds job records but no format version",
@@ -194,55 +191,10 @@ impl SledStore {
         }
     }
 
-    fn read_id_ceiling(&self) -> Result<u64, StoreError> {
-        let Some(bytes) = self
-            .meta
-            .get(ID_CEILING_KEY)
-            .map_err(|e| StoreError::sled("reading the id ceiling", e))?
-        else {
-            return Ok(0);
-        };
-        <[u8; 8]>::try_from(bytes.as_ref()).map(u64::from_be_bytes).map_err(|_| {
-            StoreError::Corrupt {
-                what: format!(
-                    "data dir {}: the id ceiling is {} bytes long, not 8",
-                    self.path.display(),
-                    bytes.len()
-                ),
-                hint: "the data dir is damaged; restore it from a backup".into(),
-            }
-        })
-    }
-
-    /// The current record of `id` as this group sees it: its own earlier changes first,
-    /// then the tree. `None` if it does not exist (or this group removed it).
-    fn current(&self, changes: &[Change], id: JobId) -> Result<Option<JobRecord>, StoreError> {
-        match self.touched.get(&id) {
-            Some(Touched::Inserted(i)) => match &changes[*i] {
-                Change::Insert(r) => Ok(Some(r.clone())),
-                _ => unreachable!("Touched::Inserted always points at an Insert"),
-            },
-            Some(Touched::Updated(r)) => Ok(Some(r.clone())),
-            Some(Touched::Removed) => Ok(None),
-            None => lookup(&self.jobs, id),
-        }
-    }
-
-    fn exists(&self, id: JobId) -> Result<bool, StoreError> {
-        match self.touched.get(&id) {
-            Some(Touched::Inserted(_) | Touched::Updated(_)) => Ok(true),
-            Some(Touched::Removed) => Ok(false),
-            None => self
-                .jobs
-                .contains_key(job_key(id))
-                .map_err(|e| StoreError::sled(format!("reading job {id}"), e)),
-        }
-    }
-
     /// Makes sure the persisted id ceiling is above `max_id`.
     ///
-    /// The ceiling goes to the log before the batch that needs it: sled recovers a prefix
-    /// of its log, so whenever the batch survives a crash, so does the ceiling. A ceiling
+    /// The ceiling goes to the log before the pages that need it: sled recovers a prefix
+    /// of its log, so whenever the pages survive a crash, so does the ceiling. A ceiling
     /// ahead of reality is harmless; one behind would let a restart reuse ids.
     fn raise_id_ceiling(&mut self, max_id: JobId) -> Result<(), StoreError> {
         if max_id >= self.id_ceiling {
@@ -255,43 +207,67 @@ impl SledStore {
         Ok(())
     }
 
-    /// Applies the net effect of many groups, as a journal checkpoint has it: one final
-    /// record (`Some`) or a removal (`None`) per id, after raising the id ceiling above
-    /// `max_id` (the highest id ever inserted, including ids whose records never reached
-    /// sled). Not durable until [`SledStore::sync`].
+    /// Applies the net effect of many groups, as a journal checkpoint has it: per id, the
+    /// new record body (`Some`) or a removal (`None`), in ascending id order; after raising
+    /// the id ceiling above `max_id` (the highest id ever inserted, including ids whose
+    /// records never reached sled). Each touched page is read once, merged by copying byte
+    /// slices (no record is decoded), and written back or removed once empty. Not durable
+    /// until [`SledStore::sync`].
     ///
-    /// Applied in sled batches of `CHECKPOINT_BATCH` entries rather than one: nothing needs
-    /// the whole checkpoint to be atomic (the journal still holds it, and replaying it onto
-    /// any mix of old and new records gives the same result), and smaller batches keep the
-    /// encoded copy small.
-    pub(super) fn apply_net<'a>(
+    /// Applied in sled batches of about `BATCH_BYTES` rather than one: nothing needs the
+    /// whole checkpoint to be atomic (the journal still holds it, and replaying it onto any
+    /// mix of old and new pages gives the same result), and smaller batches keep sled's
+    /// copy of them small.
+    pub(super) fn apply_checkpoint(
         &mut self,
-        entries: impl IntoIterator<Item = (JobId, Option<&'a JobRecord>)>,
+        entries: &[(JobId, Option<&[u8]>)],
         max_id: JobId,
-    ) -> Result<(), StoreError> {
-        const CHECKPOINT_BATCH: usize = 16 * 1024;
+    ) -> Result<PagesWritten, StoreError> {
+        const BATCH_BYTES: usize = 4 << 20;
         self.raise_id_ceiling(max_id)?;
+        let mut done = PagesWritten::default();
         let mut batch = sled::Batch::default();
         let mut in_batch = 0;
-        for (id, record) in entries {
-            match record {
-                Some(record) => batch.insert(&job_key(id), encode(record)?),
-                None => batch.remove(&job_key(id)),
+        let mut edits: Vec<(u32, Option<&[u8]>)> = Vec::with_capacity(page::SLOTS as usize);
+        let mut out = Vec::new();
+        let mut rest = entries;
+        while let Some(&(first, _)) = rest.first() {
+            let page_no = page::page_no(first);
+            let end = rest.iter().position(|(id, _)| page::page_no(*id) != page_no);
+            let (these, after) = rest.split_at(end.unwrap_or(rest.len()));
+            rest = after;
+            debug_assert!(these.windows(2).all(|w| w[0].0 < w[1].0), "ids must ascend");
+            edits.clear();
+            edits.extend(these.iter().map(|(id, body)| (page::slot(*id), *body)));
+
+            let key = page_key(page_no);
+            let old = self
+                .pages
+                .get(key)
+                .map_err(|e| StoreError::sled(format!("reading page {page_no}"), e))?;
+            let old_page = old.as_deref().map(|b| Page::parse(page_no, b)).transpose()?;
+            if page::merge(old_page.as_ref(), &edits, &mut out) {
+                in_batch += out.len();
+                batch.insert(&key, out.as_slice());
+                done.written += 1;
+            } else if old.is_some() {
+                in_batch += 8;
+                batch.remove(&key);
+                done.removed += 1;
             }
-            in_batch += 1;
-            if in_batch == CHECKPOINT_BATCH {
-                self.jobs
+            if in_batch >= BATCH_BYTES {
+                self.pages
                     .apply_batch(std::mem::take(&mut batch))
                     .map_err(|e| StoreError::sled("applying a checkpoint", e))?;
                 in_batch = 0;
             }
         }
         if in_batch > 0 {
-            self.jobs
+            self.pages
                 .apply_batch(batch)
                 .map_err(|e| StoreError::sled("applying a checkpoint", e))?;
         }
-        Ok(())
+        Ok(done)
     }
 
     /// Flush sled's log, then force it (and new blob files) to stable storage.
@@ -349,104 +325,80 @@ impl SledStore {
     }
 }
 
-impl Store for SledStore {
-    fn recover(&mut self) -> Result<Recovered, StoreError> {
-        // No `with_capacity(jobs.len())`: sled counts by scanning, which would double the work.
-        let mut records = Vec::new();
-        for item in self.jobs.iter() {
-            let (key, value) = item.map_err(|e| StoreError::sled("scanning jobs", e))?;
-            let Some(id) = job_id(&key) else {
+/// Reads records out of sled's pages, from any thread. Clone it freely.
+#[derive(Clone)]
+pub struct PageReader {
+    pages: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl std::fmt::Debug for PageReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageReader").finish_non_exhaustive()
+    }
+}
+
+impl PageReader {
+    /// The record of `id`: one page read, one slot decoded.
+    pub fn get(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
+        self.with_body(id, |body| record::decode(id, body))?.transpose()
+    }
+
+    /// Calls `f` with the stored body of `id`, if there is one.
+    pub fn with_body<R>(
+        &self,
+        id: JobId,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>, StoreError> {
+        let page_no = page::page_no(id);
+        let Some(bytes) = self
+            .pages
+            .get(page_key(page_no))
+            .map_err(|e| StoreError::sled(format!("reading job {id}"), e))?
+        else {
+            return Ok(None);
+        };
+        let page = Page::parse(page_no, &bytes)?;
+        Ok(page.get(page::slot(id)).map(f))
+    }
+
+    /// Every stored record body, in id order, with its id. Stops at the first error `visit`
+    /// returns.
+    pub fn scan(
+        &self,
+        mut visit: impl FnMut(JobId, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for item in self.pages.iter() {
+            let (key, bytes) = item.map_err(|e| StoreError::sled("scanning pages", e))?;
+            let Some(page_no) = page_of_key(&key) else {
                 return Err(StoreError::Corrupt {
-                    what: format!("a job key is {} bytes long, not 8", key.len()),
+                    what: format!("a page key is {} bytes long, not 8", key.len()),
                     hint: "the data dir is damaged; restore it from a backup".into(),
                 });
             };
-            let record = decode(&value, || format!("job {id}"))?;
-            if record.id != id {
-                return Err(StoreError::Corrupt {
-                    what: format!("the record stored under job {id} says it is job {}", record.id),
-                    hint: "the data dir is damaged; restore it from a backup".into(),
-                });
+            let page = Page::parse(page_no, &bytes)?;
+            for (slot, body) in page.iter() {
+                visit(page::id_of(page_no, slot), body)?;
             }
-            records.push(record);
-        }
-        let after_last = records.last().map_or(0, |r| r.id.saturating_add(1));
-        let next_id = self.id_ceiling.max(after_last).max(1);
-        tracing::debug!(records = records.len(), next_id, "recovered the store");
-        Ok(Recovered { records, next_id })
-    }
-
-    fn commit(&mut self, changes: &[Change], durable: bool) -> Result<(), StoreError> {
-        self.touched.clear();
-        let mut batch = sled::Batch::default();
-        let mut max_inserted: Option<JobId> = None;
-        for (index, change) in changes.iter().enumerate() {
-            match change {
-                Change::Insert(record) => {
-                    batch.insert(&job_key(record.id), encode(record)?);
-                    self.touched.insert(record.id, Touched::Inserted(index));
-                    max_inserted = max_inserted.max(Some(record.id));
-                }
-                Change::Complete { id } => {
-                    if !self.exists(*id)? {
-                        tracing::warn!(
-                            id,
-                            "asked to complete job {id}, which is not stored; skipped"
-                        );
-                        continue;
-                    }
-                    // One removal and nothing else: sled charges a remove + insert pair
-                    // four times a single write.
-                    batch.remove(&job_key(*id));
-                    self.touched.insert(*id, Touched::Removed);
-                }
-                Change::Fail { id, error, run_at_ms, dead } => {
-                    let Some(mut record) = self.current(changes, *id)? else {
-                        tracing::warn!(id, "asked to fail job {id}, which is not stored; skipped");
-                        continue;
-                    };
-                    record.apply_failure(error.clone(), *run_at_ms, *dead);
-                    batch.insert(&job_key(*id), encode(&record)?);
-                    self.touched.insert(*id, Touched::Updated(record));
-                }
-            }
-        }
-
-        if let Some(max) = max_inserted {
-            self.raise_id_ceiling(max)?;
-        }
-        self.jobs.apply_batch(batch).map_err(|e| StoreError::sled("applying a batch", e))?;
-        self.touched.clear();
-        if durable {
-            self.sync()?;
         }
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<(), StoreError> {
-        self.sync()
-    }
-
-    fn reader(&self) -> StoreReader {
-        StoreReader::new(Arc::new(SledReader { jobs: self.jobs.clone() }))
-    }
-}
-
-/// Point lookups on the `jobs` tree; sled trees are safe to share between threads.
-struct SledReader {
-    jobs: sled::Tree,
-}
-
-impl JobLookup for SledReader {
-    fn get(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
-        lookup(&self.jobs, id)
-    }
-}
-
-fn lookup(jobs: &sled::Tree, id: JobId) -> Result<Option<JobRecord>, StoreError> {
-    match jobs.get(job_key(id)).map_err(|e| StoreError::sled(format!("reading job {id}"), e))? {
-        Some(bytes) => decode(&bytes, || format!("job {id}")).map(Some),
-        None => Ok(None),
+    /// The persisted id ceiling (0 if none was written yet).
+    pub fn id_ceiling(&self) -> Result<u64, StoreError> {
+        let Some(bytes) = self
+            .meta
+            .get(ID_CEILING_KEY)
+            .map_err(|e| StoreError::sled("reading the id ceiling", e))?
+        else {
+            return Ok(0);
+        };
+        <[u8; 8]>::try_from(bytes.as_ref()).map(u64::from_be_bytes).map_err(|_| {
+            StoreError::Corrupt {
+                what: format!("the id ceiling is {} bytes long, not 8", bytes.len()),
+                hint: "the data dir is damaged; restore it from a backup".into(),
+            }
+        })
     }
 }
 
@@ -511,92 +463,58 @@ fn remove_partial_snapshots(dir: &Path) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::PersistedState;
-    use crate::store::testutil::{complete, fail, insert, record};
+    use crate::store::testutil::record;
 
     fn open(dir: &Path) -> SledStore {
         SledStore::open(&SledConfig::new(dir)).expect("open store")
     }
 
-    fn ids(recovered: &Recovered) -> Vec<JobId> {
-        recovered.records.iter().map(|r| r.id).collect()
+    fn bodies(ids: &[JobId]) -> Vec<(JobId, Box<[u8]>)> {
+        ids.iter().map(|&id| (id, record::encode(&record(id, 16)).unwrap())).collect()
+    }
+
+    fn scan(store: &SledStore) -> Vec<JobRecord> {
+        let mut out = vec![];
+        store
+            .reader()
+            .scan(|id, body| {
+                out.push(record::decode(id, body)?);
+                Ok(())
+            })
+            .unwrap();
+        out
     }
 
     #[test]
-    fn insert_complete_fail_survive_reopen() {
+    fn checkpoints_write_pages_and_remove_empty_ones() {
         let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path());
+        let puts = bodies(&[1, 2, 63, 64, 200]);
+        let entries: Vec<(JobId, Option<&[u8]>)> =
+            puts.iter().map(|(id, b)| (*id, Some(&b[..]))).collect();
+        let done = store.apply_checkpoint(&entries, 200).unwrap();
+        assert_eq!(done, PagesWritten { written: 3, removed: 0 });
+        assert_eq!(store.pages_tree().len(), 3);
         {
-            let mut store = open(dir.path());
-            assert_eq!(store.recover().unwrap(), Recovered { records: vec![], next_id: 1 });
-            store.commit(&[insert(1), insert(2), insert(3), insert(4)], true).unwrap();
-            store.commit(&[complete(2), fail(3, 1, false), fail(4, 1, false)], true).unwrap();
-            store.commit(&[fail(4, 2, true)], false).unwrap();
-            store.flush().unwrap();
+            // Dropped before the reopen: a reader keeps sled (and its lock) alive.
+            let reader = store.reader();
+            for id in [1, 2, 63, 64, 200] {
+                assert_eq!(reader.get(id).unwrap(), Some(record(id, 16)), "job {id}");
+            }
+            assert_eq!(reader.get(3).unwrap(), None);
+            assert_eq!(reader.get(65).unwrap(), None);
         }
-        let mut store = open(dir.path());
-        let rec = store.recover().unwrap();
-        assert_eq!(ids(&rec), vec![1, 3, 4]);
-        assert_eq!(rec.records[0], record(1, 16));
-        let three = &rec.records[1];
-        assert_eq!(
-            (three.failures, three.state, three.errors.len()),
-            (1, PersistedState::Waiting, 1)
-        );
-        assert_eq!(three.run_at_ms, 1_700_000_001_000);
-        let four = &rec.records[2];
-        assert_eq!((four.failures, four.state), (2, PersistedState::Dead));
-        assert_eq!(four.errors.iter().map(|e| e.attempt).collect::<Vec<_>>(), vec![1, 2]);
-        assert!(rec.next_id > 4);
-    }
 
-    #[test]
-    fn changes_to_one_id_within_a_group_apply_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = open(dir.path());
-        let group = [
-            insert(10),
-            fail(10, 1, false),
-            fail(10, 2, false),
-            insert(11),
-            complete(11),
-            insert(12),
-            fail(12, 1, true),
-            complete(12),
-            fail(12, 2, false), // after its completion: skipped, not resurrected
-            complete(99),       // never existed: skipped
-            fail(98, 1, false), // never existed: skipped
-        ];
-        store.commit(&group, true).unwrap();
-        let rec = store.recover().unwrap();
-        assert_eq!(ids(&rec), vec![10]);
-        assert_eq!(rec.records[0].failures, 2);
-        assert_eq!(rec.records[0].errors.len(), 2);
-        // The reader sees the same.
-        let reader = store.reader();
-        assert_eq!(reader.get(10).unwrap().unwrap().failures, 2);
-        assert_eq!(reader.get(11).unwrap(), None);
-    }
-
-    #[test]
-    fn ids_are_not_reused_after_everything_is_deleted() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let mut store = open(dir.path());
-            store.commit(&[insert(1), insert(2), insert(500)], true).unwrap();
-            store.commit(&[complete(1), complete(2), complete(500)], true).unwrap();
-            assert!(store.recover().unwrap().records.is_empty());
-        }
-        let mut store = open(dir.path());
-        let rec = store.recover().unwrap();
-        assert!(rec.records.is_empty());
-        assert!(rec.next_id > 500, "next_id {} would reuse an id", rec.next_id);
-
-        // And the ceiling keeps moving when ids pass it.
-        let beyond = rec.next_id + 5;
-        store.commit(&[insert(beyond), complete(beyond)], true).unwrap();
+        // Deleting every job of page 1, one of page 0 (and one that never existed).
+        let done = store.apply_checkpoint(&[(2, None), (5, None), (64, None)], 200).unwrap();
+        assert_eq!(done, PagesWritten { written: 1, removed: 1 });
+        assert_eq!(store.pages_tree().len(), 2);
+        assert_eq!(scan(&store).iter().map(|r| r.id).collect::<Vec<_>>(), vec![1, 63, 200]);
+        store.sync().unwrap();
         drop(store);
-        let rec = open(dir.path()).recover().unwrap();
-        assert!(rec.next_id > beyond);
+        let store = open(dir.path());
+        assert_eq!(scan(&store), vec![record(1, 16), record(63, 16), record(200, 16)]);
+        assert!(store.reader().id_ceiling().unwrap() > 200);
     }
 
     #[test]
@@ -609,10 +527,33 @@ mod tests {
             db.flush().unwrap();
         }
         let err = SledStore::open(&SledConfig::new(dir.path())).unwrap_err();
-        assert!(matches!(err, StoreError::UnknownVersion { found: 7, expected: 1, .. }), "{err:?}");
+        assert!(matches!(err, StoreError::UnknownVersion { found: 7, expected: 2, .. }), "{err:?}");
         let msg = err.to_string();
         assert!(msg.contains("format version 7"), "{msg}");
         assert!(msg.contains("upgrade qd or point --data at a new directory"), "{msg}");
+    }
+
+    /// A data dir of format 1 (one sled key per job, before pages) is refused with what to
+    /// do about it; nothing in it is touched.
+    #[test]
+    fn refuses_the_one_key_per_job_format() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree(META_TREE)
+                .unwrap()
+                .insert(FORMAT_VERSION_KEY, &1u32.to_be_bytes())
+                .unwrap();
+            db.open_tree("jobs").unwrap().insert(7u64.to_be_bytes(), b"old record").unwrap();
+            db.flush().unwrap();
+        }
+        let err = SledStore::open(&SledConfig::new(dir.path())).unwrap_err();
+        assert!(matches!(err, StoreError::OldVersion { found: 1, expected: 2, .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains("format version 1"), "{msg}");
+        assert!(msg.contains("move it aside"), "{msg}");
+        let db = sled::open(dir.path()).unwrap();
+        assert_eq!(db.open_tree("jobs").unwrap().len(), 1, "the old data is left alone");
     }
 
     #[test]
@@ -620,7 +561,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let db = sled::open(dir.path()).unwrap();
-            db.open_tree(JOBS_TREE).unwrap().insert(b"x", b"y").unwrap();
+            db.open_tree(PAGES_TREE).unwrap().insert(b"x", b"y").unwrap();
             db.flush().unwrap();
         }
         let err = SledStore::open(&SledConfig::new(dir.path())).unwrap_err();
@@ -650,25 +591,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut store = open(dir.path());
-            store.commit(&[insert(1), insert(2)], true).unwrap();
+            let puts = bodies(&[1, 2]);
+            let entries: Vec<_> = puts.iter().map(|(id, b)| (*id, Some(&b[..]))).collect();
+            store.apply_checkpoint(&entries, 2).unwrap();
+            store.sync().unwrap();
         }
         let junk = dir.path().join("snap.0000000000000001.generating");
         std::fs::write(&junk, b"half a snapshot").unwrap();
-        let mut store = open(dir.path());
+        let store = open(dir.path());
         assert!(!junk.exists(), "the partial snapshot is still there");
-        assert_eq!(ids(&store.recover().unwrap()), vec![1, 2]);
+        assert_eq!(scan(&store).len(), 2);
     }
 
     #[test]
     fn large_payloads_round_trip() {
-        // Big enough for sled to put it in a blob file, which `sync` must fsync.
+        // Big enough for sled to put the page in a blob file, which `sync` must fsync.
         let dir = tempfile::tempdir().unwrap();
         let big = record(7, 600 * 1024);
         {
             let mut store = open(dir.path());
-            store.commit(&[Change::Insert(big.clone())], true).unwrap();
+            let body = record::encode(&big).unwrap();
+            store.apply_checkpoint(&[(7, Some(&body[..]))], 7).unwrap();
+            store.sync().unwrap();
         }
-        let mut store = open(dir.path());
-        assert_eq!(store.recover().unwrap().records, vec![big]);
+        let store = open(dir.path());
+        assert_eq!(scan(&store), vec![big.clone()]);
+        assert_eq!(store.reader().get(7).unwrap(), Some(big));
     }
 }

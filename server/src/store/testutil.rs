@@ -36,3 +36,20 @@ pub fn fail(id: JobId, attempt: u32, dead: bool) -> Change {
 pub fn complete(id: JobId) -> Change {
     Change::Complete { id }
 }
+
+/// Everything a store recovers, collected (tests only: the real caller streams).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    pub records: Vec<JobRecord>,
+    pub next_id: JobId,
+}
+
+/// Runs [`super::Store::recover`] and collects what it visits, checking the count it
+/// reports and that ids come in ascending order.
+pub fn recover_all(store: &mut dyn super::Store) -> Recovered {
+    let mut records = Vec::new();
+    let meta = store.recover(&mut |r| records.push(r)).expect("recover");
+    assert_eq!(meta.records, records.len() as u64, "recover miscounted");
+    assert!(records.windows(2).all(|w| w[0].id < w[1].id), "recover is not in id order");
+    Recovered { records, next_id: meta.next_id }
+}

@@ -1,6 +1,6 @@
 //! Group commit: [`Writer`] owns the [`Store`] on a dedicated thread, gathers every batch of
 //! changes queued while the previous commit ran into one group, commits the group once
-//! (one sled batch, one flush + fsync in `fsync` mode) and reports per group which tickets
+//! (one journal write, one fdatasync in `fsync` mode) and reports per group which tickets
 //! it covered. Holding replies until their ticket is reported, and deciding what to do
 //! when a commit fails, is the engine's business; applying a group is the store's.
 //!
@@ -251,14 +251,14 @@ impl GroupStats {
 mod tests {
     use super::*;
     use crate::model::PersistedState;
-    use crate::store::testutil::{complete, fail, insert};
-    use crate::store::{Recovered, SledConfig, SledStore, StoreReader};
+    use crate::store::testutil::{complete, fail, insert, recover_all};
+    use crate::store::{JournalConfig, JournaledStore, RecoveredMeta, SledConfig, StoreReader};
     use qd_protocol::JobId;
     use std::collections::BTreeSet;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    fn open(dir: &std::path::Path) -> SledStore {
-        SledStore::open(&SledConfig::new(dir)).unwrap()
+    fn open(dir: &std::path::Path) -> JournaledStore {
+        JournaledStore::open(&SledConfig::new(dir), JournalConfig::default()).unwrap()
     }
 
     /// Collects `Committed` until every ticket in `0..n` is seen, checking none twice.
@@ -307,7 +307,7 @@ mod tests {
         writer.shutdown().unwrap();
         eprintln!("{durability:?}: {n} batches in {} groups", groups.len());
 
-        let rec = open(dir.path()).recover().unwrap();
+        let rec = recover_all(&mut open(dir.path()));
         let expected: Vec<JobId> = (1..=2 * n).filter(|id| id % 2 == 1 || *id == 2 * n).collect();
         assert_eq!(rec.records.iter().map(|r| r.id).collect::<Vec<_>>(), expected);
         assert!(rec.records.iter().filter(|r| r.id % 2 == 1).all(|r| r.failures == 1));
@@ -338,7 +338,7 @@ mod tests {
         writer.submit(0, vec![insert(1), fail(1, 1, true)]);
         collect(&mut rx, 1);
         writer.shutdown().unwrap();
-        let rec = open(dir.path()).recover().unwrap();
+        let rec = recover_all(&mut open(dir.path()));
         assert_eq!(rec.records.len(), 1);
         assert_eq!(rec.records[0].state, PersistedState::Dead);
     }
@@ -351,8 +351,11 @@ mod tests {
     }
 
     impl Store for Faulty {
-        fn recover(&mut self) -> Result<Recovered, StoreError> {
-            Ok(Recovered { records: vec![], next_id: 1 })
+        fn recover(
+            &mut self,
+            _visit: &mut dyn FnMut(crate::model::JobRecord),
+        ) -> Result<RecoveredMeta, StoreError> {
+            Ok(RecoveredMeta { next_id: 1, records: 0 })
         }
         fn commit(&mut self, changes: &[Change], _durable: bool) -> Result<(), StoreError> {
             if self.panic_next.swap(false, Ordering::SeqCst) {
@@ -420,8 +423,11 @@ mod tests {
     }
 
     impl Store for Gated {
-        fn recover(&mut self) -> Result<Recovered, StoreError> {
-            Ok(Recovered { records: vec![], next_id: 1 })
+        fn recover(
+            &mut self,
+            _visit: &mut dyn FnMut(crate::model::JobRecord),
+        ) -> Result<RecoveredMeta, StoreError> {
+            Ok(RecoveredMeta { next_id: 1, records: 0 })
         }
         fn commit(&mut self, changes: &[Change], _durable: bool) -> Result<(), StoreError> {
             self.started.send(changes.to_vec()).unwrap();
