@@ -1,6 +1,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use futures::StreamExt;
 use qd_client::Job;
 
 use crate::support::{counts, Server};
@@ -80,4 +81,78 @@ async fn a_client_reconnects_when_the_server_comes_back() {
     let second = client.add("again", Job::new("x", "2")).await.expect("the client reconnected");
     assert!(second > first);
     assert_eq!(counts(&client, "again").await.0, 2);
+}
+
+/// The issue that motivated this test: sled 0.34 can leave a partial
+/// `snap.<lsn>.generating` file behind when killed mid-write, after which every open
+/// fails. This kills a real `qd serve` while a producer is adding, 100 times in a row, and
+/// checks after every restart that the server opens and every acknowledged add is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_a_writing_server_100_times() {
+    use std::sync::{Arc, Mutex};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let first = Server::start_in(&data, &[]);
+    let addr = first.addr.clone();
+    let mut server = Some(first);
+    let mut acked: BTreeSet<u64> = BTreeSet::new();
+    for round in 0..100u64 {
+        let live = server.take().expect("a running server");
+        let client = live.client().await;
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = got.clone();
+        let producer = tokio::spawn(async move {
+            let mut adds = futures::stream::iter(0..)
+                .map(|i| {
+                    let client = client.clone();
+                    async move { client.add("crash", Job::new("x", format!("{i}"))).await }
+                })
+                .buffer_unordered(32);
+            // Runs until the server dies under it (or, once the client has reconnected to
+            // the restarted server, until it is aborted below).
+            while let Some(Ok(id)) = adds.next().await {
+                sink.lock().unwrap().push(id);
+            }
+        });
+        // Kill at a varying point of the write stream (deterministic per round).
+        let wait_for = 1 + (round * 37) % 200;
+        crate::support::eventually(Duration::from_secs(30), "some adds acknowledged", || {
+            let n = got.lock().unwrap().len() as u64;
+            async move { (n >= wait_for).then_some(()) }
+        })
+        .await;
+        let (data2, addr2) = (data.clone(), addr.clone());
+        let restarted = tokio::task::spawn_blocking(move || {
+            let mut live = live;
+            live.kill9();
+            Server::start_in_at(&data2, &addr2, &[])
+        })
+        .await
+        .unwrap();
+        producer.abort();
+        let _ = producer.await;
+        acked.extend(got.lock().unwrap().iter().copied());
+        let client = restarted.client().await;
+        let ready = counts(&client, "crash").await.0;
+        assert!(
+            ready >= acked.len() as u64,
+            "round {round}: {ready} jobs after restart, {} acknowledged",
+            acked.len()
+        );
+        server = Some(restarted);
+    }
+    // Every acknowledged id is there, exactly.
+    let live = server.unwrap();
+    let client = live.client().await;
+    let mut present = BTreeSet::new();
+    loop {
+        let jobs = client.reserve(&["crash"], 10_000, Duration::ZERO).await.unwrap();
+        if jobs.is_empty() {
+            break;
+        }
+        present.extend(jobs.iter().map(|j| j.id));
+    }
+    let missing: Vec<_> = acked.difference(&present).take(10).collect();
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
 }
