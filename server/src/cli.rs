@@ -60,8 +60,8 @@ struct ServeArgs {
     /// Flush period of `--durability interval`.
     #[arg(long, env = "QD_FLUSH_INTERVAL", default_value = "5ms", value_parser = humantime::parse_duration)]
     flush_interval: Duration,
-    /// Store page cache, in MiB.
-    #[arg(long, env = "QD_CACHE_MB", default_value_t = 64)]
+    /// Store page cache (sled's), in MiB.
+    #[arg(long, env = "QD_CACHE_MB", default_value_t = 32)]
     cache_mb: u64,
     /// Most simultaneous connections.
     #[arg(long, env = "QD_MAX_CONNECTIONS", default_value_t = 1024)]
