@@ -61,8 +61,12 @@ struct ServeArgs {
     #[arg(long, env = "QD_FLUSH_INTERVAL", default_value = "5ms", value_parser = humantime::parse_duration)]
     flush_interval: Duration,
     /// Store page cache (sled's), in MiB.
-    #[arg(long, env = "QD_CACHE_MB", default_value_t = 32)]
+    #[arg(long, env = "QD_CACHE_MB", default_value_t = 16)]
     cache_mb: u64,
+    /// Journaled changes kept in memory before a checkpoint writes them to sled, in MiB.
+    /// More makes bursts faster and costs memory (up to about three times this).
+    #[arg(long, env = "QD_CHECKPOINT_MB", default_value_t = 8)]
+    checkpoint_mb: u64,
     /// Most simultaneous connections.
     #[arg(long, env = "QD_MAX_CONNECTIONS", default_value_t = 1024)]
     max_connections: usize,
@@ -177,8 +181,8 @@ fn init_tracing(format: LogFormat, default_level: &str) {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    if args.cache_mb == 0 {
-        bail!("--cache-mb must be at least 1");
+    if args.cache_mb == 0 || args.checkpoint_mb == 0 {
+        bail!("--cache-mb and --checkpoint-mb must be at least 1");
     }
     if args.max_frame < 1024 || args.max_frame > qd_protocol::HARD_MAX_FRAME {
         bail!("--max-frame must be between 1024 and {} bytes", qd_protocol::HARD_MAX_FRAME);
@@ -190,6 +194,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.durability = args.durability;
     config.flush_interval = args.flush_interval;
     config.cache_capacity = args.cache_mb * 1024 * 1024;
+    config.checkpoint_bytes = args.checkpoint_mb * 1024 * 1024;
     config.max_connections = args.max_connections;
     config.max_in_flight = args.max_in_flight;
     config.max_frame = args.max_frame;

@@ -19,6 +19,8 @@ pub struct ServerConfig {
     pub flush_interval: Duration,
     /// sled's page cache, in bytes.
     pub cache_capacity: u64,
+    /// Journaled changes held in memory before they are checkpointed into sled, in bytes.
+    pub checkpoint_bytes: u64,
     /// Connections beyond this wait in the kernel's accept backlog.
     pub max_connections: usize,
     /// Requests one connection may have unanswered; more are refused with `Busy`.
@@ -40,6 +42,7 @@ impl ServerConfig {
             durability: Durability::Fsync,
             flush_interval: Duration::from_millis(5),
             cache_capacity: crate::store::DEFAULT_CACHE_CAPACITY,
+            checkpoint_bytes: crate::store::JournalConfig::default().checkpoint_bytes,
             max_connections: 1024,
             max_in_flight: 4096,
             max_frame: qd_protocol::DEFAULT_MAX_FRAME,

@@ -59,10 +59,12 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let started = Instant::now();
     let sled_config =
         SledConfig { path: config.data.clone(), cache_capacity: config.cache_capacity };
+    let journal_config =
+        JournalConfig { checkpoint_bytes: config.checkpoint_bytes, ..JournalConfig::default() };
     let retention = config.completed_retention;
     let (store, recovered, broker) = tokio::task::spawn_blocking(move || {
         let mut store: Box<dyn Store> =
-            Box::new(JournaledStore::open(&sled_config, JournalConfig::default())?);
+            Box::new(JournaledStore::open(&sled_config, journal_config)?);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);

@@ -82,7 +82,7 @@ pub struct JournalConfig {
 impl Default for JournalConfig {
     fn default() -> Self {
         JournalConfig {
-            checkpoint_bytes: 16 << 20,
+            checkpoint_bytes: 8 << 20,
             segment_bytes: 64 << 20,
             checkpoint_interval: Duration::from_secs(30),
         }

@@ -36,7 +36,7 @@ use crate::model::JobRecord;
 /// sled's page cache size when not configured (`--cache-mb`). 32 MiB: with 1M jobs queued
 /// the server's RSS was 246 MiB at a 64 MiB cache and 220 at 16 (one fill each, same
 /// session); most of the rest is the broker core's per-job state, not the store's.
-pub const DEFAULT_CACHE_CAPACITY: u64 = 32 * 1024 * 1024;
+pub const DEFAULT_CACHE_CAPACITY: u64 = 16 * 1024 * 1024;
 
 /// Where and how to open the sled store.
 #[derive(Debug, Clone, PartialEq, Eq)]
