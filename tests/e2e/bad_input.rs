@@ -159,3 +159,41 @@ async fn invalid_queue_name_and_unknown_job_are_clear_errors() {
     }
     assert_eq!(counts(&client, "x").await, (0, 0, 0, 0, 0));
 }
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_after_the_handshake_timeout() {
+    let (server, _dir) = support::start_with(&["--handshake-timeout", "200ms"]);
+    let mut s = TcpStream::connect(&server.addr).await.unwrap();
+    // Say nothing: the server must not keep the slot forever.
+    match recv(&mut s).await {
+        Some(ServerFrame::Goodbye(e)) => assert_eq!(e.code, ErrorCode::HandshakeRequired, "{e:?}"),
+        other => panic!("expected a Goodbye, got {other:?}"),
+    }
+    assert!(closed(&mut s).await);
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_wait_for_a_free_slot() {
+    let (server, _dir) = support::start_with(&["--max-connections", "1"]);
+    let first = server.client().await;
+    first.add("limit", Job::new("x", "")).await.unwrap();
+    // The second connection is not served while the first holds the only slot.
+    let second = qd_client::Client::builder(server.addr.clone())
+        .connect_timeout(Duration::from_millis(300))
+        .connect()
+        .await;
+    assert!(second.is_err(), "a second connection was served past --max-connections 1");
+    drop(first);
+    let third = crate::support::eventually(Duration::from_secs(20), "a slot frees up", || {
+        let addr = server.addr.clone();
+        async move {
+            qd_client::Client::builder(addr)
+                .connect_timeout(Duration::from_millis(500))
+                .connect()
+                .await
+                .ok()
+        }
+    })
+    .await;
+    assert_eq!(counts(&third, "limit").await.0, 1);
+}

@@ -156,3 +156,24 @@ async fn kill_9_a_writing_server_100_times() {
     let missing: Vec<_> = acked.difference(&present).take(10).collect();
     assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
 }
+
+#[tokio::test]
+async fn every_durability_mode_keeps_jobs_across_a_clean_restart() {
+    for mode in ["fsync", "interval", "none"] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut server = Server::start_in(&data, &["--durability", mode]);
+        let client = server.client().await;
+        client
+            .add_bulk("modes", (0..20).map(|i| Job::new("x", format!("{i}"))).collect())
+            .await
+            .unwrap();
+        let held = client.reserve(&["modes"], 3, Duration::ZERO).await.unwrap();
+        client.ack_many(&held[..1]).await.unwrap();
+        drop(client);
+        assert!(server.terminate().success(), "{mode}: unclean exit; log:\n{}", server.log());
+        let server = Server::start_in(&data, &["--durability", mode]);
+        let client = server.client().await;
+        assert_eq!(counts(&client, "modes").await, (19, 0, 0, 0, 0), "durability {mode}");
+    }
+}
