@@ -149,7 +149,19 @@ pub fn parse_backoff(s: &str) -> Result<Backoff, String> {
     Ok(backoff)
 }
 
-/// Runs the command line; the binary's `main` only maps the result to an exit code.
+/// The whole `qd` binary: runs the command line and turns its outcome into an exit code,
+/// printing the error chain on failure.
+pub fn main_exit() -> std::process::ExitCode {
+    match main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("qd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the command line.
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The server logs what it does; the client commands only what goes wrong.

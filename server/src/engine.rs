@@ -161,16 +161,8 @@ impl Engine {
             shutdown.cancel();
             let open = std::mem::take(&mut self.open);
             self.fail_replies(open.replies, &failure);
-            while !self.in_flight.is_empty() {
-                match self.committed.recv().await {
-                    Some(done) => self.on_committed(done),
-                    None => break,
-                }
-            }
-            self.conns.clear();
-            if let Some(writer) = self.writer.take() {
-                let _ = tokio::task::spawn_blocking(move || writer.shutdown()).await;
-            }
+            // The writer's own error is the one already reported; say what to do instead.
+            let _ = self.finish().await;
             anyhow::bail!(
                 "storage failed: {failure}. qd stopped so that memory and disk cannot disagree; \
                  nothing it acknowledged is lost. Fix the cause (disk full? permissions?) and start it again"
@@ -185,6 +177,16 @@ impl Engine {
             }
         }
         self.submit_round();
+        self.finish().await?;
+        match self.storage_failure {
+            Some(failure) => anyhow::bail!("storage failed during shutdown: {failure}"),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for every commit in flight (answering its requests), lets go of the
+    /// connections, and stops the writer, which flushes the store.
+    async fn finish(&mut self) -> anyhow::Result<()> {
         while !self.in_flight.is_empty() {
             match self.committed.recv().await {
                 Some(done) => self.on_committed(done),
@@ -195,10 +197,7 @@ impl Engine {
         if let Some(writer) = self.writer.take() {
             tokio::task::spawn_blocking(move || writer.shutdown()).await??;
         }
-        match self.storage_failure {
-            Some(failure) => anyhow::bail!("storage failed during shutdown: {failure}"),
-            None => Ok(()),
-        }
+        Ok(())
     }
 
     fn on_command(&mut self, cmd: Command) {

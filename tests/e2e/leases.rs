@@ -3,7 +3,7 @@ use std::time::{Duration, Instant};
 use qd_client::Job;
 use qd_protocol::Backoff;
 
-use crate::support::{self, counts, eventually};
+use crate::support::{self, counts, wait_for_count};
 
 #[tokio::test]
 async fn a_vanished_worker_releases_its_jobs_at_once() {
@@ -86,11 +86,7 @@ async fn expired_lease_without_attempts_left_goes_dead() {
         .await
         .unwrap();
     let _job = client.reserve(&["once"], 1, Duration::ZERO).await.unwrap();
-    eventually(Duration::from_secs(20), "dead after lease expiry", || {
-        let client = client.clone();
-        async move { (counts(&client, "once").await.3 == 1).then_some(()) }
-    })
-    .await;
+    wait_for_count(&client, "once", 3, 1).await;
 }
 
 #[tokio::test]
@@ -128,11 +124,7 @@ async fn the_worker_heartbeats_a_job_that_outlives_its_lease() {
             .await
             .unwrap();
     });
-    eventually(Duration::from_secs(20), "job completed", || {
-        let client = client.clone();
-        async move { (counts(&client, "hb").await.4 == 1).then_some(()) }
-    })
-    .await;
+    wait_for_count(&client, "hb", 4, 1).await;
     stop.cancel();
     task.await.unwrap();
     assert_eq!(runs.load(Ordering::SeqCst), 1, "ran exactly once");

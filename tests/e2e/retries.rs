@@ -7,7 +7,7 @@ use qd_protocol::Backoff;
 use qd_server::store::{JournalConfig, JournaledStore, SledConfig, Store};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{self, counts, eventually};
+use crate::support::{self, counts, wait_for_count};
 
 /// Runs a Worker on `queue` until cancelled; returns its task.
 fn spawn_worker<F>(
@@ -55,11 +55,7 @@ async fn fails_twice_then_completes_on_attempt_3() {
             Ok(())
         }
     });
-    eventually(Duration::from_secs(20), "job completed", || {
-        let client = client.clone();
-        async move { (counts(&client, "flaky").await.4 == 1).then_some(()) }
-    })
-    .await;
+    wait_for_count(&client, "flaky", 4, 1).await;
     stop.cancel();
     task.await.unwrap();
     assert_eq!(*seen.lock().unwrap(), vec![(id, 1), (id, 2), (id, 3)]);
@@ -79,11 +75,7 @@ async fn always_failing_job_is_dead_with_every_error_recorded() {
         .unwrap();
     let (stop, task) =
         spawn_worker(server.client().await, "doomed", |job| Err(format!("boom {}", job.attempt)));
-    eventually(Duration::from_secs(20), "job dead", || {
-        let client = client.clone();
-        async move { (counts(&client, "doomed").await.3 == 1).then_some(()) }
-    })
-    .await;
+    wait_for_count(&client, "doomed", 3, 1).await;
     stop.cancel();
     task.await.unwrap();
     assert_eq!(counts(&client, "doomed").await, (0, 0, 0, 1, 0));
@@ -119,11 +111,7 @@ async fn retry_spacing_follows_the_backoff() {
         log.lock().unwrap().insert(job.attempt, Instant::now());
         Err("nope".to_string())
     });
-    eventually(Duration::from_secs(20), "job dead", || {
-        let client = client.clone();
-        async move { (counts(&client, "spaced").await.3 == 1).then_some(()) }
-    })
-    .await;
+    wait_for_count(&client, "spaced", 3, 1).await;
     stop.cancel();
     task.await.unwrap();
     let starts = starts.lock().unwrap();
@@ -159,11 +147,7 @@ async fn permanent_error_from_a_handler_skips_the_retries() {
             .await
             .unwrap();
     });
-    eventually(Duration::from_secs(20), "job dead", || {
-        let client = client.clone();
-        async move { (counts(&client, "perm2").await.3 == 1).then_some(()) }
-    })
-    .await;
+    wait_for_count(&client, "perm2", 3, 1).await;
     token.cancel();
     task.await.unwrap();
 }

@@ -152,3 +152,14 @@ pub async fn counts(client: &qd_client::Client, queue: &str) -> (u64, u64, u64, 
         .map(|q| (q.ready, q.delayed, q.active, q.dead, q.completed))
         .unwrap_or_default()
 }
+
+/// Waits (up to 20 s) until field `index` of [`counts`] of `queue` equals `want`; indexes
+/// are those of the tuple: 0 ready, 1 delayed, 2 active, 3 dead, 4 completed.
+pub async fn wait_for_count(client: &qd_client::Client, queue: &str, index: usize, want: u64) {
+    let what = format!("count #{index} of queue {queue} to reach {want}");
+    eventually(Duration::from_secs(20), &what, || async move {
+        let c = counts(client, queue).await;
+        ([c.0, c.1, c.2, c.3, c.4][index] == want).then_some(())
+    })
+    .await;
+}

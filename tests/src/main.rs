@@ -2,11 +2,5 @@
 //! process (kill -9 included) and find it through `CARGO_BIN_EXE_qd-under-test`.
 
 fn main() -> std::process::ExitCode {
-    match qd_server::cli::main() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("qd: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    qd_server::cli::main_exit()
 }
