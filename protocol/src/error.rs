@@ -29,7 +29,8 @@ pub enum ErrorCode {
     NotFound,
     /// The lease token is wrong or expired: another delivery owns the job now.
     LeaseLost,
-    /// Too many requests in flight on this connection, or too many connections.
+    /// Too many requests in flight on this connection. (Past the connection limit, new
+    /// connections wait in the accept backlog instead.)
     Busy,
     /// The server is shutting down; reconnect to another or retry shortly.
     ShuttingDown,

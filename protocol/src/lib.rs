@@ -21,5 +21,5 @@ pub use frame::{FrameDecoder, DEFAULT_MAX_FRAME, HARD_MAX_FRAME};
 pub use message::{ClientFrame, Request, Response, ServerFrame};
 pub use types::*;
 
-/// Protocol version spoken by this crate. A server refuses a `Hello` with another major.
+/// Protocol version spoken by this crate. A server refuses a `Hello` with any other number.
 pub const PROTOCOL_VERSION: u32 = 1;

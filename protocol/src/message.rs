@@ -65,9 +65,9 @@ pub enum Request {
     /// Add one or many jobs to one queue (created on first use). All or nothing: if one job
     /// is invalid, none is added.
     Add { queue: String, jobs: Vec<NewJob> },
-    /// Take up to `max` ready jobs from the first of `queues` that has any (in the order
-    /// given), waiting up to `timeout_ms` for one to become ready. An empty answer means the
-    /// wait ran out.
+    /// Take up to `max` ready jobs from `queues`: from the first as many as it has, then from
+    /// the next, in the order given; wait up to `timeout_ms` for one to become ready when
+    /// none is. An empty answer means the wait ran out.
     Reserve { queues: Vec<String>, max: u32, timeout_ms: u64 },
     /// Complete one or more jobs. Leases that are no longer valid are listed in the answer;
     /// the others are acked regardless.

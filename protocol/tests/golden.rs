@@ -154,3 +154,115 @@ fn goodbye() {
         "00 00 00 06 02 02 03 62 69 67",
     );
 }
+
+/// Not printed in docs/PROTOCOL.md; pins a layout the examples there leave out.
+#[test]
+fn add_all_options() {
+    check_client(&ClientFrame::Request { id: 8, body: Request::Add { queue: "q".into(), jobs: vec![NewJob { name: "n".into(), payload: Bytes::from_static(b"p"), options: JobOptions { priority: -3, delay_ms: 1000, attempts: 5, backoff: Backoff::Exponential { base_ms: 100, max_ms: 1000, jitter_pct: 20 }, lease_ms: 500, key: Some("k1".into()) } }, NewJob { name: "m".into(), payload: Bytes::new(), options: JobOptions { backoff: Backoff::Fixed { delay_ms: 10 }, ..JobOptions::default() } }] } }, "00 00 00 28 01 08 00 01 71 02 01 6e 01 70 05 fb e8 03 05 01 64 fb e8 03 14 fb f4 01 01 02 6b 31 01 6d 00 00 00 03 00 0a fb 30 75 00");
+}
+
+/// Not printed in docs/PROTOCOL.md; pins a layout the examples there leave out.
+#[test]
+fn hello_token() {
+    check_client(
+        &ClientFrame::Hello(Hello {
+            protocol: 1,
+            client_name: "w".into(),
+            token: Some("s3".into()),
+        }),
+        "00 00 00 08 00 01 01 77 01 02 73 33",
+    );
+}
+
+/// Not printed in docs/PROTOCOL.md; pins a layout the examples there leave out.
+#[test]
+fn nack_after() {
+    check_client(
+        &ClientFrame::Request {
+            id: 9,
+            body: Request::Nack {
+                lease: LeaseRef { id: 2, token: 3 },
+                error: "e".into(),
+                retry: RetryHint::After { delay_ms: 250 },
+            },
+        },
+        "00 00 00 09 01 09 03 02 03 01 65 01 fa",
+    );
+}
+
+/// Not printed in docs/PROTOCOL.md; pins a layout the examples there leave out.
+#[test]
+fn nack_never() {
+    check_client(
+        &ClientFrame::Request {
+            id: 10,
+            body: Request::Nack {
+                lease: LeaseRef { id: 2, token: 3 },
+                error: "".into(),
+                retry: RetryHint::Never,
+            },
+        },
+        "00 00 00 07 01 0a 03 02 03 00 02",
+    );
+}
+
+/// Not printed in docs/PROTOCOL.md; pins a layout the examples there leave out.
+#[test]
+fn nacked_dead() {
+    check_server(
+        &ServerFrame::Response {
+            id: 9,
+            result: Ok(Response::Nacked { outcome: NackOutcome::Dead }),
+        },
+        "00 00 00 05 01 09 00 03 01",
+    );
+}
+
+/// Not printed in docs/PROTOCOL.md; pins a layout the examples there leave out.
+#[test]
+fn touched() {
+    check_server(
+        &ServerFrame::Response {
+            id: 5,
+            result: Ok(Response::Touched { lease_deadline_ms: 1_700_000_060_000 }),
+        },
+        "00 00 00 0d 01 05 00 04 fd 60 52 e6 cf 8b 01 00 00",
+    );
+}
+
+/// Not printed in docs/PROTOCOL.md; pins a layout the examples there leave out.
+#[test]
+fn stats_answer() {
+    check_server(
+        &ServerFrame::Response {
+            id: 6,
+            result: Ok(Response::Stats {
+                queues: vec![QueueStats {
+                    queue: "q".into(),
+                    ready: 1,
+                    delayed: 2,
+                    active: 3,
+                    dead: 4,
+                    completed: 5,
+                    completed_total: 300,
+                    failed_total: 7,
+                }],
+            }),
+        },
+        "00 00 00 10 01 06 00 05 01 01 71 01 02 03 04 05 fb 2c 01 07",
+    );
+}
+
+/// Not printed in docs/PROTOCOL.md; pins a layout the examples there leave out.
+#[test]
+fn acked_failed() {
+    check_server(
+        &ServerFrame::Response {
+            id: 3,
+            result: Ok(Response::Acked {
+                failed: vec![(1, WireError::new(ErrorCode::LeaseLost, "x"))],
+            }),
+        },
+        "00 00 00 09 01 03 00 02 01 01 0d 01 78",
+    );
+}
