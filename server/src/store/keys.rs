@@ -6,7 +6,7 @@
 //! ```text
 //! tree "pages"  key   = page_no = job id / 64, u64, 8 bytes big-endian
 //!               value = page (see page.rs): the records of ids page_no*64 .. page_no*64+63
-//! tree "meta"   "format_version" -> u32, 4 bytes big-endian   (STORE_FORMAT_VERSION = 2)
+//! tree "meta"   "format_version" -> u32, 4 bytes big-endian   (STORE_FORMAT_VERSION = 3)
 //!               "id_ceiling"     -> u64, 8 bytes big-endian   (ids below it may have been used)
 //! ```
 //!
@@ -14,7 +14,10 @@
 //! out in id order, which is also the order jobs were added in.
 //!
 //! Format history: version 1 stored one key per job in a tree "jobs" (value: a format byte
-//! and the bincode of the whole record, id included). Version 2 (pages) does not read it.
+//! and the bincode of the whole record, id included). Version 2 introduced pages, with
+//! record bodies as bincode of every field but the id. Version 3 keeps the pages and the
+//! keys but encodes bodies compactly (record.rs: fields at their defaults left out,
+//! LEB128 varints, run_at as a delta from created_at). This build reads neither 1 nor 2.
 //!
 //! Invariants:
 //! 1. Every key in `pages` is exactly 8 bytes, and every record in page `p` has an id in
@@ -33,8 +36,9 @@ pub const ID_CEILING_KEY: &[u8] = b"id_ceiling";
 
 /// The on-disk format this build reads and writes. Bump it when the key layout, the page
 /// layout or the record encoding changes incompatibly, and teach `SledStore::open` to
-/// migrate or refuse. 1: one key per job; 2: pages of 64 jobs.
-pub const STORE_FORMAT_VERSION: u32 = 2;
+/// migrate or refuse. 1: one key per job; 2: pages of 64 jobs, bincode bodies; 3: the same
+/// pages with compact bodies (defaults left out).
+pub const STORE_FORMAT_VERSION: u32 = 3;
 
 /// How far beyond the highest inserted id the persisted ceiling is raised. One meta write
 /// per million ids; a restart skips at most this many ids, which a u64 can afford.

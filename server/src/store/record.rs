@@ -1,102 +1,312 @@
-//! The byte encoding of one [`JobRecord`] as stored in a slot of a sled page. Where the
-//! record is stored (pages, trees) is `keys.rs` and `page.rs`'s business; what its fields
-//! mean is `model.rs`'s.
+//! The byte encoding of one [`JobRecord`] as stored in a slot of a sled page (and in the
+//! journaled store's pending map). Where the record is stored (pages, trees) is `keys.rs`
+//! and `page.rs`'s business; what its fields mean is `model.rs`'s.
+//!
+//! The record's `id` is not stored (the page and slot a body is stored in give it), and
+//! fields equal to their defaults are left out: a flags byte says which are present. A job
+//! added with default options and not failed yet costs its payload, its queue and job
+//! names, and 12 bytes more (flags, lengths, the two timestamps).
 //!
 //! ```text
-//! record body = bincode 2, serde API, bincode::config::standard() of the record's fields
-//!               in declaration order of model::JobRecord, WITHOUT `id` (the page and slot
-//!               a body is stored in give the id):
-//!                 queue, name (length-prefixed strings), payload (length-prefixed bytes),
-//!                 options, created_at_ms, run_at_ms, failures (varints), state (variant
-//!                 index), errors (length-prefixed sequence)
-//!               varint integers; little-endian where fixed-width
+//! varint = unsigned LEB128: 7 bits per byte, least significant group first, high bit set
+//!          on every byte but the last; at most 10 bytes for a u64, 5 for a u32
+//! zigzag = a signed value n as the varint of (n << 1) ^ (n >> 63): 0, -1, 1, -2 -> 0, 1, 2, 3
+//! str    = varint byte length, then the bytes (UTF-8 for strings)
+//!
+//! record body:
+//!   flags           u8      which optional fields follow (bit value: field)
+//!                             0x01 priority     0x02 delay_ms   0x04 attempts
+//!                             0x08 backoff      0x10 lease_ms   0x20 key
+//!                             0x40 state is Dead (no field; clear: Waiting)
+//!                             0x80 failures and errors
+//!   queue           str
+//!   name            str
+//!   payload         str     (raw bytes)
+//!   created_at_ms   varint
+//!   run_at delta    zigzag  run_at_ms - created_at_ms as a wrapping 64-bit difference
+//!                           (a failure's run_at can precede created_at if the clock went
+//!                           back); decoded as created_at_ms + delta, wrapping
+//!   then, only the fields whose flag is set, in this order:
+//!   priority        zigzag  (absent: 0)
+//!   delay_ms        varint  (absent: 0; kept for an exact round trip, though the broker
+//!                           only reads it at add time, folded into the first run_at_ms)
+//!   attempts        varint  (absent: 3)
+//!   backoff         u8 variant, 0 Fixed: delay_ms varint;
+//!                   1 Exponential: base_ms varint, max_ms varint, jitter_pct u8
+//!                           (absent: Exponential 1000, 3600000, 20)
+//!   lease_ms        varint  (absent: 30000)
+//!   key             str     (absent: None; a present key may be empty)
+//!   failures        varint  (with errors; absent: 0 failures, no errors)
+//!   errors          varint count, then per error: attempt varint, at_ms varint,
+//!                           message str
 //! ```
 //!
+//! A flag is set exactly when its field differs from the default, but a decoder accepts a
+//! set flag with a default value too. Anything else is refused: an unknown backoff variant,
+//! a varint longer than its type, invalid UTF-8, a body that ends early or has bytes left
+//! over.
+//!
 //! There is no per-record format byte: the store's `format_version` (meta tree) says how
-//! every page and body in the directory is encoded. The golden-bytes test below pins the
-//! encoding, so a bincode or serde upgrade cannot change it silently.
+//! every page and body in the directory is encoded (format 2 stored bodies as bincode of
+//! every field; format 3 is this). The golden-bytes tests below pin the encoding.
 
 use bytes::Bytes;
-use qd_protocol::{JobId, JobOptions};
-use serde::{Deserialize, Serialize};
+use qd_protocol::{Backoff, JobId, JobOptions};
 
-use crate::model::{AttemptError, JobRecord, Millis, PersistedState};
+use crate::model::{AttemptError, JobRecord, PersistedState, MAX_ERRORS_KEPT};
 
 use super::StoreError;
 
-/// A record's fields but its id, borrowed for encoding. Field order is the format.
-#[derive(Serialize)]
-struct BodyRef<'a> {
-    queue: &'a str,
-    name: &'a str,
-    payload: &'a Bytes,
-    options: &'a JobOptions,
-    created_at_ms: Millis,
-    run_at_ms: Millis,
-    failures: u32,
-    state: PersistedState,
-    errors: &'a [AttemptError],
-}
+/// Flag bits: which optional fields a body holds.
+const PRIORITY: u8 = 0x01;
+const DELAY: u8 = 0x02;
+const ATTEMPTS: u8 = 0x04;
+const BACKOFF: u8 = 0x08;
+const LEASE: u8 = 0x10;
+const KEY: u8 = 0x20;
+const DEAD: u8 = 0x40;
+const FAILURES: u8 = 0x80;
 
-/// The same fields, owned, for decoding.
-#[derive(Deserialize)]
-struct Body {
-    queue: String,
-    name: String,
-    payload: Bytes,
-    options: JobOptions,
-    created_at_ms: Millis,
-    run_at_ms: Millis,
-    failures: u32,
-    state: PersistedState,
-    errors: Vec<AttemptError>,
-}
+/// Backoff variants.
+const FIXED: u8 = 0;
+const EXPONENTIAL: u8 = 1;
 
-/// Encodes a record's body (everything but its id), appending to `out`.
+/// Encodes a record's body (everything but its id), appending to `out`. Never fails today;
+/// the `Result` keeps the store's callers independent of the encoding.
 pub fn encode_into(record: &JobRecord, out: &mut Vec<u8>) -> Result<(), StoreError> {
-    let body = BodyRef {
-        queue: &record.queue,
-        name: &record.name,
-        payload: &record.payload,
-        options: &record.options,
-        created_at_ms: record.created_at_ms,
-        run_at_ms: record.run_at_ms,
-        failures: record.failures,
-        state: record.state,
-        errors: &record.errors,
-    };
-    bincode::serde::encode_into_std_write(&body, out, bincode::config::standard())
-        .map_err(|source| StoreError::Encode { id: record.id, source })?;
+    let o = &record.options;
+    let d = JobOptions::default();
+    let mut flags = 0u8;
+    if o.priority != d.priority {
+        flags |= PRIORITY;
+    }
+    if o.delay_ms != d.delay_ms {
+        flags |= DELAY;
+    }
+    if o.attempts != d.attempts {
+        flags |= ATTEMPTS;
+    }
+    if o.backoff != d.backoff {
+        flags |= BACKOFF;
+    }
+    if o.lease_ms != d.lease_ms {
+        flags |= LEASE;
+    }
+    if o.key.is_some() {
+        flags |= KEY;
+    }
+    match record.state {
+        PersistedState::Waiting => {}
+        PersistedState::Dead => flags |= DEAD,
+    }
+    if record.failures != 0 || !record.errors.is_empty() {
+        flags |= FAILURES;
+    }
+
+    out.push(flags);
+    put_bytes(out, record.queue.as_bytes());
+    put_bytes(out, record.name.as_bytes());
+    put_bytes(out, &record.payload);
+    put_varint(out, record.created_at_ms);
+    put_varint(out, zigzag(record.run_at_ms.wrapping_sub(record.created_at_ms) as i64));
+    if flags & PRIORITY != 0 {
+        put_varint(out, zigzag(i64::from(o.priority)));
+    }
+    if flags & DELAY != 0 {
+        put_varint(out, o.delay_ms);
+    }
+    if flags & ATTEMPTS != 0 {
+        put_varint(out, u64::from(o.attempts));
+    }
+    if flags & BACKOFF != 0 {
+        match o.backoff {
+            Backoff::Fixed { delay_ms } => {
+                out.push(FIXED);
+                put_varint(out, delay_ms);
+            }
+            Backoff::Exponential { base_ms, max_ms, jitter_pct } => {
+                out.push(EXPONENTIAL);
+                put_varint(out, base_ms);
+                put_varint(out, max_ms);
+                out.push(jitter_pct);
+            }
+        }
+    }
+    if flags & LEASE != 0 {
+        put_varint(out, o.lease_ms);
+    }
+    if let Some(key) = &o.key {
+        put_bytes(out, key.as_bytes());
+    }
+    if flags & FAILURES != 0 {
+        put_varint(out, u64::from(record.failures));
+        put_varint(out, record.errors.len() as u64);
+        for e in &record.errors {
+            put_varint(out, u64::from(e.attempt));
+            put_varint(out, e.at_ms);
+            put_bytes(out, e.message.as_bytes());
+        }
+    }
     Ok(())
 }
 
 /// Encodes a record's body into a new buffer of exactly its size.
 pub fn encode(record: &JobRecord) -> Result<Box<[u8]>, StoreError> {
-    let mut out = Vec::with_capacity(48 + record.payload.len());
+    let mut out =
+        Vec::with_capacity(32 + record.queue.len() + record.name.len() + record.payload.len());
     encode_into(record, &mut out)?;
     Ok(out.into_boxed_slice())
 }
 
 /// Decodes what [`encode`] wrote for job `id`.
 pub fn decode(id: JobId, bytes: &[u8]) -> Result<JobRecord, StoreError> {
-    let (body, used) =
-        bincode::serde::decode_from_slice::<Body, _>(bytes, bincode::config::standard())
-            .map_err(|e| corrupt(id, format!("cannot decode the record: {e}")))?;
-    if used != bytes.len() {
-        return Err(corrupt(id, format!("{} trailing bytes after the record", bytes.len() - used)));
+    decode_body(id, &mut Reader { bytes, pos: 0 })
+        .map_err(|detail| corrupt(id, format!("cannot decode the record: {detail}")))
+}
+
+fn decode_body(id: JobId, r: &mut Reader<'_>) -> Result<JobRecord, String> {
+    let flags = r.u8("flags")?;
+    let queue = r.string("queue")?;
+    let name = r.string("job name")?;
+    let payload = Bytes::copy_from_slice(r.bytes("payload")?);
+    let created_at_ms = r.varint("created_at_ms")?;
+    let run_at_ms = created_at_ms.wrapping_add(unzigzag(r.varint("run_at_ms")?) as u64);
+    let mut options = JobOptions::default();
+    if flags & PRIORITY != 0 {
+        let p = unzigzag(r.varint("priority")?);
+        options.priority = i32::try_from(p).map_err(|_| format!("priority {p} out of range"))?;
+    }
+    if flags & DELAY != 0 {
+        options.delay_ms = r.varint("delay_ms")?;
+    }
+    if flags & ATTEMPTS != 0 {
+        options.attempts = r.varint_u32("attempts")?;
+    }
+    if flags & BACKOFF != 0 {
+        options.backoff = match r.u8("backoff")? {
+            FIXED => Backoff::Fixed { delay_ms: r.varint("backoff delay")? },
+            EXPONENTIAL => Backoff::Exponential {
+                base_ms: r.varint("backoff base")?,
+                max_ms: r.varint("backoff cap")?,
+                jitter_pct: r.u8("backoff jitter")?,
+            },
+            other => return Err(format!("unknown backoff variant {other}")),
+        };
+    }
+    if flags & LEASE != 0 {
+        options.lease_ms = r.varint("lease_ms")?;
+    }
+    if flags & KEY != 0 {
+        options.key = Some(r.string("key")?);
+    }
+    let state = if flags & DEAD != 0 { PersistedState::Dead } else { PersistedState::Waiting };
+    let mut failures = 0;
+    let mut errors = Vec::new();
+    if flags & FAILURES != 0 {
+        failures = r.varint_u32("failures")?;
+        let count = r.varint("error count")?;
+        // Each error takes at least 3 bytes: never reserve more than the body could hold.
+        errors.reserve((count as usize).min(MAX_ERRORS_KEPT).min(r.left() / 3));
+        for _ in 0..count {
+            let attempt = r.varint_u32("error attempt")?;
+            let at_ms = r.varint("error time")?;
+            let message = r.string("error message")?;
+            errors.push(AttemptError { attempt, at_ms, message });
+        }
+    }
+    if r.left() != 0 {
+        return Err(format!("{} trailing bytes after the record", r.left()));
     }
     Ok(JobRecord {
         id,
-        queue: body.queue,
-        name: body.name,
-        payload: body.payload,
-        options: body.options,
-        created_at_ms: body.created_at_ms,
-        run_at_ms: body.run_at_ms,
-        failures: body.failures,
-        state: body.state,
-        errors: body.errors,
+        queue,
+        name,
+        payload,
+        options,
+        created_at_ms,
+        run_at_ms,
+        failures,
+        state,
+        errors,
     })
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+fn zigzag(n: i64) -> u64 {
+    ((n << 1) ^ (n >> 63)) as u64
+}
+
+fn unzigzag(z: u64) -> i64 {
+    ((z >> 1) as i64) ^ -((z & 1) as i64)
+}
+
+/// A cursor over a body; every read says what it was reading when the body ends early.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn left(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+
+    fn u8(&mut self, what: &str) -> Result<u8, String> {
+        let b = *self.bytes.get(self.pos).ok_or_else(|| format!("the body ends in its {what}"))?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn varint(&mut self, what: &str) -> Result<u64, String> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8(what)?;
+            let bits = u64::from(b & 0x7f);
+            if shift == 63 && bits > 1 {
+                return Err(format!("the {what} overflows 64 bits"));
+            }
+            v |= bits << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(format!("the {what} is longer than 10 bytes"))
+    }
+
+    fn varint_u32(&mut self, what: &str) -> Result<u32, String> {
+        let v = self.varint(what)?;
+        u32::try_from(v).map_err(|_| format!("the {what} {v} overflows 32 bits"))
+    }
+
+    fn bytes(&mut self, what: &str) -> Result<&'a [u8], String> {
+        let len = self.varint(what)?;
+        if len > self.left() as u64 {
+            return Err(format!(
+                "the {what} is {len} bytes long, but only {} are left",
+                self.left()
+            ));
+        }
+        let start = self.pos;
+        self.pos += len as usize;
+        Ok(&self.bytes[start..self.pos])
+    }
+
+    fn string(&mut self, what: &str) -> Result<String, String> {
+        let bytes = self.bytes(what)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| format!("the {what} is not UTF-8"))
+    }
 }
 
 fn corrupt(id: JobId, detail: String) -> StoreError {
@@ -113,14 +323,13 @@ mod tests {
     use super::*;
     use crate::store::testutil::record;
     use proptest::prelude::*;
-    use qd_protocol::Backoff;
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// Pins the on-disk bytes. If this fails after a dependency bump, the stored format
-    /// changed: bump `STORE_FORMAT_VERSION` and keep a decoder for the old one.
+    /// Pins the on-disk bytes of a record with every optional field but `delay_ms` and
+    /// `attempts`. If this fails, the stored format changed: bump `STORE_FORMAT_VERSION`.
     #[test]
     fn golden_bytes() {
         let mut r = JobRecord {
@@ -144,20 +353,115 @@ mod tests {
         };
         r.apply_failure(AttemptError { attempt: 1, at_ms: 9, message: "x".into() }, 10, true);
         let bytes = encode(&r).unwrap();
-        // The format-1 record of the same job was "01" "fb2c01" (format byte, id) + this.
-        assert_eq!(hex(&bytes), "0171016e0268690100030005fbe80301016b070a01010101090178");
+        // flags f9 (priority, backoff, lease, key, dead, failures); "q"; "n"; "hi";
+        // created 7; run_at 10 = 7 + 3 (zigzag 6); priority -1 (zigzag 1); Fixed 5;
+        // lease 1000 (e8 07); key "k"; 1 failure, 1 error: attempt 1, at 9, "x".
+        // Format 2 (bincode of every field) took 27 bytes for this record.
+        assert_eq!(hex(&bytes), "f90171016e0268690706010005e807016b010101090178");
+        assert_eq!(decode(300, &bytes).unwrap(), r);
+    }
+
+    /// The common case: default options, never failed. Only the flags byte, the names, the
+    /// payload and the two timestamps are stored.
+    #[test]
+    fn golden_bytes_of_a_default_job() {
+        let mut r = record(300, 0);
+        r.payload = bytes::Bytes::from_static(b"hi");
+        let bytes = encode(&r).unwrap();
+        // flags 00; "emails"; "welcome"; "hi"; created 1_700_000_000_000 (6 bytes);
+        // run_at = created (delta 0). Format 2 took 52 bytes.
+        assert_eq!(hex(&bytes), "0006656d61696c730777656c636f6d6502686980d095ffbc3100",);
+        assert_eq!(decode(300, &bytes).unwrap(), r);
+
+        // run_at before created_at (the clock went back between add and a failure).
+        r.run_at_ms = r.created_at_ms - 1;
+        let bytes = encode(&r).unwrap();
+        assert!(hex(&bytes).ends_with("80d095ffbc3101"), "{}", hex(&bytes));
         assert_eq!(decode(300, &bytes).unwrap(), r);
     }
 
     #[test]
+    fn a_bench_job_costs_its_payload_and_names_plus_12_bytes() {
+        let r = record(1, 128);
+        let names = r.queue.len() + r.name.len();
+        // flags, 3 lengths (the payload's takes 2), created_at (6), run_at delta (1).
+        assert_eq!(encode(&r).unwrap().len(), 128 + names + 1 + 1 + 1 + 2 + 6 + 1);
+    }
+
+    #[test]
     fn refuses_garbage() {
-        let good = encode(&record(1, 3)).unwrap();
-        assert!(decode(1, &[]).is_err());
-        assert!(decode(1, &good[..good.len() - 1]).is_err());
-        let mut trailing = good.to_vec();
-        trailing.push(0);
-        let err = decode(1, &trailing).unwrap_err().to_string();
-        assert!(err.contains("trailing"), "{err}");
+        let mut dead = record(1, 3);
+        dead.options.backoff = Backoff::Fixed { delay_ms: 1 };
+        dead.options.key = Some("k".into());
+        dead.apply_failure(AttemptError { attempt: 1, at_ms: 2, message: "m".into() }, 3, true);
+        for r in [record(1, 3), dead] {
+            let good = encode(&r).unwrap();
+            assert!(decode(1, &[]).is_err());
+            for end in 0..good.len() {
+                assert!(decode(1, &good[..end]).is_err(), "{end} of {} bytes", good.len());
+            }
+            let mut trailing = good.to_vec();
+            trailing.push(0);
+            let err = decode(1, &trailing).unwrap_err().to_string();
+            assert!(err.contains("trailing"), "{err}");
+        }
+        // flags: backoff; "q" "n" "" created 0, delta 0; backoff variant 2.
+        let err = decode(1, &[0x08, 1, b'q', 1, b'n', 0, 0, 0, 2]).unwrap_err().to_string();
+        assert!(err.contains("backoff variant 2"), "{err}");
+        // A created_at varint of 11 bytes, and one overflowing 64 bits.
+        let mut long = vec![0x00, 1, b'q', 1, b'n', 0];
+        long.extend([0x80; 10]);
+        long.extend([0x00, 0x00]);
+        assert!(decode(1, &long).unwrap_err().to_string().contains("longer than 10"));
+        let mut over = vec![0x00, 1, b'q', 1, b'n', 0];
+        over.extend([0xff; 9]);
+        over.extend([0x02, 0x00]);
+        assert!(decode(1, &over).unwrap_err().to_string().contains("overflows 64"));
+        // A queue name that is not UTF-8.
+        let err = decode(1, &[0x00, 1, 0xff, 1, b'n', 0, 0, 0]).unwrap_err().to_string();
+        assert!(err.contains("not UTF-8"), "{err}");
+        // attempts beyond u32, priority beyond i32.
+        let err = decode(1, &[0x04, 1, b'q', 1, b'n', 0, 0, 0, 0x80, 0x80, 0x80, 0x80, 0x10])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("overflows 32"), "{err}");
+        let err = decode(1, &[0x01, 1, b'q', 1, b'n', 0, 0, 0, 0x80, 0x80, 0x80, 0x80, 0x10])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("priority"), "{err}");
+    }
+
+    fn backoff() -> impl Strategy<Value = Backoff> {
+        prop_oneof![
+            Just(Backoff::default()),
+            any::<u64>().prop_map(|delay_ms| Backoff::Fixed { delay_ms }),
+            (any::<u64>(), any::<u64>(), any::<u8>()).prop_map(|(base_ms, max_ms, jitter_pct)| {
+                Backoff::Exponential { base_ms, max_ms, jitter_pct }
+            }),
+        ]
+    }
+
+    fn options() -> impl Strategy<Value = JobOptions> {
+        (
+            prop_oneof![Just(0i32), any::<i32>()],
+            prop_oneof![Just(0u64), any::<u64>()],
+            prop_oneof![Just(3u32), any::<u32>()],
+            backoff(),
+            prop_oneof![Just(30_000u64), any::<u64>()],
+            proptest::option::of(".{0,10}"),
+        )
+            .prop_map(|(priority, delay_ms, attempts, backoff, lease_ms, key)| {
+                JobOptions { priority, delay_ms, attempts, backoff, lease_ms, key }
+            })
+    }
+
+    fn timestamp() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            Just(0u64),
+            Just(u64::MAX),
+            1_600_000_000_000u64..1_800_000_000_000,
+            any::<u64>()
+        ]
     }
 
     proptest! {
@@ -181,6 +485,39 @@ mod tests {
             for (attempt, at_ms, message) in failures {
                 r.apply_failure(AttemptError { attempt, at_ms, message }, run_at, dead);
             }
+            let bytes = encode(&r).unwrap();
+            prop_assert_eq!(decode(id, &bytes).unwrap(), r);
+        }
+
+        /// Any record at all, including ones the broker never makes (a failure count that
+        /// disagrees with the errors, more than 25 errors, a dead job that never failed).
+        #[test]
+        fn any_record_round_trips(
+            id in any::<u64>(),
+            names in (".{0,20}", ".{0,20}"),
+            payload in proptest::collection::vec(any::<u8>(), 0..300),
+            options in options(),
+            created_at_ms in timestamp(),
+            run_at_ms in timestamp(),
+            failures in prop_oneof![Just(0u32), any::<u32>()],
+            dead in any::<bool>(),
+            errors in proptest::collection::vec((any::<u32>(), timestamp(), ".{0,20}"), 0..30),
+        ) {
+            let r = JobRecord {
+                id,
+                queue: names.0,
+                name: names.1,
+                payload: payload.into(),
+                options,
+                created_at_ms,
+                run_at_ms,
+                failures,
+                state: if dead { PersistedState::Dead } else { PersistedState::Waiting },
+                errors: errors
+                    .into_iter()
+                    .map(|(attempt, at_ms, message)| AttemptError { attempt, at_ms, message })
+                    .collect(),
+            };
             let bytes = encode(&r).unwrap();
             prop_assert_eq!(decode(id, &bytes).unwrap(), r);
         }

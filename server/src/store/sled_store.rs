@@ -529,7 +529,7 @@ mod tests {
             db.flush().unwrap();
         }
         let err = SledStore::open(&SledConfig::new(dir.path())).unwrap_err();
-        assert!(matches!(err, StoreError::UnknownVersion { found: 7, expected: 2, .. }), "{err:?}");
+        assert!(matches!(err, StoreError::UnknownVersion { found: 7, expected: 3, .. }), "{err:?}");
         let msg = err.to_string();
         assert!(msg.contains("format version 7"), "{msg}");
         assert!(msg.contains("upgrade qd or point --data at a new directory"), "{msg}");
@@ -550,12 +550,35 @@ mod tests {
             db.flush().unwrap();
         }
         let err = SledStore::open(&SledConfig::new(dir.path())).unwrap_err();
-        assert!(matches!(err, StoreError::OldVersion { found: 1, expected: 2, .. }), "{err:?}");
+        assert!(matches!(err, StoreError::OldVersion { found: 1, expected: 3, .. }), "{err:?}");
         let msg = err.to_string();
         assert!(msg.contains("format version 1"), "{msg}");
         assert!(msg.contains("move it aside"), "{msg}");
         let db = sled::open(dir.path()).unwrap();
         assert_eq!(db.open_tree("jobs").unwrap().len(), 1, "the old data is left alone");
+    }
+
+    /// A data dir of format 2 (pages holding bincode record bodies) is refused the same way;
+    /// its pages are left alone.
+    #[test]
+    fn refuses_the_bincode_body_format() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree(META_TREE)
+                .unwrap()
+                .insert(FORMAT_VERSION_KEY, &2u32.to_be_bytes())
+                .unwrap();
+            db.open_tree(PAGES_TREE).unwrap().insert(page_key(0), b"old page").unwrap();
+            db.flush().unwrap();
+        }
+        let err = SledStore::open(&SledConfig::new(dir.path())).unwrap_err();
+        assert!(matches!(err, StoreError::OldVersion { found: 2, expected: 3, .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains("format version 2"), "{msg}");
+        assert!(msg.contains("move it aside"), "{msg}");
+        let db = sled::open(dir.path()).unwrap();
+        assert_eq!(db.open_tree(PAGES_TREE).unwrap().len(), 1, "the old data is left alone");
     }
 
     #[test]
