@@ -161,8 +161,11 @@ impl Engine {
             shutdown.cancel();
             let open = std::mem::take(&mut self.open);
             self.fail_replies(open.replies, &failure);
-            // The writer's own error is the one already reported; say what to do instead.
-            let _ = self.finish().await;
+            // Do not close the store: after an I/O error sled 0.34 can block forever in the
+            // flush its close (and even its drop) performs, which would keep the process
+            // from exiting. The journal already holds everything acknowledged; the writer
+            // thread is left behind and ends with the process.
+            self.finish(false).await?;
             anyhow::bail!(
                 "storage failed: {failure}. qd stopped so that memory and disk cannot disagree; \
                  nothing it acknowledged is lost. Fix the cause (disk full? permissions?) and start it again"
@@ -177,16 +180,16 @@ impl Engine {
             }
         }
         self.submit_round();
-        self.finish().await?;
+        self.finish(true).await?;
         match self.storage_failure {
             Some(failure) => anyhow::bail!("storage failed during shutdown: {failure}"),
             None => Ok(()),
         }
     }
 
-    /// Waits for every commit in flight (answering its requests), lets go of the
-    /// connections, and stops the writer, which flushes the store.
-    async fn finish(&mut self) -> anyhow::Result<()> {
+    /// Waits for every commit in flight (answering its requests) and lets go of the
+    /// connections; with `close_store`, stops the writer, which flushes the store.
+    async fn finish(&mut self, close_store: bool) -> anyhow::Result<()> {
         while !self.in_flight.is_empty() {
             match self.committed.recv().await {
                 Some(done) => self.on_committed(done),
@@ -194,8 +197,12 @@ impl Engine {
             }
         }
         self.conns.clear();
-        if let Some(writer) = self.writer.take() {
-            tokio::task::spawn_blocking(move || writer.shutdown()).await??;
+        match self.writer.take() {
+            Some(writer) if close_store => {
+                tokio::task::spawn_blocking(move || writer.shutdown()).await??;
+            }
+            Some(writer) => writer.abandon(),
+            None => {}
         }
         Ok(())
     }

@@ -12,6 +12,8 @@ mod basics;
 mod cli;
 /// kill -9 and SIGTERM of the server process: nothing acknowledged is lost.
 mod crash;
+/// A full disk: refused, never acknowledged, nothing lost.
+mod full_disk;
 /// Leases: a vanished worker's jobs come back at once, a late ack is refused.
 mod leases;
 /// Retries with backoff, dead-lettering, the Worker's retry path.

@@ -99,6 +99,13 @@ impl Writer {
         }
     }
 
+    /// Lets the writer thread go without waiting for it: it sees its queue closed and
+    /// closes the store on its own, or never, if the store hangs. For a failed store,
+    /// whose close must not hold up the process's exit.
+    pub fn abandon(self) {
+        drop(self.queue);
+    }
+
     /// Commits and flushes everything submitted, stops the thread and returns the final
     /// flush's error, or else the last commit error seen, if any.
     pub fn shutdown(self) -> Result<(), StoreError> {
