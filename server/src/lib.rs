@@ -7,10 +7,12 @@
 //! - [`store`]: sled persistence, group commit, recovery;
 //! - [`engine`]: the actor that owns the core and drives the store;
 //! - [`net`]: listener, connections, limits, shutdown;
+//! - [`child`]: a `qd serve` child process, for `qd bench` and the end-to-end tests;
 //! - [`cli`] and [`config`]: flags and environment in, a validated configuration out.
 
 pub mod bench;
 pub mod broker;
+pub mod child;
 pub mod cli;
 pub mod config;
 pub mod engine;

@@ -1,29 +1,38 @@
 //! Test support: a real `qd serve` process on a temporary data dir, and polling helpers.
 //!
-//! The server is the `qd-under-test` binary of this package (the same code as `qd`). It is
+//! The server is the `qd-under-test` binary of this package (the same code as `qd`), run
+//! through `qd_server::child::QdProcess`, which `qd bench --spawn` uses too. It is
 //! started with `--listen 127.0.0.1:0` and JSON logs; we learn its port from the
 //! "qd is listening" log line, and keep draining its stderr so it never blocks on a full
 //! pipe. Tests never sleep for a fixed time to let something happen: they poll a condition
 //! with a deadline ([`eventually`]).
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::ops::{Deref, DerefMut};
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+use qd_server::child::QdProcess;
 
 /// Path of the server binary under test.
 pub fn qd_bin() -> &'static str {
     env!("CARGO_BIN_EXE_qd-under-test")
 }
 
-/// A running `qd serve` child process.
-pub struct Server {
-    child: Child,
-    pub addr: String,
-    #[allow(dead_code)]
-    pub data: PathBuf,
-    log: Arc<Mutex<Vec<String>>>,
+/// A running `qd serve` child process ([`QdProcess`]) that panics instead of returning
+/// errors, as a test wants.
+pub struct Server(QdProcess);
+
+impl Deref for Server {
+    type Target = QdProcess;
+    fn deref(&self) -> &QdProcess {
+        &self.0
+    }
+}
+
+impl DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut QdProcess {
+        &mut self.0
+    }
 }
 
 impl Server {
@@ -34,91 +43,21 @@ impl Server {
 
     /// Like [`Server::start_in`], on a given address.
     pub fn start_in_at(data: &Path, listen: &str, extra: &[&str]) -> Server {
-        let mut child = Command::new(qd_bin())
-            .args(["serve", "--listen", listen, "--log-format", "json", "--data"])
-            .arg(data)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start qd-under-test");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("qd is listening") {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(listening_addr(&line));
-                    }
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(Some(addr)) => addr,
-            _ => {
-                let _ = child.kill();
-                panic!("qd did not start; its log:\n{}", log.lock().unwrap().join("\n"));
-            }
-        };
-        Server { child, addr, data: data.to_path_buf(), log }
-    }
-
-    /// Kills the process with SIGKILL and reaps it.
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        match QdProcess::start(Path::new(qd_bin()), data, listen, &extra) {
+            Ok(p) => Server(p),
+            Err(e) => panic!("{e:#}"),
+        }
     }
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let ok = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
-        assert!(ok.success(), "kill -TERM failed");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for qd") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "qd did not exit after SIGTERM; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The exit status, if the process has ended.
-    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().expect("wait for qd")
-    }
-
-    /// Everything the server logged so far.
-    pub fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.0.terminate(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     pub async fn client(&self) -> qd_client::Client {
         qd_client::Client::connect(&self.addr).await.expect("connect to qd")
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn listening_addr(line: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    v["fields"]["addr"].as_str().map(str::to_owned)
 }
 
 /// A server on a fresh temporary directory (kept alive by the returned guard).

@@ -5,7 +5,6 @@
 //!
 //! Benchmarks are not tests: nothing here is run by `cargo test`. See docs/PERFORMANCE.md.
 
-mod target;
 mod workloads;
 
 use std::time::{Duration, Instant};
@@ -13,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use qd_client::Client;
 
+use crate::child::QdProcess;
 use crate::store::Durability;
-use target::Spawned;
 use workloads::{fig, Figure};
 
 /// Every workload, in the order `all` runs them.
@@ -81,6 +80,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("W6 kills the server with SIGKILL; it needs --spawn");
     }
     let tmp = tempfile::tempdir().context("cannot create a temporary data dir")?;
+    let exe = std::env::current_exe().context("cannot find the qd binary to spawn")?;
     let server_args =
         vec!["--durability".to_string(), durability_name(args.durability).to_string()];
     let mut outcomes = Vec::new();
@@ -90,14 +90,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let queue = format!("bench-{}-{}", w.to_lowercase(), std::process::id());
         let mut spawned = if args.spawn {
             let data = tmp.path().join(format!("data-{i}"));
-            Some(Spawned::start(&data, &server_args)?)
+            Some(QdProcess::start(&exe, &data, "127.0.0.1:0", &server_args)?)
         } else {
             None
         };
         let addr = spawned.as_ref().map(|s| s.addr.clone()).or(args.addr.clone()).expect("checked");
         let client =
             Client::connect(&addr).await.with_context(|| format!("cannot reach qd at {addr}"))?;
-        let cpu0 = spawned.as_ref().and_then(Spawned::cpu_seconds);
+        let cpu0 = spawned.as_ref().and_then(QdProcess::cpu_seconds);
         let result = match *w {
             "W1" => workloads::w1_enqueue(&client, &queue, args.jobs).await,
             "W1b" => workloads::w1b_bulk(&client, &queue, args.jobs).await,
@@ -174,7 +174,7 @@ async fn w5_big_queue(
     client: &Client,
     queue: &str,
     n: u64,
-    spawned: Option<&Spawned>,
+    spawned: Option<&QdProcess>,
 ) -> anyhow::Result<Vec<Figure>> {
     let enqueue = workloads::bulk_fill(client, queue, n, "W5 enqueue").await?;
     let mut figures = vec![fig("enqueue_jobs_per_s", enqueue)];
@@ -182,7 +182,7 @@ async fn w5_big_queue(
         if let Some(rss) = s.peak_rss_mib() {
             figures.push(fig("queued_peak_rss_mib", rss));
         }
-        let bytes = target::dir_size(&s.data);
+        let bytes = dir_size(&s.data);
         figures.push(fig("data_dir_mib", bytes as f64 / (1 << 20) as f64));
         figures.push(fig(
             "data_dir_per_payload_byte",
@@ -200,7 +200,7 @@ async fn w6_restart(
     client: Client,
     queue: &str,
     n: u64,
-    mut victim: Spawned,
+    mut victim: QdProcess,
 ) -> anyhow::Result<Vec<Figure>> {
     workloads::bulk_fill(&client, queue, n, "W6 fill").await?;
     drop(client);
@@ -229,4 +229,17 @@ async fn w6_restart(
     }
     ensure!(lost == 0, "{lost} of {n} acknowledged jobs lost after kill -9");
     Ok(figures)
+}
+
+/// Total size of the files under `dir`, in bytes.
+pub fn dir_size(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
