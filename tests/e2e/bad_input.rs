@@ -9,49 +9,67 @@ use tokio::net::TcpStream;
 
 use crate::support::{self, counts};
 
-/// A raw connection that has said Hello.
-async fn raw(addr: &str) -> TcpStream {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let hello = ClientFrame::Hello(Hello {
-        protocol: PROTOCOL_VERSION,
-        client_name: "raw".into(),
-        token: None,
-    });
-    send(&mut s, &hello).await;
-    assert!(matches!(recv(&mut s).await, Some(ServerFrame::Welcome(_))));
-    s
+/// A connection speaking frames by hand, to send what the client crate never would. Keeps
+/// its read buffer across calls, so frames that arrive together are all seen.
+struct Raw {
+    s: TcpStream,
+    buf: BytesMut,
 }
 
-async fn send(s: &mut TcpStream, f: &ClientFrame) {
-    let mut buf = BytesMut::new();
-    frame::encode(f, &mut buf, usize::MAX).unwrap();
-    s.write_all(&buf).await.unwrap();
-}
+impl Raw {
+    async fn connect(addr: &str) -> Raw {
+        Raw { s: TcpStream::connect(addr).await.unwrap(), buf: BytesMut::new() }
+    }
 
-/// The next frame, or `None` when the server closed the connection.
-async fn recv(s: &mut TcpStream) -> Option<ServerFrame> {
-    let dec = FrameDecoder::new(qd_protocol::HARD_MAX_FRAME);
-    let mut buf = BytesMut::new();
-    loop {
-        if let Some(f) = dec.decode_server(&mut buf).unwrap() {
-            return Some(f);
-        }
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read_buf(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        if n == 0 {
-            return None;
+    /// Connected and past the handshake.
+    async fn hello(addr: &str) -> Raw {
+        let mut raw = Raw::connect(addr).await;
+        let hello = ClientFrame::Hello(Hello {
+            protocol: PROTOCOL_VERSION,
+            client_name: "raw".into(),
+            token: None,
+        });
+        raw.send(&hello).await;
+        assert!(matches!(raw.recv().await, Some(ServerFrame::Welcome(_))));
+        raw
+    }
+
+    async fn send(&mut self, f: &ClientFrame) {
+        let mut buf = BytesMut::new();
+        frame::encode(f, &mut buf, usize::MAX).unwrap();
+        self.write(&buf).await;
+    }
+
+    async fn write(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).await.unwrap();
+    }
+
+    /// The next frame, or `None` when the server closed the connection.
+    async fn recv(&mut self) -> Option<ServerFrame> {
+        let dec = FrameDecoder::new(qd_protocol::HARD_MAX_FRAME);
+        loop {
+            if let Some(f) = dec.decode_server(&mut self.buf).unwrap() {
+                return Some(f);
+            }
+            let n = tokio::time::timeout(Duration::from_secs(10), self.s.read_buf(&mut self.buf))
+                .await
+                .unwrap()
+                .unwrap();
+            if n == 0 {
+                return None;
+            }
         }
     }
-}
 
-async fn closed(s: &mut TcpStream) -> bool {
-    let mut b = [0u8; 64];
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut b)).await.unwrap() {
-            Ok(0) | Err(_) => return true,
-            Ok(_) => continue,
+    /// Reads until the server closes the connection (or resets it).
+    async fn closed(&mut self) -> bool {
+        let mut b = [0u8; 64];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), self.s.read(&mut b)).await.unwrap()
+            {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => continue,
+            }
         }
     }
 }
@@ -59,15 +77,15 @@ async fn closed(s: &mut TcpStream) -> bool {
 #[tokio::test]
 async fn garbage_bytes_close_only_that_connection() {
     let (server, _dir) = support::start();
-    let mut s = TcpStream::connect(&server.addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-    match recv(&mut s).await {
+    let mut s = Raw::connect(&server.addr).await;
+    s.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    match s.recv().await {
         Some(ServerFrame::Goodbye(e)) => {
             assert!(matches!(e.code, ErrorCode::FrameTooLarge | ErrorCode::BadFrame), "{e:?}")
         }
         other => panic!("expected a Goodbye, got {other:?}"),
     }
-    assert!(closed(&mut s).await);
+    assert!(s.closed().await);
     // Others are served as before.
     let client = server.client().await;
     client.add("still-up", Job::new("x", "")).await.unwrap();
@@ -76,26 +94,26 @@ async fn garbage_bytes_close_only_that_connection() {
 #[tokio::test]
 async fn garbage_after_handshake_is_refused_with_a_reason() {
     let (server, _dir) = support::start();
-    let mut s = raw(&server.addr).await;
-    s.write_all(&[0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff]).await.unwrap();
-    match recv(&mut s).await {
+    let mut s = Raw::hello(&server.addr).await;
+    s.write(&[0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff]).await;
+    match s.recv().await {
         Some(ServerFrame::Goodbye(e)) => assert_eq!(e.code, ErrorCode::BadFrame, "{e:?}"),
         other => panic!("expected a Goodbye, got {other:?}"),
     }
-    assert!(closed(&mut s).await);
+    assert!(s.closed().await);
 }
 
 #[tokio::test]
 async fn oversized_frame_is_refused() {
     let (server, _dir) = support::start_with(&["--max-frame", "4096"]);
-    let mut s = raw(&server.addr).await;
+    let mut s = Raw::hello(&server.addr).await;
     // Announce 1 GiB; the server must refuse without waiting for (or allocating) it.
-    s.write_all(&(1u32 << 30).to_be_bytes()).await.unwrap();
-    match recv(&mut s).await {
+    s.write(&(1u32 << 30).to_be_bytes()).await;
+    match s.recv().await {
         Some(ServerFrame::Goodbye(e)) => assert_eq!(e.code, ErrorCode::FrameTooLarge, "{e:?}"),
         other => panic!("expected a Goodbye, got {other:?}"),
     }
-    assert!(closed(&mut s).await);
+    assert!(s.closed().await);
     // A client that sends a too-big job gets a clear error from its own side or the server's.
     let client = server.client().await;
     let big = vec![7u8; 8192];
@@ -106,26 +124,26 @@ async fn oversized_frame_is_refused() {
 #[tokio::test]
 async fn unknown_request_gets_an_error_and_the_connection_goes_on() {
     let (server, _dir) = support::start();
-    let mut s = raw(&server.addr).await;
+    let mut s = Raw::hello(&server.addr).await;
     // variant 1 (Request), id 9, request kind 200: from some future protocol.
-    s.write_all(&[0, 0, 0, 4, 0x01, 0x09, 0xc8, 0x00]).await.unwrap();
-    match recv(&mut s).await {
+    s.write(&[0, 0, 0, 4, 0x01, 0x09, 0xc8, 0x00]).await;
+    match s.recv().await {
         Some(ServerFrame::Response { id: 9, result: Err(e) }) => {
             assert_eq!(e.code, ErrorCode::UnknownRequest, "{e:?}")
         }
         other => panic!("expected an error response for id 9, got {other:?}"),
     }
-    send(&mut s, &ClientFrame::Request { id: 10, body: Request::Stats }).await;
-    let answer = recv(&mut s).await;
+    s.send(&ClientFrame::Request { id: 10, body: Request::Stats }).await;
+    let answer = s.recv().await;
     assert!(matches!(answer, Some(ServerFrame::Response { id: 10, result: Ok(_) })), "{answer:?}");
 }
 
 #[tokio::test]
 async fn request_before_hello_is_refused() {
     let (server, _dir) = support::start();
-    let mut s = TcpStream::connect(&server.addr).await.unwrap();
-    send(&mut s, &ClientFrame::Request { id: 1, body: Request::Stats }).await;
-    match recv(&mut s).await {
+    let mut s = Raw::connect(&server.addr).await;
+    s.send(&ClientFrame::Request { id: 1, body: Request::Stats }).await;
+    match s.recv().await {
         Some(ServerFrame::Goodbye(e)) => assert_eq!(e.code, ErrorCode::HandshakeRequired),
         other => panic!("expected a Goodbye, got {other:?}"),
     }
@@ -134,11 +152,11 @@ async fn request_before_hello_is_refused() {
 #[tokio::test]
 async fn invalid_queue_name_and_unknown_job_are_clear_errors() {
     let (server, _dir) = support::start();
-    let mut s = raw(&server.addr).await;
+    let mut s = Raw::hello(&server.addr).await;
     // Bypass the client's own validation to see the server's answer.
     let add = Request::Add { queue: "no spaces allowed".into(), jobs: vec![] };
-    send(&mut s, &ClientFrame::Request { id: 1, body: add }).await;
-    match recv(&mut s).await {
+    s.send(&ClientFrame::Request { id: 1, body: add }).await;
+    match s.recv().await {
         Some(ServerFrame::Response { id: 1, result: Err(e) }) => {
             assert_eq!(e.code, ErrorCode::InvalidQueueName);
             assert!(e.message.contains("no spaces allowed"), "{}", e.message);
@@ -149,9 +167,8 @@ async fn invalid_queue_name_and_unknown_job_are_clear_errors() {
     let ack = client.ack_many::<qd_protocol::message::LeaseRef>(&[]).await;
     assert!(ack.is_ok());
     let lease = qd_protocol::message::LeaseRef { id: 987_654, token: 1 };
-    send(&mut s, &ClientFrame::Request { id: 2, body: Request::Touch { lease, lease_ms: None } })
-        .await;
-    match recv(&mut s).await {
+    s.send(&ClientFrame::Request { id: 2, body: Request::Touch { lease, lease_ms: None } }).await;
+    match s.recv().await {
         Some(ServerFrame::Response { id: 2, result: Err(e) }) => {
             assert_eq!(e.code, ErrorCode::NotFound)
         }
@@ -163,13 +180,13 @@ async fn invalid_queue_name_and_unknown_job_are_clear_errors() {
 #[tokio::test]
 async fn a_silent_connection_is_closed_after_the_handshake_timeout() {
     let (server, _dir) = support::start_with(&["--handshake-timeout", "200ms"]);
-    let mut s = TcpStream::connect(&server.addr).await.unwrap();
+    let mut s = Raw::connect(&server.addr).await;
     // Say nothing: the server must not keep the slot forever.
-    match recv(&mut s).await {
+    match s.recv().await {
         Some(ServerFrame::Goodbye(e)) => assert_eq!(e.code, ErrorCode::HandshakeRequired, "{e:?}"),
         other => panic!("expected a Goodbye, got {other:?}"),
     }
-    assert!(closed(&mut s).await);
+    assert!(s.closed().await);
 }
 
 #[tokio::test]
@@ -196,4 +213,29 @@ async fn connections_past_the_limit_wait_for_a_free_slot() {
     })
     .await;
     assert_eq!(counts(&third, "limit").await.0, 1);
+}
+
+#[tokio::test]
+async fn requests_past_the_in_flight_cap_are_refused_busy() {
+    let (server, _dir) = support::start_with(&["--max-in-flight", "2"]);
+    let mut s = Raw::hello(&server.addr).await;
+    // Two parked reserves fill the cap; the third request is refused, not queued.
+    for id in 1..=3 {
+        let wait = Request::Reserve { queues: vec!["idle".into()], max: 1, timeout_ms: 30_000 };
+        s.send(&ClientFrame::Request { id, body: wait }).await;
+    }
+    match s.recv().await {
+        Some(ServerFrame::Response { id: 3, result: Err(e) }) => {
+            assert_eq!(e.code, ErrorCode::Busy, "{e:?}");
+            assert!(e.message.contains("in flight"), "says why: {}", e.message);
+        }
+        other => panic!("expected Busy for request 3, got {other:?}"),
+    }
+    // The parked ones are still served when a job arrives.
+    let client = server.client().await;
+    client.add("idle", Job::new("x", "")).await.unwrap();
+    match s.recv().await {
+        Some(ServerFrame::Response { id: 1, result: Ok(_) }) => {}
+        other => panic!("expected request 1 to be answered with the job, got {other:?}"),
+    }
 }
