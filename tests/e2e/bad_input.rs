@@ -239,3 +239,20 @@ async fn requests_past_the_in_flight_cap_are_refused_busy() {
         other => panic!("expected request 1 to be answered with the job, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_client_of_another_protocol_version_is_told_so() {
+    let (server, _dir) = support::start();
+    let mut s = Raw::connect(&server.addr).await;
+    let hello =
+        ClientFrame::Hello(Hello { protocol: 99, client_name: "future".into(), token: None });
+    s.send(&hello).await;
+    match s.recv().await {
+        Some(ServerFrame::Goodbye(e)) => {
+            assert_eq!(e.code, ErrorCode::ProtocolVersion, "{e:?}");
+            assert!(e.message.contains("99"), "names the version: {}", e.message);
+        }
+        other => panic!("expected a Goodbye, got {other:?}"),
+    }
+    assert!(s.closed().await);
+}

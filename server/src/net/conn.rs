@@ -58,48 +58,40 @@ pub async fn serve(
         r = tokio::time::timeout(limits.handshake_timeout, frames.next()) => r,
         _ = shutdown.cancelled() => return,
     };
-    let hello = match first {
-        Ok(Some(Ok(Incoming::Frame(ClientFrame::Hello(hello))))) => hello,
-        Ok(Some(Ok(
-            Incoming::Frame(ClientFrame::Request { .. }) | Incoming::BadRequest { .. },
-        ))) => {
-            let _ = tx.send(goodbye(
-                ErrorCode::HandshakeRequired,
-                "the first frame must be Hello; see docs/PROTOCOL.md",
-            ));
-            drop(tx);
-            let _ = writer.await;
-            return;
+    // Anything but a Hello of our version is refused with a Goodbye that says why.
+    let refusal = match first {
+        Ok(Some(Ok(Incoming::Frame(ClientFrame::Hello(hello))))) => {
+            if hello.protocol == PROTOCOL_VERSION {
+                Ok(hello)
+            } else {
+                Err(goodbye(
+                    ErrorCode::ProtocolVersion,
+                    format!(
+                        "client speaks protocol {}, this server speaks {PROTOCOL_VERSION}; use a matching client",
+                        hello.protocol
+                    ),
+                ))
+            }
         }
-        Ok(Some(Err(e))) => {
-            let _ = tx.send(ServerFrame::Goodbye(codec_error(&e)));
-            drop(tx);
-            let _ = writer.await;
-            return;
-        }
+        Ok(Some(Ok(_))) => Err(goodbye(
+            ErrorCode::HandshakeRequired,
+            "the first frame must be Hello; see docs/PROTOCOL.md",
+        )),
+        Ok(Some(Err(e))) => Err(ServerFrame::Goodbye(codec_error(&e))),
         Ok(None) => return,
         Err(_) => {
-            let _ = tx.send(goodbye(
-                ErrorCode::HandshakeRequired,
-                "no Hello within the handshake timeout",
-            ));
+            Err(goodbye(ErrorCode::HandshakeRequired, "no Hello within the handshake timeout"))
+        }
+    };
+    let hello = match refusal {
+        Ok(hello) => hello,
+        Err(bye) => {
+            let _ = tx.send(bye);
             drop(tx);
             let _ = writer.await;
             return;
         }
     };
-    if hello.protocol != PROTOCOL_VERSION {
-        let _ = tx.send(goodbye(
-            ErrorCode::ProtocolVersion,
-            format!(
-                "client speaks protocol {}, this server speaks {PROTOCOL_VERSION}; use a matching client",
-                hello.protocol
-            ),
-        ));
-        drop(tx);
-        let _ = writer.await;
-        return;
-    }
     tracing::debug!(conn, ?peer, client = %hello.client_name, "connected");
     let _ = tx.send(ServerFrame::Welcome(Welcome {
         protocol: PROTOCOL_VERSION,
