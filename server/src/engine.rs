@@ -397,74 +397,19 @@ mod tests {
     //! The engine against an in-memory store that can be told to fail: replies wait for the
     //! commit, and a failed commit is answered with an error and stops the engine.
 
-    use std::collections::BTreeMap;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
 
     use bytes::Bytes;
     use qd_protocol::{JobOptions, NewJob};
 
     use super::*;
     use crate::broker::BrokerConfig;
-    use crate::model::JobRecord;
-    use crate::store::{Durability, JobLookup, RecoveredMeta, Store, StoreError, StoreReader};
-
-    #[derive(Default)]
-    struct MemStore {
-        records: Mutex<BTreeMap<JobId, JobRecord>>,
-        fail: AtomicBool,
-    }
-
-    struct Shared(Arc<MemStore>);
-
-    impl JobLookup for MemStore {
-        fn get(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
-            Ok(self.records.lock().unwrap().get(&id).cloned())
-        }
-    }
-
-    impl Store for Shared {
-        fn recover(
-            &mut self,
-            _visit: &mut dyn FnMut(JobRecord),
-        ) -> Result<RecoveredMeta, StoreError> {
-            Ok(RecoveredMeta { next_id: 1, records: 0 })
-        }
-        fn commit(&mut self, changes: &[Change], _durable: bool) -> Result<(), StoreError> {
-            if self.0.fail.load(Ordering::SeqCst) {
-                return Err(StoreError::Io {
-                    context: "writing the batch".into(),
-                    source: std::io::Error::other("no space left on device"),
-                });
-            }
-            let mut records = self.0.records.lock().unwrap();
-            for c in changes {
-                match c {
-                    Change::Insert(r) => {
-                        records.insert(r.id, r.clone());
-                    }
-                    Change::Complete { id } => {
-                        records.remove(id);
-                    }
-                    Change::Fail { id, error, run_at_ms, dead } => {
-                        if let Some(r) = records.get_mut(id) {
-                            r.apply_failure(error.clone(), *run_at_ms, *dead);
-                        }
-                    }
-                }
-            }
-            Ok(())
-        }
-        fn flush(&mut self) -> Result<(), StoreError> {
-            Ok(())
-        }
-        fn reader(&self) -> StoreReader {
-            StoreReader::new(self.0.clone())
-        }
-    }
+    use crate::store::testutil::{FakeState, FakeStore};
+    use crate::store::{Durability, Store};
 
     struct Harness {
-        store: Arc<MemStore>,
+        store: Arc<FakeState>,
         commands: mpsc::Sender<Command>,
         replies: mpsc::UnboundedReceiver<ServerFrame>,
         engine: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -472,12 +417,12 @@ mod tests {
     }
 
     async fn harness() -> Harness {
-        let store = Arc::new(MemStore::default());
+        let fake = FakeStore::default();
+        let store = fake.0.clone();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        let shared = Shared(store.clone());
-        let reader = shared.reader();
+        let reader = fake.reader();
         let writer =
-            Writer::spawn(Box::new(shared), Durability::Fsync, Duration::from_millis(5), done_tx);
+            Writer::spawn(Box::new(fake), Durability::Fsync, Duration::from_millis(5), done_tx);
         let engine = Engine::new(Broker::new(BrokerConfig::default()), reader, writer, done_rx);
         let (commands, rx) = mpsc::channel(64);
         let shutdown = CancellationToken::new();
@@ -521,7 +466,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_commit_is_never_answered_ok_and_stops_the_engine() {
         let mut h = harness().await;
-        h.store.fail.store(true, Ordering::SeqCst);
+        h.store.fail_always.store(true, Ordering::SeqCst);
         h.commands.send(add(1, b"lost")).await.unwrap();
         match h.replies.recv().await {
             Some(ServerFrame::Response { id: 1, result: Err(e) }) => {

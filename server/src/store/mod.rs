@@ -23,7 +23,7 @@ mod writer;
 #[cfg(test)]
 mod crash_tests;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 use std::fmt;
 use std::path::PathBuf;

@@ -53,3 +53,79 @@ pub fn recover_all(store: &mut dyn super::Store) -> Recovered {
     assert!(records.windows(2).all(|w| w[0].id < w[1].id), "recover is not in id order");
     Recovered { records, next_id: meta.next_id }
 }
+
+/// What a [`FakeStore`] holds and how it misbehaves, shared with the test that made it.
+#[derive(Debug, Default)]
+pub struct FakeState {
+    pub records: std::sync::Mutex<std::collections::BTreeMap<JobId, JobRecord>>,
+    /// Sizes of the commits that succeeded, in order.
+    pub commits: std::sync::Mutex<Vec<usize>>,
+    /// The next commit fails with a "disk full" I/O error.
+    pub fail_next: std::sync::atomic::AtomicBool,
+    /// Every commit fails so, until cleared.
+    pub fail_always: std::sync::atomic::AtomicBool,
+    /// The next commit panics.
+    pub panic_next: std::sync::atomic::AtomicBool,
+}
+
+/// An in-memory [`super::Store`] that fails or panics on demand: for the error paths of
+/// the writer and the engine, which a real disk rarely shows.
+#[derive(Debug, Default, Clone)]
+pub struct FakeStore(pub std::sync::Arc<FakeState>);
+
+impl super::JobLookup for FakeState {
+    fn get(&self, id: JobId) -> Result<Option<JobRecord>, super::StoreError> {
+        Ok(self.records.lock().unwrap().get(&id).cloned())
+    }
+}
+
+impl super::Store for FakeStore {
+    fn recover(
+        &mut self,
+        visit: &mut dyn FnMut(JobRecord),
+    ) -> Result<super::RecoveredMeta, super::StoreError> {
+        let records = self.0.records.lock().unwrap();
+        records.values().cloned().for_each(&mut *visit);
+        let next_id = records.keys().next_back().map_or(1, |id| id + 1);
+        Ok(super::RecoveredMeta { next_id, records: records.len() as u64 })
+    }
+
+    fn commit(&mut self, changes: &[Change], _durable: bool) -> Result<(), super::StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.0.panic_next.swap(false, SeqCst) {
+            panic!("injected panic");
+        }
+        if self.0.fail_next.swap(false, SeqCst) || self.0.fail_always.load(SeqCst) {
+            return Err(super::StoreError::io(
+                "writing the batch",
+                std::io::Error::other("no space left on device"),
+            ));
+        }
+        let mut records = self.0.records.lock().unwrap();
+        for change in changes {
+            match change {
+                Change::Insert(r) => {
+                    records.insert(r.id, r.clone());
+                }
+                Change::Complete { id } => {
+                    records.remove(id);
+                }
+                Change::Fail { id, error, run_at_ms, dead } => {
+                    if let Some(r) = records.get_mut(id) {
+                        r.apply_failure(error.clone(), *run_at_ms, *dead);
+                    }
+                }
+            }
+        }
+        self.0.commits.lock().unwrap().push(changes.len());
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), super::StoreError> {
+        Ok(())
+    }
+
+    fn reader(&self) -> super::StoreReader {
+        super::StoreReader::new(self.0.clone())
+    }
+}

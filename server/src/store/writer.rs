@@ -258,11 +258,11 @@ impl GroupStats {
 mod tests {
     use super::*;
     use crate::model::PersistedState;
-    use crate::store::testutil::{complete, fail, insert, recover_all};
+    use crate::store::testutil::{complete, fail, insert, recover_all, FakeStore};
     use crate::store::{JournalConfig, JournaledStore, RecoveredMeta, SledConfig, StoreReader};
     use qd_protocol::JobId;
     use std::collections::BTreeSet;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::Ordering;
 
     fn open(dir: &std::path::Path) -> JournaledStore {
         JournaledStore::open(&SledConfig::new(dir), JournalConfig::default()).unwrap()
@@ -350,48 +350,10 @@ mod tests {
         assert_eq!(rec.records[0].state, PersistedState::Dead);
     }
 
-    /// A store that fails or panics on demand, to see the writer's error paths.
-    struct Faulty {
-        fail_next: Arc<AtomicBool>,
-        panic_next: Arc<AtomicBool>,
-        commits: Arc<std::sync::Mutex<Vec<usize>>>,
-    }
-
-    impl Store for Faulty {
-        fn recover(
-            &mut self,
-            _visit: &mut dyn FnMut(crate::model::JobRecord),
-        ) -> Result<RecoveredMeta, StoreError> {
-            Ok(RecoveredMeta { next_id: 1, records: 0 })
-        }
-        fn commit(&mut self, changes: &[Change], _durable: bool) -> Result<(), StoreError> {
-            if self.panic_next.swap(false, Ordering::SeqCst) {
-                panic!("injected panic");
-            }
-            if self.fail_next.swap(false, Ordering::SeqCst) {
-                return Err(StoreError::io("injected", std::io::Error::other("disk full")));
-            }
-            self.commits.lock().unwrap().push(changes.len());
-            Ok(())
-        }
-        fn flush(&mut self) -> Result<(), StoreError> {
-            Ok(())
-        }
-        fn reader(&self) -> StoreReader {
-            unreachable!("not used by the writer")
-        }
-    }
-
     #[test]
     fn errors_reach_every_ticket_of_the_group_and_panics_stop_the_store() {
-        let fail_next = Arc::new(AtomicBool::new(false));
-        let panic_next = Arc::new(AtomicBool::new(false));
-        let commits = Arc::new(std::sync::Mutex::new(vec![]));
-        let store = Faulty {
-            fail_next: fail_next.clone(),
-            panic_next: panic_next.clone(),
-            commits: commits.clone(),
-        };
+        let store = FakeStore::default();
+        let state = store.0.clone();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let writer = Writer::spawn(Box::new(store), Durability::Fsync, Duration::ZERO, tx);
 
@@ -401,16 +363,16 @@ mod tests {
         writer.submit(0, vec![insert(1)]);
         assert!(next(&mut rx).result.is_ok());
 
-        fail_next.store(true, Ordering::SeqCst);
+        state.fail_next.store(true, Ordering::SeqCst);
         writer.submit(1, vec![insert(2)]);
         let c = next(&mut rx);
         assert_eq!(c.tickets, vec![1]);
-        assert!(c.result.unwrap_err().to_string().contains("disk full"));
+        assert!(c.result.unwrap_err().to_string().contains("no space left"));
 
         writer.submit(2, vec![insert(3)]);
         assert!(next(&mut rx).result.is_ok(), "one failed commit must not break the next");
 
-        panic_next.store(true, Ordering::SeqCst);
+        state.panic_next.store(true, Ordering::SeqCst);
         writer.submit(3, vec![insert(4)]);
         let err = next(&mut rx).result.unwrap_err();
         assert!(err.to_string().contains("injected panic"), "{err}");
@@ -418,7 +380,7 @@ mod tests {
         let err = next(&mut rx).result.unwrap_err();
         assert!(matches!(*err, StoreError::WriterStopped { .. }), "{err}");
 
-        assert_eq!(*commits.lock().unwrap(), vec![1, 1]);
+        assert_eq!(*state.commits.lock().unwrap(), vec![1, 1]);
         assert!(matches!(writer.shutdown(), Err(StoreError::WriterStopped { .. })));
     }
 
