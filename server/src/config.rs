@@ -1,11 +1,23 @@
-//! Validated server configuration. `cli.rs` turns flags and `QD_*` environment variables
-//! into a [`ServerConfig`]; everything below the CLI takes this struct, never raw flags.
+//! Validated server configuration, and the one home of every server default. The `qd`
+//! binary turns flags and `QD_*` environment variables into a [`ServerConfig`] (its flags
+//! take their defaults from [`ServerConfig::default`]); everything in this crate takes this
+//! struct, never raw flags. The store's own tuning defaults stay with the store
+//! ([`crate::store::DEFAULT_CACHE_CAPACITY`], [`crate::store::JournalConfig`]); this file
+//! only refers to them.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::store::Durability;
+
+/// Default address of the job protocol: loopback only, so a fresh `qd serve` is not open to
+/// the network until someone says so.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 7700);
+
+/// Default data directory, relative to where `qd serve` runs.
+pub const DEFAULT_DATA: &str = "./qd-data";
 
 /// Everything `qd serve` needs.
 #[derive(Debug, Clone)]
@@ -36,10 +48,16 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// Defaults for a server on `listen` storing in `data`.
     pub fn new(listen: SocketAddr, data: PathBuf) -> Self {
+        ServerConfig { listen, data, ..ServerConfig::default() }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
         ServerConfig {
-            listen,
-            data,
-            durability: Durability::Fsync,
+            listen: DEFAULT_LISTEN,
+            data: PathBuf::from(DEFAULT_DATA),
+            durability: Durability::default(),
             flush_interval: Duration::from_millis(5),
             cache_capacity: crate::store::DEFAULT_CACHE_CAPACITY,
             checkpoint_bytes: crate::store::JournalConfig::default().checkpoint_bytes,

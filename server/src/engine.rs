@@ -14,8 +14,11 @@
 //! lease expiries and reserve timeouts fire without polling.
 //!
 //! The engine owns the clock: `now` is wall-clock unix ms, clamped never to run backwards.
+//! Recovery reads that same clock: [`Engine::open`] opens the store, streams its records into
+//! a new core and starts the writer, so nothing above the engine builds a broker or a store.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -24,9 +27,56 @@ use qd_protocol::{ErrorCode, JobId, LeasedJob, Request, Response, WireError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, Effect, Lease, WaiterKey};
+use crate::broker::{Broker, BrokerConfig, Effect, Lease, WaiterKey};
+use crate::config::ServerConfig;
 use crate::model::{Change, ConnId, Millis};
-use crate::store::{Committed, StoreReader, Writer};
+use crate::store::{
+    Committed, JournalConfig, JournaledStore, SledConfig, Store, StoreError, StoreReader, Writer,
+};
+
+/// Why the engine could not start or had to stop. Each message says what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The store could not be opened or recovered.
+    #[error("cannot open the data directory {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: StoreError,
+    },
+
+    /// The OS gave no randomness for the lease-token seed.
+    #[error(
+        "cannot draw a random seed for lease tokens: {0}; the OS's random source is \
+         unavailable (in a container or sandbox, allow the getrandom system call)"
+    )]
+    Seed(getrandom::Error),
+
+    /// A commit failed while serving; the engine stopped on purpose (fail-stop).
+    #[error(
+        "storage failed: {failure}. qd stopped so that memory and disk cannot disagree; \
+         nothing it acknowledged is lost. Fix the cause (disk full? permissions?) and start it again"
+    )]
+    StorageFailed { failure: String },
+
+    /// A commit failed while draining at shutdown.
+    #[error(
+        "storage failed during shutdown: {failure}; replies still waiting were answered with \
+         an error. Fix the cause and start qd again: it recovers everything it acknowledged"
+    )]
+    ShutdownFailed { failure: String },
+
+    /// The final flush, when the writer stopped, failed.
+    #[error("cannot flush the store at shutdown: {0}")]
+    Close(#[source] StoreError),
+
+    /// A blocking task of the engine panicked.
+    #[error(
+        "the engine's {task} task panicked; this is a bug in qd, please report it with the log"
+    )]
+    Panicked { task: &'static str },
+}
 
 /// What a connection tells the engine.
 #[derive(Debug)]
@@ -92,7 +142,48 @@ pub struct Engine {
     storage_failure: Option<String>,
 }
 
+/// What [`Engine::open`] found in the data dir.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered {
+    /// Records streamed from the store into the core.
+    pub jobs: u64,
+}
+
 impl Engine {
+    /// Opens the store in `config.data`, streams every record into a new core (at the
+    /// engine's own clock's `now`, with a fresh random lease-token seed), and starts the
+    /// group-commit writer. Blocking: recovery reads the whole data dir, so call it from
+    /// `spawn_blocking`.
+    pub fn open(config: &ServerConfig) -> Result<(Engine, Recovered), EngineError> {
+        let open_failed = |source| EngineError::Open { path: config.data.clone(), source };
+        let sled_config =
+            SledConfig { path: config.data.clone(), cache_capacity: config.cache_capacity };
+        let journal_config =
+            JournalConfig { checkpoint_bytes: config.checkpoint_bytes, ..JournalConfig::default() };
+        let mut store: Box<dyn Store> =
+            Box::new(JournaledStore::open(&sled_config, journal_config).map_err(open_failed)?);
+        let mut seed = [0u8; 8];
+        getrandom::getrandom(&mut seed).map_err(EngineError::Seed)?;
+        let mut broker = Broker::new(BrokerConfig {
+            completed_retention: config.completed_retention,
+            token_seed: u64::from_le_bytes(seed),
+        });
+        let mut clock = Clock::default();
+        let now = clock.now();
+        // Streamed: one record at a time goes from the store into the broker's indexes.
+        let recovered =
+            store.recover(&mut |record| broker.restore(now, &record)).map_err(open_failed)?;
+        let next = broker.next_id().max(recovered.next_id);
+        broker.set_next_id(next);
+
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let reader = store.reader();
+        let writer = Writer::spawn(store, config.durability, config.flush_interval, done_tx);
+        let mut engine = Engine::new(broker, reader, writer, done_rx);
+        engine.clock = clock;
+        Ok((engine, Recovered { jobs: recovered.records }))
+    }
+
     /// `committed` is the receiving end of the channel the writer was spawned with.
     pub fn new(
         broker: Broker,
@@ -123,7 +214,7 @@ impl Engine {
         mut self,
         mut commands: mpsc::Receiver<Command>,
         shutdown: CancellationToken,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), EngineError> {
         let mut batch = Vec::with_capacity(1024);
         while self.storage_failure.is_none() {
             // Due timers first: under a constant stream of commands the sleep branch below
@@ -166,10 +257,7 @@ impl Engine {
             // from exiting. The journal already holds everything acknowledged; the writer
             // thread is left behind and ends with the process.
             self.finish(false).await?;
-            anyhow::bail!(
-                "storage failed: {failure}. qd stopped so that memory and disk cannot disagree; \
-                 nothing it acknowledged is lost. Fix the cause (disk full? permissions?) and start it again"
-            );
+            return Err(EngineError::StorageFailed { failure });
         }
 
         // Shutdown: answer what already arrived, but a disconnect now is the server
@@ -182,14 +270,20 @@ impl Engine {
         self.submit_round();
         self.finish(true).await?;
         match self.storage_failure {
-            Some(failure) => anyhow::bail!("storage failed during shutdown: {failure}"),
+            Some(failure) => Err(EngineError::ShutdownFailed { failure }),
             None => Ok(()),
         }
     }
 
+    /// Stops an engine that never ran (the server failed to start after opening it): stops
+    /// the writer, which flushes the store.
+    pub async fn close(mut self) -> Result<(), EngineError> {
+        self.finish(true).await
+    }
+
     /// Waits for every commit in flight (answering its requests) and lets go of the
     /// connections; with `close_store`, stops the writer, which flushes the store.
-    async fn finish(&mut self, close_store: bool) -> anyhow::Result<()> {
+    async fn finish(&mut self, close_store: bool) -> Result<(), EngineError> {
         while !self.in_flight.is_empty() {
             match self.committed.recv().await {
                 Some(done) => self.on_committed(done),
@@ -199,7 +293,10 @@ impl Engine {
         self.conns.clear();
         match self.writer.take() {
             Some(writer) if close_store => {
-                tokio::task::spawn_blocking(move || writer.shutdown()).await??;
+                tokio::task::spawn_blocking(move || writer.shutdown())
+                    .await
+                    .map_err(|_| EngineError::Panicked { task: "store shutdown" })?
+                    .map_err(EngineError::Close)?;
             }
             Some(writer) => writer.abandon(),
             None => {}
@@ -412,7 +509,7 @@ mod tests {
         store: Arc<FakeState>,
         commands: mpsc::Sender<Command>,
         replies: mpsc::UnboundedReceiver<ServerFrame>,
-        engine: tokio::task::JoinHandle<anyhow::Result<()>>,
+        engine: tokio::task::JoinHandle<Result<(), EngineError>>,
         shutdown: CancellationToken,
     }
 
@@ -477,7 +574,9 @@ mod tests {
         }
         let stopped =
             tokio::time::timeout(Duration::from_secs(10), h.engine).await.unwrap().unwrap();
-        let err = stopped.unwrap_err().to_string();
+        let err = stopped.unwrap_err();
+        assert!(matches!(err, EngineError::StorageFailed { .. }), "{err:?}");
+        let err = err.to_string();
         assert!(err.contains("start it again"), "says what to do: {err}");
         assert!(h.shutdown.is_cancelled(), "the whole server stops with the engine");
     }

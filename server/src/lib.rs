@@ -1,21 +1,25 @@
-//! The qd broker as a library: the `qd` binary (`src/main.rs`) is a thin shell over it, and
-//! the end-to-end tests and `qd bench` use it to start servers.
+//! The qd broker as a library: everything a server is, and nothing else. The `qd` binary
+//! (the `qd` package: command line, `qd bench`, the `qd serve` child-process helper) and the
+//! end-to-end tests sit on top of it; this crate depends on neither the client nor any CLI
+//! or benchmark library (`.ci/run` checks that with `cargo tree`).
 //!
-//! Layers, each testable without the ones above it (see `docs/ARCHITECTURE.md`):
+//! Layers, each testable without the ones above it (see `docs/ARCHITECTURE.md`); imports
+//! point down only, `server → net → engine → broker + store`, which a test
+//! (`layers.rs`) checks:
 //! - [`model`]: the plain data the core and the store exchange;
 //! - [`broker`]: the pure queue state machine (no I/O, no clock);
-//! - [`store`]: sled persistence, group commit, recovery;
-//! - [`engine`]: the actor that owns the core and drives the store;
-//! - [`net`]: listener, connections, limits, shutdown;
-//! - [`child`]: a `qd serve` child process, for `qd bench` and the end-to-end tests;
-//! - [`cli`] and [`config`]: flags and environment in, a validated configuration out.
+//! - [`store`]: persistence, group commit, recovery;
+//! - [`engine`]: the actor that owns the core and drives the store, and opens both;
+//! - [`net`]: listener, connections, limits;
+//! - [`server`]: the composition root: assembles the layers and shuts them down on one token;
+//! - [`config`]: the validated [`config::ServerConfig`] and every server default.
 
-pub mod bench;
 pub mod broker;
-pub mod child;
-pub mod cli;
 pub mod config;
 pub mod engine;
+#[cfg(test)]
+mod layers;
 pub mod model;
 pub mod net;
+pub mod server;
 pub mod store;

@@ -1,7 +1,7 @@
 //! Test support: a real `qd serve` process on a temporary data dir, and polling helpers.
 //!
 //! The server is the `qd-under-test` binary of this package (the same code as `qd`), run
-//! through `qd_server::child::QdProcess`, which `qd bench --spawn` uses too. It is
+//! through `qd::child::QdProcess`, which `qd bench --spawn` uses too. It is
 //! started with `--listen 127.0.0.1:0` and JSON logs; we learn its port from the
 //! "qd is listening" log line, and keep draining its stderr so it never blocks on a full
 //! pipe. Tests never sleep for a fixed time to let something happen: they poll a condition
@@ -11,7 +11,7 @@ use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use qd_server::child::QdProcess;
+use qd::child::QdProcess;
 
 /// Path of the server binary under test.
 pub fn qd_bin() -> &'static str {

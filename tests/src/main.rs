@@ -2,5 +2,5 @@
 //! process (kill -9 included) and find it through `CARGO_BIN_EXE_qd-under-test`.
 
 fn main() -> std::process::ExitCode {
-    qd_server::cli::main_exit()
+    qd::main_exit()
 }

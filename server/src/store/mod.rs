@@ -39,7 +39,7 @@ pub use sled_store::{SledConfig, DEFAULT_CACHE_CAPACITY};
 pub use writer::{Committed, Writer};
 
 /// When a commit counts as done, chosen with `--durability`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
     /// Reply only after the group is flushed and fsynced: nothing acknowledged is lost, even
     /// on power loss.

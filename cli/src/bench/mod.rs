@@ -13,7 +13,7 @@ use anyhow::{bail, ensure, Context};
 use qd_client::Client;
 
 use crate::child::QdProcess;
-use crate::store::Durability;
+use crate::cli::DurabilityArg;
 use workloads::{fig, Figure};
 
 /// Every workload, in the order `all` runs them.
@@ -28,9 +28,9 @@ pub struct BenchArgs {
     /// Start a throwaway server (this binary) on a temporary data dir for each workload.
     #[arg(long)]
     pub spawn: bool,
-    /// Durability of the spawned server.
-    #[arg(long, default_value = "fsync")]
-    pub durability: Durability,
+    /// Durability of the spawned server (default: the server's).
+    #[arg(long, value_enum, default_value_t = qd_server::config::ServerConfig::default().durability.into())]
+    pub durability: DurabilityArg,
     /// Workloads to run, comma-separated (W1,W1b,W2,W3,W4,W5,W6) or `all`.
     #[arg(long, default_value = "W1,W1b,W2,W3,W4")]
     pub workloads: String,
@@ -81,8 +81,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let tmp = tempfile::tempdir().context("cannot create a temporary data dir")?;
     let exe = std::env::current_exe().context("cannot find the qd binary to spawn")?;
-    let server_args =
-        vec!["--durability".to_string(), durability_name(args.durability).to_string()];
+    let server_args = vec!["--durability".to_string(), args.durability.name().to_string()];
     let mut outcomes = Vec::new();
     let mut failed = None;
     for (i, w) in chosen.iter().enumerate() {
@@ -139,14 +138,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn durability_name(d: Durability) -> &'static str {
-    match d {
-        Durability::Fsync => "fsync",
-        Durability::Interval => "interval",
-        Durability::None => "none",
-    }
-}
-
 fn format_value(v: f64) -> String {
     if v >= 100.0 {
         format!("{v:.0}")
@@ -160,7 +151,7 @@ fn summary(outcomes: &[Outcome], args: &BenchArgs) {
     eprintln!(
         "qd bench summary ({}; durability {})",
         if args.spawn { "spawned server" } else { "server at --addr" },
-        durability_name(args.durability)
+        args.durability.name()
     );
     for o in outcomes {
         let line: Vec<String> =

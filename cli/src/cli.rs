@@ -1,6 +1,9 @@
 //! The `qd` command line: flags and `QD_*` environment variables in, a validated
-//! [`ServerConfig`] or a client action out. Everything here is glue; the work happens in the
-//! library modules it calls.
+//! [`ServerConfig`] or a client action out, and the process's logging. Everything here is
+//! glue; the work happens in the libraries it calls. Defaults are not written here: each flag
+//! takes its default from [`ServerConfig::default`], their one home. CLI-only types (like
+//! [`DurabilityArg`]) are mapped to the server's types here, at the edge, so the server
+//! library never depends on clap.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,12 +13,64 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use qd_protocol::Backoff;
+use qd_server::config::{self, ServerConfig};
+use qd_server::store::Durability;
 
-use crate::config::ServerConfig;
-use crate::store::Durability;
+const MIB: u64 = 1024 * 1024;
 
-/// Default address of the job protocol.
-pub const DEFAULT_ADDR: &str = "127.0.0.1:7700";
+/// The server's defaults, which every flag of `qd serve` shows and starts from.
+fn defaults() -> ServerConfig {
+    ServerConfig::default()
+}
+
+/// Where `qd add`, `qd stats` and `qd bench --addr` look for a server by default: where
+/// `qd serve` listens by default.
+fn default_addr() -> String {
+    config::DEFAULT_LISTEN.to_string()
+}
+
+/// The values of `--durability`; see [`Durability`], which each maps to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DurabilityArg {
+    /// Reply after the data is on disk: nothing acknowledged is lost, even on power loss.
+    Fsync,
+    /// Reply once written; fsync every --flush-interval. A machine crash can lose the last
+    /// interval.
+    Interval,
+    /// Never flush explicitly. For throwaway data.
+    None,
+}
+
+impl DurabilityArg {
+    /// The flag value, as `qd serve --durability` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            DurabilityArg::Fsync => "fsync",
+            DurabilityArg::Interval => "interval",
+            DurabilityArg::None => "none",
+        }
+    }
+}
+
+impl From<DurabilityArg> for Durability {
+    fn from(arg: DurabilityArg) -> Durability {
+        match arg {
+            DurabilityArg::Fsync => Durability::Fsync,
+            DurabilityArg::Interval => Durability::Interval,
+            DurabilityArg::None => Durability::None,
+        }
+    }
+}
+
+impl From<Durability> for DurabilityArg {
+    fn from(d: Durability) -> DurabilityArg {
+        match d {
+            Durability::Fsync => DurabilityArg::Fsync,
+            Durability::Interval => DurabilityArg::Interval,
+            Durability::None => DurabilityArg::None,
+        }
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(name = "qd", version, about = "qd: a durable job-queue server", long_about = None)]
@@ -48,46 +103,47 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
     /// Address of the job protocol.
-    #[arg(long, env = "QD_LISTEN", default_value = DEFAULT_ADDR)]
+    #[arg(long, env = "QD_LISTEN", default_value_t = defaults().listen)]
     listen: SocketAddr,
     /// Data directory (created if missing).
-    #[arg(long, env = "QD_DATA", default_value = "./qd-data")]
+    #[arg(long, env = "QD_DATA", default_value = config::DEFAULT_DATA)]
     data: PathBuf,
     /// fsync: reply after the data is on disk. interval: reply after apply, flush every
     /// --flush-interval. none: leave flushing to the OS.
-    #[arg(long, env = "QD_DURABILITY", default_value = "fsync")]
-    durability: Durability,
+    #[arg(long, env = "QD_DURABILITY", value_enum, default_value_t = defaults().durability.into())]
+    durability: DurabilityArg,
     /// Flush period of `--durability interval`.
-    #[arg(long, env = "QD_FLUSH_INTERVAL", default_value = "5ms", value_parser = humantime::parse_duration)]
-    flush_interval: Duration,
+    #[arg(long, env = "QD_FLUSH_INTERVAL", default_value_t = defaults().flush_interval.into())]
+    flush_interval: humantime::Duration,
     /// Store page cache (sled's), in MiB.
-    #[arg(long, env = "QD_CACHE_MB", default_value_t = 16)]
+    #[arg(long, env = "QD_CACHE_MB", default_value_t = defaults().cache_capacity / MIB)]
     cache_mb: u64,
     /// Journaled changes kept in memory before a checkpoint writes them to sled, in MiB.
-    /// More makes bursts faster and costs memory (up to about three times this).
-    #[arg(long, env = "QD_CHECKPOINT_MB", default_value_t = 8)]
+    /// More makes bursts faster and costs memory (up to about twice this: the store makes
+    /// writers wait beyond that; see docs/STORAGE.md).
+    #[arg(long, env = "QD_CHECKPOINT_MB", default_value_t = defaults().checkpoint_bytes / MIB)]
     checkpoint_mb: u64,
     /// Most simultaneous connections.
-    #[arg(long, env = "QD_MAX_CONNECTIONS", default_value_t = 1024)]
+    #[arg(long, env = "QD_MAX_CONNECTIONS", default_value_t = defaults().max_connections)]
     max_connections: usize,
     /// Most unanswered requests per connection.
-    #[arg(long, env = "QD_MAX_IN_FLIGHT", default_value_t = 4096)]
+    #[arg(long, env = "QD_MAX_IN_FLIGHT", default_value_t = defaults().max_in_flight)]
     max_in_flight: usize,
     /// Largest frame accepted, in bytes.
-    #[arg(long, env = "QD_MAX_FRAME", default_value_t = qd_protocol::DEFAULT_MAX_FRAME)]
+    #[arg(long, env = "QD_MAX_FRAME", default_value_t = defaults().max_frame)]
     max_frame: usize,
     /// Time a new connection has to say Hello.
-    #[arg(long, env = "QD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    handshake_timeout: Duration,
+    #[arg(long, env = "QD_HANDSHAKE_TIMEOUT", default_value_t = defaults().handshake_timeout.into())]
+    handshake_timeout: humantime::Duration,
     /// Completed jobs kept per queue for display.
-    #[arg(long, env = "QD_COMPLETED_RETENTION", default_value_t = 1000)]
+    #[arg(long, env = "QD_COMPLETED_RETENTION", default_value_t = defaults().completed_retention)]
     completed_retention: usize,
 }
 
 #[derive(Debug, clap::Args)]
 struct AddArgs {
     /// Address of the qd server.
-    #[arg(long, env = "QD_ADDR", default_value = DEFAULT_ADDR)]
+    #[arg(long, env = "QD_ADDR", default_value_t = default_addr())]
     addr: String,
     queue: String,
     /// The job's type, e.g. `welcome`.
@@ -118,7 +174,7 @@ struct AddArgs {
 #[derive(Debug, clap::Args)]
 struct StatsArgs {
     /// Address of the qd server.
-    #[arg(long, env = "QD_ADDR", default_value = DEFAULT_ADDR)]
+    #[arg(long, env = "QD_ADDR", default_value_t = default_addr())]
     addr: String,
     /// One JSON object keyed by queue name.
     #[arg(long)]
@@ -192,7 +248,8 @@ fn init_tracing(format: LogFormat, default_level: &str) {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// Checks the flags of `qd serve` and maps them to a [`ServerConfig`].
+fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
     if args.cache_mb == 0 || args.checkpoint_mb == 0 {
         bail!("--cache-mb and --checkpoint-mb must be at least 1");
     }
@@ -203,17 +260,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         bail!("--max-connections and --max-in-flight must be at least 1");
     }
     let mut config = ServerConfig::new(args.listen, args.data);
-    config.durability = args.durability;
-    config.flush_interval = args.flush_interval;
-    config.cache_capacity = args.cache_mb * 1024 * 1024;
-    config.checkpoint_bytes = args.checkpoint_mb * 1024 * 1024;
+    config.durability = args.durability.into();
+    config.flush_interval = args.flush_interval.into();
+    config.cache_capacity = args.cache_mb * MIB;
+    config.checkpoint_bytes = args.checkpoint_mb * MIB;
     config.max_connections = args.max_connections;
     config.max_in_flight = args.max_in_flight;
     config.max_frame = args.max_frame;
-    config.handshake_timeout = args.handshake_timeout;
+    config.handshake_timeout = args.handshake_timeout.into();
     config.completed_retention = args.completed_retention;
+    Ok(config)
+}
 
-    let server = crate::net::server::start(config).await?;
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let server = qd_server::server::start(server_config(args)?).await?;
     let token = server.shutdown_token();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -321,6 +381,31 @@ mod tests {
         assert!(parse_backoff("linear:1s").is_err());
         assert!(parse_backoff("exponential:1m:1s").is_err(), "cap below base");
         assert!(parse_backoff("fixed:soon").is_err());
+    }
+
+    /// Defaults have one home, `ServerConfig::default()`: a bare `qd serve` must come out
+    /// exactly as that, so a default changed there cannot drift from the flags' help.
+    #[test]
+    fn bare_serve_is_the_servers_defaults() {
+        let cli = Cli::try_parse_from(["qd", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command else { panic!("parsed as serve") };
+        let config = server_config(args).unwrap();
+        assert_eq!(format!("{config:?}"), format!("{:?}", ServerConfig::default()));
+    }
+
+    #[test]
+    fn durability_flag_maps_to_the_store_type() {
+        for (flag, want) in [
+            ("fsync", Durability::Fsync),
+            ("interval", Durability::Interval),
+            ("none", Durability::None),
+        ] {
+            let cli = Cli::try_parse_from(["qd", "serve", "--durability", flag]).unwrap();
+            let Command::Serve(args) = cli.command else { panic!("parsed as serve") };
+            assert_eq!(Durability::from(args.durability), want);
+            assert_eq!(args.durability.name(), flag);
+            assert_eq!(DurabilityArg::from(want), args.durability);
+        }
     }
 
     #[test]

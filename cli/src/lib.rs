@@ -1,0 +1,13 @@
+//! The `qd` command line as a library, so that the `qd` binary (`main.rs`) and the
+//! end-to-end tests' `qd-under-test` binary run the very same code. It sits on top of the
+//! `qd-server` library (which knows nothing of flags, the client or benchmarks):
+//! - [`cli`]: flags and `QD_*` environment in, a [`qd_server::config::ServerConfig`] or a
+//!   client action out, and the process's logging; [`main_exit`] is the whole binary;
+//! - [`bench`]: `qd bench`, the benchmark workloads run through the real client;
+//! - [`child`]: a `qd serve` child process, shared by `qd bench --spawn` and the e2e tests.
+
+pub mod bench;
+pub mod child;
+pub mod cli;
+
+pub use cli::main_exit;

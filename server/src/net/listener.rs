@@ -1,0 +1,74 @@
+//! The accept loop: takes a connection permit before each `accept`, so that past the limit
+//! new peers wait in the kernel's backlog, and runs each connection as a task of one
+//! tracker. It knows the engine only as the channel it sends [`Command`]s to; building the
+//! engine, and the shutdown order, belong to the composition root (`crate::server`).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::engine::Command;
+use crate::net::conn::{self, ConnLimits};
+
+/// A bound protocol listener, not yet accepting.
+#[derive(Debug)]
+pub struct Listener {
+    listener: TcpListener,
+}
+
+impl Listener {
+    /// Binds `addr` (port 0 picks a free port; see [`Listener::local_addr`]).
+    pub async fn bind(addr: SocketAddr) -> io::Result<Listener> {
+        Ok(Listener { listener: TcpListener::bind(addr).await? })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts until `shutdown` is cancelled, at most `max_connections` at a time, running
+    /// each connection on `conns` with `limits`. Returns as soon as it stops accepting; the
+    /// connections themselves end when the engine drops their reply channels.
+    pub async fn run(
+        self,
+        max_connections: usize,
+        limits: Arc<ConnLimits>,
+        commands: mpsc::Sender<Command>,
+        shutdown: CancellationToken,
+        conns: TaskTracker,
+    ) {
+        let permits = Arc::new(Semaphore::new(max_connections));
+        let next_conn = AtomicU64::new(1);
+        loop {
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+                _ = shutdown.cancelled() => return,
+            };
+            let (stream, _) = tokio::select! {
+                r = self.listener.accept() => match r {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // EMFILE and friends: back off a little instead of spinning.
+                        tracing::warn!(error = %e, "accept failed; retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.cancelled() => return,
+            };
+            let conn = next_conn.fetch_add(1, Ordering::Relaxed);
+            let (limits, commands, token) = (limits.clone(), commands.clone(), shutdown.clone());
+            conns.spawn(async move {
+                conn::serve(stream, conn, limits, commands, token).await;
+                drop(permit);
+            });
+        }
+    }
+}

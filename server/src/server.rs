@@ -1,0 +1,144 @@
+//! The composition root: the one place that assembles a whole server from its layers and
+//! ties their lifetimes to one shutdown token. [`start`] opens and recovers the engine
+//! ([`Engine::open`]), binds the protocol listener, and runs both; the HTTP listener, when it
+//! comes, starts here too, beside the protocol one. Nothing below this file builds another
+//! layer: `net` gets the engine's command channel, the engine gets its store and core.
+//!
+//! Shutdown order matters for the promise "nothing acknowledged is lost": first stop
+//! accepting and reading, then let the engine answer what it already received and wait for
+//! every commit in flight, then flush the store, and only then close the sockets.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ServerConfig;
+use crate::engine::{Engine, EngineError};
+use crate::net::conn::ConnLimits;
+use crate::net::listener::Listener;
+
+/// Depth of the engine's command channel, shared by every connection. Bounded, so a flood
+/// of requests waits in the sockets rather than in our memory.
+const COMMAND_QUEUE: usize = 16 * 1024;
+
+/// Why a server could not start, or stopped with an error. Each message says what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// Opening the store, recovering, or serving failed in the engine.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+
+    /// The protocol address could not be bound.
+    #[error(
+        "cannot listen on {addr}: {source}; is another qd running there? choose another \
+         with --listen"
+    )]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+
+    /// A task of the server panicked.
+    #[error(
+        "the server's {task} task panicked; this is a bug in qd, please report it with the log"
+    )]
+    Panicked { task: &'static str },
+}
+
+/// A server that is up: its address, and the means to stop it.
+#[derive(Debug)]
+pub struct RunningServer {
+    addr: SocketAddr,
+    /// Cancelled by whoever stops the server (a signal handler, a test, a failing engine);
+    /// every task of the server watches it.
+    shutdown: CancellationToken,
+    /// The whole server: resolves once the engine has flushed and every connection closed.
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl RunningServer {
+    /// The address the protocol listens on (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The token that stops the server when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the server has stopped (after the token was cancelled).
+    pub async fn wait(self) -> Result<(), ServerError> {
+        self.task.await.map_err(|_| ServerError::Panicked { task: "server" })?
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(self) -> Result<(), ServerError> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+}
+
+/// Opens the store, recovers, binds, and starts serving in the background.
+pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
+    let started = Instant::now();
+    let engine_config = config.clone();
+    let (engine, recovered) = tokio::task::spawn_blocking(move || Engine::open(&engine_config))
+        .await
+        .map_err(|_| ServerError::Panicked { task: "recovery" })??;
+    tracing::info!(
+        jobs = recovered.jobs,
+        ms = started.elapsed().as_millis() as u64,
+        data = %config.data.display(),
+        "store recovered"
+    );
+
+    let bound = match Listener::bind(config.listen).await {
+        Ok(listener) => listener.local_addr().map(|addr| (listener, addr)),
+        Err(e) => Err(e),
+    };
+    let (listener, addr) = match bound {
+        Ok(bound) => bound,
+        Err(source) => {
+            // The writer is already running: stop it properly (a final flush) rather than
+            // leave it to the process exit.
+            if let Err(e) = engine.close().await {
+                tracing::warn!(error = %e, "closing the store after a failed start");
+            }
+            return Err(ServerError::Listen { addr: config.listen, source });
+        }
+    };
+
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+    let shutdown = CancellationToken::new();
+    let engine_task = tokio::spawn(engine.run(cmd_rx, shutdown.clone()));
+
+    let limits = Arc::new(ConnLimits {
+        max_frame: config.max_frame,
+        max_in_flight: config.max_in_flight,
+        handshake_timeout: config.handshake_timeout,
+    });
+    let conns = TaskTracker::new();
+    let accept =
+        listener.run(config.max_connections, limits, cmd_tx, shutdown.clone(), conns.clone());
+    let task = tokio::spawn(async move {
+        accept.await;
+        // The accept loop returns only on shutdown. The engine drains and flushes; then the
+        // connections, whose reply channels the engine has dropped, say goodbye and close.
+        let engine_result =
+            engine_task.await.map_err(|_| ServerError::Panicked { task: "engine" })?;
+        conns.close();
+        conns.wait().await;
+        engine_result.map_err(ServerError::from)
+    });
+    tracing::info!(%addr, durability = ?config.durability, "qd is listening");
+    Ok(RunningServer { addr, shutdown, task })
+}
