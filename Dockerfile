@@ -4,7 +4,7 @@
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p qd-server && strip target/release/qd
+RUN cargo build --release --locked -p qd && strip target/release/qd
 
 FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 --home-dir /data qd && mkdir -p /data && chown qd /data
