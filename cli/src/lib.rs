@@ -3,7 +3,7 @@
 //! `qd-server` library (which knows nothing of flags, the client or benchmarks):
 //! - [`cli`]: flags and `QD_*` environment in, a [`qd_server::config::ServerConfig`] or a
 //!   client action out, and the process's logging; [`main_exit`] is the whole binary;
-//! - [`bench`]: `qd bench`, the benchmark workloads run through the real client;
+//! - [`bench`](mod@bench): `qd bench`, the benchmark workloads run through the real client;
 //! - [`child`]: a `qd serve` child process, shared by `qd bench --spawn` and the e2e tests.
 
 pub mod bench;
