@@ -182,7 +182,7 @@ struct StatsArgs {
 }
 
 /// Parses `fixed:500ms`, `exponential:2s` or `exponential:2s:10m`.
-pub fn parse_backoff(s: &str) -> Result<Backoff, String> {
+fn parse_backoff(s: &str) -> Result<Backoff, String> {
     let ms = |d: &str| {
         humantime::parse_duration(d)
             .map(|d| d.as_millis() as u64)
@@ -218,7 +218,7 @@ pub fn main_exit() -> std::process::ExitCode {
 }
 
 /// Runs the command line.
-pub fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The server logs what it does; the client commands only what goes wrong.
     let default_level = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };

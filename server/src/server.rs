@@ -79,12 +79,6 @@ impl RunningServer {
     pub async fn wait(self) -> Result<(), ServerError> {
         self.task.await.map_err(|_| ServerError::Panicked { task: "server" })?
     }
-
-    /// Stops the server gracefully and waits for it.
-    pub async fn stop(self) -> Result<(), ServerError> {
-        self.shutdown.cancel();
-        self.wait().await
-    }
 }
 
 /// Opens the store, recovers, binds, and starts serving in the background.
