@@ -396,7 +396,7 @@ mod tests {
             &mut self,
             _visit: &mut dyn FnMut(crate::model::JobRecord),
         ) -> Result<RecoveredMeta, StoreError> {
-            Ok(RecoveredMeta { next_id: 1, records: 0 })
+            Ok(RecoveredMeta { next_id: 1, records: 0, queues: vec![] })
         }
         fn commit(&mut self, changes: &[Change], _durable: bool) -> Result<(), StoreError> {
             self.started.send(changes.to_vec()).unwrap();
