@@ -19,9 +19,11 @@
 //! 2. The lock is released when the [`DataDirLock`] drops (or the process ends, however
 //!    it ends: flock locks die with their file descriptions).
 
-use std::fs::{DirBuilder, File, OpenOptions, TryLockError};
+use std::fs::{DirBuilder, File, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use fs2::FileExt;
 
 use super::StoreError;
 
@@ -55,12 +57,14 @@ impl DataDirLock {
             .mode(FILE_MODE)
             .open(&path)
             .map_err(|e| StoreError::io(format!("cannot open {}", path.display()), e))?;
-        match file.try_lock() {
+        // fs2 rather than std's `File::try_lock`: the latter needs Rust 1.89, above the
+        // workspace's rust-version. Both are flock(2) on Linux.
+        match file.try_lock_exclusive() {
             Ok(()) => Ok(DataDirLock { path: dir.to_path_buf(), _file: file }),
-            Err(TryLockError::WouldBlock) => Err(StoreError::Locked { path: dir.to_path_buf() }),
-            Err(TryLockError::Error(e)) => {
-                Err(StoreError::io(format!("cannot lock {}", path.display()), e))
+            Err(e) if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() => {
+                Err(StoreError::Locked { path: dir.to_path_buf() })
             }
+            Err(e) => Err(StoreError::io(format!("cannot lock {}", path.display()), e)),
         }
     }
 

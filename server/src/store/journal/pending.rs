@@ -291,11 +291,15 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Change(Change),
+        Change(Box<Change>),
         /// Freeze the current map (landing the frozen one first, if any).
         Freeze,
         /// The checkpoint of the frozen map lands in the pages.
         Land,
+    }
+
+    fn change(c: Change) -> Op {
+        Op::Change(Box::new(c))
     }
 
     /// Changes on ids 1..=12, with attempt numbers that only grow per id (as the broker
@@ -317,12 +321,12 @@ mod tests {
             let mut attempt = 0u32;
             raw.into_iter()
                 .map(|(kind, a, b)| match kind {
-                    0 => Op::Change(Change::Insert(sample(a, b as usize))),
-                    1 => Op::Change(Change::Complete { id: a }),
-                    2 => Op::Change(Change::Remove { id: a }),
+                    0 => change(Change::Insert(sample(a, b as usize))),
+                    1 => change(Change::Complete { id: a }),
+                    2 => change(Change::Remove { id: a }),
                     3 => {
                         attempt += 1;
-                        Op::Change(Change::Fail {
+                        change(Change::Fail {
                             id: a,
                             error: AttemptError {
                                 attempt,
@@ -333,13 +337,13 @@ mod tests {
                             dead: b == 1,
                         })
                     }
-                    4 => Op::Change(Change::Retry { id: a, run_at_ms: b }),
-                    5 => Op::Change(Change::Reschedule { id: a, run_at_ms: b }),
-                    6 => Op::Change(Change::Settings {
+                    4 => change(Change::Retry { id: a, run_at_ms: b }),
+                    5 => change(Change::Reschedule { id: a, run_at_ms: b }),
+                    6 => change(Change::Settings {
                         queue: format!("q{a}"),
                         settings: QueueSettings { paused: b == 1 },
                     }),
-                    7 => Op::Change(Change::IdFloor { next_id: a }),
+                    7 => change(Change::IdFloor { next_id: a }),
                     8 => Op::Freeze,
                     _ => Op::Land,
                 })
@@ -390,6 +394,7 @@ mod tests {
             for op in &ops {
                 match op {
                     Op::Change(change) => {
+                        let change = &**change;
                         // The broker never inserts an id twice.
                         if let Change::Insert(r) = change {
                             if r.id < floor { continue; }
