@@ -209,7 +209,7 @@ pub fn replay(
 
 /// Deletes every segment below `seq` (those a checkpoint made redundant). Deleting is not
 /// fsynced: a segment that reappears after a power loss is replayed again, which is
-/// harmless (replay is idempotent, see `journaled.rs`).
+/// harmless (replay is idempotent, see `pending.rs`, invariant 4).
 pub fn remove_segments_before(dir: &Path, seq: u64) -> Result<usize, StoreError> {
     let mut removed = 0;
     for old in list_segments(dir)?.into_iter().filter(|&s| s < seq) {
