@@ -402,15 +402,6 @@ impl std::fmt::Debug for PageReader {
 impl PageReader {
     /// The record of `id`: one page read, one slot decoded.
     pub fn get(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
-        self.with_body(id, |body| record::decode(id, body))?.transpose()
-    }
-
-    /// Calls `f` with the stored body of `id`, if there is one.
-    pub fn with_body<R>(
-        &self,
-        id: JobId,
-        f: impl FnOnce(&[u8]) -> R,
-    ) -> Result<Option<R>, StoreError> {
         let page_no = page::page_no(id);
         let Some(bytes) = self
             .pages
@@ -420,7 +411,7 @@ impl PageReader {
             return Ok(None);
         };
         let page = Page::parse(page_no, &bytes)?;
-        Ok(page.get(page::slot(id)).map(f))
+        page.get(page::slot(id)).map(|body| record::decode(id, body)).transpose()
     }
 
     /// Every stored record body, in id order, with its id. Stops at the first error `visit`
