@@ -60,8 +60,9 @@ pub struct JobRecord {
 }
 
 /// A change the core asks the store to make durable. Replies that depend on a change are
-/// released only after the store has committed it. Serializable because the store's
-/// journal writes changes as they come (see `store/journal.rs`).
+/// released only after the store has committed it. The store's journal writes changes as
+/// they come in an encoding of its own (`store/journal/codec.rs`), not through these serde
+/// derives: a change to a wire type (`JobOptions`, `Backoff`) cannot change the disk format.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Change {
     /// A new job (add).
@@ -70,6 +71,27 @@ pub enum Change {
     Complete { id: JobId },
     /// A try failed: record the error and when the job runs next, or that it is dead.
     Fail { id: JobId, error: AttemptError, run_at_ms: Millis, dead: bool },
+    /// An operator retried a dead job: it waits again from `run_at_ms` with its attempts
+    /// reset (`failures` = 0, state `Waiting`); its error history is kept.
+    Retry { id: JobId, run_at_ms: Millis },
+    /// A waiting job's next run time moved (an operator promoted a delayed job to now).
+    Reschedule { id: JobId, run_at_ms: Millis },
+    /// The job's record is deleted without completing: an operator removed it, purged it
+    /// from the dead set, or the dead set's retention dropped it.
+    Remove { id: JobId },
+    /// A queue's persisted settings changed. `QueueSettings::default()` means "no settings":
+    /// the store forgets the queue's entry.
+    Settings { queue: String, settings: QueueSettings },
+    /// Ids below `next_id` are used or promised: after any crash, ids are assigned from at
+    /// least here, so an id handed out once is never given to another job.
+    IdFloor { next_id: JobId },
+}
+
+/// What an operator set on a queue; persisted, survives restarts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSettings {
+    /// Reserves get nothing from a paused queue; adds still land.
+    pub paused: bool,
 }
 
 impl JobRecord {
@@ -91,6 +113,16 @@ impl JobRecord {
             self.errors.remove(0);
         }
         self.errors.push(error);
+    }
+}
+
+impl JobRecord {
+    /// Applies a [`Change::Retry`]: waiting again from `run_at_ms`, attempts reset, errors
+    /// kept. Sets absolute values, so replaying it is harmless.
+    pub fn apply_retry(&mut self, run_at_ms: Millis) {
+        self.state = PersistedState::Waiting;
+        self.failures = 0;
+        self.run_at_ms = run_at_ms;
     }
 }
 

@@ -366,6 +366,7 @@ fn apply(store: &mut HashMap<JobId, JobRecord>, effects: Vec<Effect>) {
                     .expect("failed job is stored")
                     .apply_failure(error, run_at_ms, dead);
             }
+            other => panic!("this model does not expect {other:?}"),
         }
     }
 }

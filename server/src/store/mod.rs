@@ -1,27 +1,32 @@
 //! Persistence of job records: the [`Store`] interface the engine writes through, its
-//! errors, and the two implementations behind it.
+//! errors, and the one implementation behind it, in two layers.
 //!
-//! What lives here: the key layout (`keys.rs`), pages of 64 records per sled key
-//! (`page.rs`), the record encoding (`record.rs`), the sled side with its page reads,
-//! checkpoint merges and schema-version check (`sled_store.rs`), the append-only journal
-//! (`journal.rs`), the journaled store that makes groups durable in the journal and
-//! checkpoints their net effect into sled's pages in the background (`journaled.rs`, the
-//! one [`Store`]), and the group-commit writer thread (`writer.rs`). docs/STORAGE.md
-//! describes the bytes on disk. What does not: deciding *what* to write (the
-//! broker core produces [`Change`]s), and holding replies until their change is committed
-//! (the engine does that with the [`Committed`] notices the writer sends). The store never
-//! imports the core; `crate::model` is the whole interface between them.
+//! What lives here:
+//! - `journal/`: the journal layer and [`JournaledStore`], the [`Store`]. It makes each
+//!   group durable in an append-only journal and checkpoints the groups' net effect into
+//!   the pages in the background (`segment.rs` files and framing, `codec.rs` the bytes of a
+//!   change, `pending.rs` the pending-map algebra, `checkpoint.rs` the checkpoint thread).
+//! - `pages/`: the page database, sled, the store of record (`db.rs`), its keys and trees
+//!   (`keys.rs`), pages of 64 records (`page.rs`), the one encoding of a job record
+//!   (`record.rs`) and of a queue's settings (`queues.rs`).
+//! - `datadir.rs`: the data dir's lock and file modes; `varint.rs`: the byte primitives the
+//!   encodings share; `writer.rs`: the group-commit writer thread.
+//!
+//! docs/STORAGE.md describes the bytes on disk. What does not live here: deciding *what*
+//! to write (the broker core produces [`Change`]s), and holding replies until their change
+//! is committed (the engine does that with the [`Committed`] notices the writer sends). The
+//! store never imports the core; `crate::model` is the whole interface between them.
 
+mod datadir;
 mod journal;
-mod journaled;
-mod keys;
-mod page;
-mod record;
-mod sled_store;
+mod pages;
+mod varint;
 mod writer;
 
 #[cfg(test)]
 mod crash_tests;
+#[cfg(test)]
+mod fixture_tests;
 #[cfg(test)]
 pub(crate) mod testutil;
 
@@ -31,11 +36,14 @@ use std::sync::Arc;
 
 use qd_protocol::JobId;
 
-use crate::model::{Change, JobRecord};
+use crate::model::{Change, JobRecord, QueueSettings};
 
-pub use journaled::{JournalConfig, JournaledStore, RecoveryStats};
-pub use keys::STORE_FORMAT_VERSION;
-pub use sled_store::{SledConfig, DEFAULT_CACHE_CAPACITY};
+pub use journal::{
+    JournalConfig, JournaledStore, RecoveryStats, DEFAULT_CHECKPOINT_BYTES,
+    DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_SEGMENT_BYTES,
+};
+pub use pages::keys::STORE_FORMAT_VERSION;
+pub use pages::{SledConfig, DEFAULT_CACHE_CAPACITY};
 pub use writer::{Committed, Writer};
 
 /// When a commit counts as done, chosen with `--durability`.
@@ -45,21 +53,26 @@ pub enum Durability {
     /// on power loss.
     #[default]
     Fsync,
-    /// Reply once the group is written (to the journal, or applied to sled); fsync every
-    /// interval. A crash of the machine (not of qd alone) can lose the last interval's
-    /// writes.
+    /// Reply once the group is written to the journal (not yet fsynced); fsync the journal
+    /// every interval. A crash of the machine (not of qd alone) can lose the last
+    /// interval's writes.
     Interval,
-    /// Never flush explicitly; sled's background flush only. For throwaway data.
+    /// Never fsync the journal explicitly; what reaches the disk is up to the OS until the
+    /// next checkpoint syncs the pages. For throwaway data.
     None,
 }
 
 /// What [`Store::recover`] found besides the records it handed to its visitor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecoveredMeta {
-    /// The first id never used in this data dir: assign ids from here on.
+    /// The first id never used in this data dir: assign ids from here on. At least every
+    /// `Change::IdFloor` ever committed.
     pub next_id: JobId,
     /// How many records were visited.
     pub records: u64,
+    /// Every queue with settings other than the default, in name order (few: one entry per
+    /// queue an operator configured).
+    pub queues: Vec<(String, QueueSettings)>,
 }
 
 /// A persistence engine for job records. One owner (the writer thread) calls the mutating
@@ -68,13 +81,14 @@ pub trait Store: Send + 'static {
     /// One scan of everything stored: calls `visit` with each record, in id order, without
     /// collecting them (a million records must not cost a million records of memory at
     /// once). Returns the first id never used (the largest of the persisted id ceiling, the
-    /// highest id ever journaled + 1 and the highest record id + 1; at least 1).
+    /// highest id ever journaled or promised by an `IdFloor` + 1 and the highest record id
+    /// + 1; at least 1), and the queues' settings.
     fn recover(&mut self, visit: &mut dyn FnMut(JobRecord)) -> Result<RecoveredMeta, StoreError>;
 
     /// Applies all changes as ONE atomic batch, in order. With `durable`, returns only after
     /// the data is on disk. An error means none of the promises hold: the caller fails every
-    /// request in the batch. A `Fail` or `Complete` for an id that is not stored is logged
-    /// and skipped, not an error.
+    /// request in the batch. A `Fail`, `Retry`, `Reschedule`, `Complete` or `Remove` for an
+    /// id that is not stored is logged and skipped, not an error.
     fn commit(&mut self, changes: &[Change], durable: bool) -> Result<(), StoreError>;
 
     /// Makes everything applied so far durable.
@@ -142,10 +156,10 @@ pub enum StoreError {
         source: sled::Error,
     },
 
-    /// Another process holds the data dir's lock.
+    /// Another qd (or another store in this process) holds the data dir's lock.
     #[error(
-        "data dir {} is in use by another process; stop the other qd or point --data at \
-         another directory",
+        "another qd is running on data dir {} (it holds the dir's lock file); stop the \
+         other qd or point --data at another directory",
         path.display()
     )]
     Locked { path: PathBuf },
@@ -171,13 +185,9 @@ pub enum StoreError {
     )]
     OldVersion { path: PathBuf, found: u32, expected: u32 },
 
-    /// A record could not be encoded (a bug: our types always encode).
-    #[error("could not encode job {id}: {source}; this is a bug in qd, please report it")]
-    Encode {
-        id: JobId,
-        #[source]
-        source: bincode::error::EncodeError,
-    },
+    /// Something to be written is larger than its encoding allows.
+    #[error("{what} of {len} bytes is too large to store; send smaller payloads")]
+    TooLarge { what: &'static str, len: u64 },
 
     /// The writer thread is gone or broken; nothing more will be committed.
     #[error(

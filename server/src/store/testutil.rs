@@ -1,8 +1,10 @@
 //! Helpers shared by the store's tests: sample records and changes. Test-only.
 
+use std::collections::BTreeMap;
+
 use qd_protocol::{JobId, JobOptions};
 
-use crate::model::{AttemptError, Change, JobRecord, PersistedState};
+use crate::model::{AttemptError, Change, JobRecord, PersistedState, QueueSettings};
 
 /// A waiting job with `payload_len` bytes of payload derived from its id.
 pub fn record(id: JobId, payload_len: usize) -> JobRecord {
@@ -37,11 +39,76 @@ pub fn complete(id: JobId) -> Change {
     Change::Complete { id }
 }
 
+/// The naive meaning of a sequence of changes: what the store's tests compare against.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Model {
+    pub jobs: BTreeMap<JobId, JobRecord>,
+    pub queues: BTreeMap<String, QueueSettings>,
+    /// Ids below this were inserted or promised by an `IdFloor`.
+    pub floor: JobId,
+}
+
+impl Model {
+    /// Applies one change; a change on a missing job changes nothing.
+    pub fn apply(&mut self, change: &Change) {
+        apply_to_jobs(&mut self.jobs, change);
+        match change {
+            Change::Insert(r) => self.floor = self.floor.max(r.id + 1),
+            Change::Settings { queue, settings } => {
+                if *settings == QueueSettings::default() {
+                    self.queues.remove(queue);
+                } else {
+                    self.queues.insert(queue.clone(), settings.clone());
+                }
+            }
+            Change::IdFloor { next_id } => self.floor = self.floor.max(*next_id),
+            _ => {}
+        }
+    }
+
+    pub fn records(&self) -> Vec<JobRecord> {
+        self.jobs.values().cloned().collect()
+    }
+
+    pub fn queue_list(&self) -> Vec<(String, QueueSettings)> {
+        self.queues.iter().map(|(q, s)| (q.clone(), s.clone())).collect()
+    }
+}
+
+/// What a change does to the records alone.
+pub fn apply_to_jobs(jobs: &mut BTreeMap<JobId, JobRecord>, change: &Change) {
+    match change {
+        Change::Insert(r) => {
+            jobs.insert(r.id, r.clone());
+        }
+        Change::Complete { id } | Change::Remove { id } => {
+            jobs.remove(id);
+        }
+        Change::Fail { id, error, run_at_ms, dead } => {
+            if let Some(r) = jobs.get_mut(id) {
+                r.apply_failure(error.clone(), *run_at_ms, *dead);
+            }
+        }
+        Change::Retry { id, run_at_ms } => {
+            if let Some(r) = jobs.get_mut(id) {
+                r.apply_retry(*run_at_ms);
+            }
+        }
+        Change::Reschedule { id, run_at_ms } => {
+            if let Some(r) = jobs.get_mut(id) {
+                r.run_at_ms = *run_at_ms;
+            }
+        }
+        Change::Settings { .. } | Change::IdFloor { .. } => {}
+    }
+}
+
 /// Everything a store recovers, collected (tests only: the real caller streams).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recovered {
     pub records: Vec<JobRecord>,
     pub next_id: JobId,
+    pub queues: Vec<(String, QueueSettings)>,
 }
 
 /// Runs [`super::Store::recover`] and collects what it visits, checking the count it
@@ -51,7 +118,7 @@ pub fn recover_all(store: &mut dyn super::Store) -> Recovered {
     let meta = store.recover(&mut |r| records.push(r)).expect("recover");
     assert_eq!(meta.records, records.len() as u64, "recover miscounted");
     assert!(records.windows(2).all(|w| w[0].id < w[1].id), "recover is not in id order");
-    Recovered { records, next_id: meta.next_id }
+    Recovered { records, next_id: meta.next_id, queues: meta.queues }
 }
 
 /// What a [`FakeStore`] holds and how it misbehaves, shared with the test that made it.
@@ -87,7 +154,7 @@ impl super::Store for FakeStore {
         let records = self.0.records.lock().unwrap();
         records.values().cloned().for_each(&mut *visit);
         let next_id = records.keys().next_back().map_or(1, |id| id + 1);
-        Ok(super::RecoveredMeta { next_id, records: records.len() as u64 })
+        Ok(super::RecoveredMeta { next_id, records: records.len() as u64, queues: vec![] })
     }
 
     fn commit(&mut self, changes: &[Change], _durable: bool) -> Result<(), super::StoreError> {
@@ -103,19 +170,7 @@ impl super::Store for FakeStore {
         }
         let mut records = self.0.records.lock().unwrap();
         for change in changes {
-            match change {
-                Change::Insert(r) => {
-                    records.insert(r.id, r.clone());
-                }
-                Change::Complete { id } => {
-                    records.remove(id);
-                }
-                Change::Fail { id, error, run_at_ms, dead } => {
-                    if let Some(r) = records.get_mut(id) {
-                        r.apply_failure(error.clone(), *run_at_ms, *dead);
-                    }
-                }
-            }
+            apply_to_jobs(&mut records, change);
         }
         self.0.commits.lock().unwrap().push(changes.len());
         Ok(())

@@ -20,7 +20,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::{Durability, Store, StoreError};
 use crate::model::Change;
 
-/// Most changes gathered into one group. Beyond this, a bigger sled batch no longer saves
+/// Most changes gathered into one group. Beyond this, a bigger journal write no longer saves
 /// fsyncs worth mentioning but does delay the first reply of the group; the rest simply
 /// waits in the queue for the next group.
 const MAX_GROUP_CHANGES: usize = 8_192;
@@ -396,7 +396,7 @@ mod tests {
             &mut self,
             _visit: &mut dyn FnMut(crate::model::JobRecord),
         ) -> Result<RecoveredMeta, StoreError> {
-            Ok(RecoveredMeta { next_id: 1, records: 0 })
+            Ok(RecoveredMeta { next_id: 1, records: 0, queues: vec![] })
         }
         fn commit(&mut self, changes: &[Change], _durable: bool) -> Result<(), StoreError> {
             self.started.send(changes.to_vec()).unwrap();

@@ -6,8 +6,11 @@
 //! ```text
 //! tree "pages"  key   = page_no = job id / 64, u64, 8 bytes big-endian
 //!               value = page (see page.rs): the records of ids page_no*64 .. page_no*64+63
-//! tree "meta"   "format_version" -> u32, 4 bytes big-endian   (STORE_FORMAT_VERSION = 3)
+//! tree "meta"   "format_version" -> u32, 4 bytes big-endian   (STORE_FORMAT_VERSION = 4)
 //!               "id_ceiling"     -> u64, 8 bytes big-endian   (ids below it may have been used)
+//! tree "queues" key   = the queue name's UTF-8 bytes
+//!               value = its settings (see queues.rs); a queue at the default settings has
+//!                       no entry
 //! ```
 //!
 //! Big-endian so that sled's byte-wise key order is numeric order: the recovery scan comes
@@ -17,7 +20,11 @@
 //! and the bincode of the whole record, id included). Version 2 introduced pages, with
 //! record bodies as bincode of every field but the id. Version 3 keeps the pages and the
 //! keys but encodes bodies compactly (record.rs: fields at their defaults left out,
-//! LEB128 varints, run_at as a delta from created_at). This build reads neither 1 nor 2.
+//! LEB128 varints, run_at as a delta from created_at). Version 4 keeps all of that, adds
+//! the "queues" tree, and writes journal records in the store's own encoding
+//! (journal/codec.rs) instead of bincode of `model::Change`. This build reads neither 1 nor
+//! 2; a version-3 dir is opened, its journal replayed with the version-3 decoder and
+//! checkpointed into the pages, and the dir stamped 4 (journal/mod.rs).
 //!
 //! Invariants:
 //! 1. Every key in `pages` is exactly 8 bytes, and every record in page `p` has an id in
@@ -27,6 +34,8 @@
 
 /// The tree holding the pages of live jobs.
 pub const PAGES_TREE: &str = "pages";
+/// The tree holding each queue's persisted settings.
+pub const QUEUES_TREE: &str = "queues";
 /// The tree holding the directory's format version and id ceiling.
 pub const META_TREE: &str = "meta";
 /// Meta key: the store format version, u32 big-endian.
@@ -35,10 +44,14 @@ pub const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 pub const ID_CEILING_KEY: &[u8] = b"id_ceiling";
 
 /// The on-disk format this build reads and writes. Bump it when the key layout, the page
-/// layout or the record encoding changes incompatibly, and teach `SledStore::open` to
-/// migrate or refuse. 1: one key per job; 2: pages of 64 jobs, bincode bodies; 3: the same
-/// pages with compact bodies (defaults left out).
-pub const STORE_FORMAT_VERSION: u32 = 3;
+/// layout, the record encoding or the journal encoding changes incompatibly, and teach
+/// `PageDb::open` and the journal's open to migrate or refuse. 1: one key per job; 2: pages
+/// of 64 jobs, bincode bodies; 3: the same pages with compact bodies (defaults left out);
+/// 4: the journal in the store's own encoding, queue settings.
+pub const STORE_FORMAT_VERSION: u32 = 4;
+
+/// The oldest format this build opens (and migrates to [`STORE_FORMAT_VERSION`]).
+pub const FIRST_READABLE_FORMAT: u32 = 3;
 
 /// How far beyond the highest inserted id the persisted ceiling is raised. One meta write
 /// per million ids; a restart skips at most this many ids, which a u64 can afford.

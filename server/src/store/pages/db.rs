@@ -1,9 +1,10 @@
-//! [`SledStore`]: the sled side of the store. It opens a data dir (leftover cleanup, lock,
+//! [`PageDb`]: the page database, sled. It opens a data dir (lock, leftover cleanup,
 //! format version), reads records out of pages (point lookups for readers, the recovery
-//! scan), applies a checkpoint's net effect page by page, and makes it durable. It is not a
-//! [`super::Store`] on its own: durability of each group is the journal's business
-//! (`journaled.rs`), which hands the net effect of many groups over in checkpoints. Page
-//! bytes are `page.rs`, record bodies `record.rs`, keys `keys.rs`.
+//! scan) and queue settings, applies a checkpoint's net effect page by page, and makes it
+//! durable. It is not a [`crate::store::Store`]: durability of each group is the journal's
+//! business (`journal/`), which hands the net effect of many groups over in checkpoints.
+//! Page bytes are `page.rs`, record bodies `record.rs`, keys and trees `keys.rs`, the lock
+//! and file modes `datadir.rs`.
 //!
 //! Facts about sled 0.34.7 this file is built around (measured on the dev machine; see
 //! DESIGN.md "Storage on sled"):
@@ -19,23 +20,25 @@
 //!   recovery at a million jobs. Hence pages of 64 jobs per key.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use qd_protocol::JobId;
 
 use super::keys::{
-    page_key, page_of_key, FORMAT_VERSION_KEY, ID_CEILING_KEY, ID_CEILING_STEP, META_TREE,
-    PAGES_TREE, STORE_FORMAT_VERSION,
+    page_key, page_of_key, FIRST_READABLE_FORMAT, FORMAT_VERSION_KEY, ID_CEILING_KEY,
+    ID_CEILING_STEP, META_TREE, PAGES_TREE, QUEUES_TREE, STORE_FORMAT_VERSION,
 };
 use super::page::{self, Page};
-use super::record;
-use super::StoreError;
-use crate::model::JobRecord;
+use super::{queues, record};
+use crate::model::{JobRecord, QueueSettings};
+use crate::store::datadir::{self, DataDirLock};
+use crate::store::StoreError;
 
-/// sled's page cache size when not configured (`--cache-mb`). 32 MiB: with 1M jobs queued
+/// sled's page cache size when not configured (`--cache-mb`): 16 MiB. With 1M jobs queued
 /// the server's RSS was 246 MiB at a 64 MiB cache and 220 at 16 (one fill each, same
-/// session); most of the rest is the broker core's per-job state, not the store's.
+/// session); most of the rest is the broker core's per-job state, not the store's. This is
+/// the one home of the default: the CLI and the config read it from here.
 pub const DEFAULT_CACHE_CAPACITY: u64 = 16 * 1024 * 1024;
 
 /// Where and how to open the sled store.
@@ -56,11 +59,16 @@ impl SledConfig {
 
 /// The pages in sled. Owned by the checkpoint thread (behind a mutex); readers use
 /// [`PageReader`]s, which share sled's trees.
-pub struct SledStore {
+pub struct PageDb {
     path: PathBuf,
     db: sled::Db,
     pages: sled::Tree,
     meta: sled::Tree,
+    queues: sled::Tree,
+    /// The format the directory was stamped with when opened (see `keys.rs`): older ones
+    /// are accepted for the journal's migration, which then calls
+    /// [`PageDb::stamp_current_format`].
+    found_format: u32,
     /// Mirrors the persisted `id_ceiling`: every id below it may have been used. Raised
     /// (on disk first) before a checkpoint that needs it.
     id_ceiling: u64,
@@ -70,6 +78,8 @@ pub struct SledStore {
     /// The highest blob file name (an LSN) already synced, so each sync only syncs blobs
     /// written since.
     blobs_synced_up_to: u64,
+    /// Dropped last: the directory stays locked while sled is open (see `datadir.rs`).
+    _lock: DataDirLock,
 }
 
 /// What one checkpoint did to sled.
@@ -79,29 +89,32 @@ pub struct PagesWritten {
     pub removed: u64,
 }
 
-impl std::fmt::Debug for SledStore {
+impl std::fmt::Debug for PageDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SledStore")
+        f.debug_struct("PageDb")
             .field("path", &self.path)
             .field("id_ceiling", &self.id_ceiling)
             .finish_non_exhaustive()
     }
 }
 
-impl SledStore {
-    /// Opens (or creates) the pages in `config.path`: removes a leftover partial snapshot,
-    /// takes sled's lock, checks the format version, and writes it into a new dir.
-    pub fn open(config: &SledConfig) -> Result<SledStore, StoreError> {
+impl PageDb {
+    /// Opens (or creates) the pages in `config.path`: locks the directory (before anything
+    /// else, see `datadir.rs`), removes a leftover partial snapshot, opens sled, makes its
+    /// files private, checks the format version, and stamps a new dir with the current one.
+    pub fn open(config: &SledConfig) -> Result<PageDb, StoreError> {
         let path = config.path.clone();
-        std::fs::create_dir_all(&path)
-            .map_err(|e| StoreError::io(format!("cannot create data dir {}", path.display()), e))?;
-        remove_partial_snapshots(&path)?;
+        let lock = DataDirLock::acquire(&path)?;
+        datadir::remove_partial_snapshots(&lock)?;
 
         let db = open_sled(config)?;
+        datadir::restrict_sled_files(&path)?;
         let ctx = |what: &str| format!("{what} in data dir {}", path.display());
         let meta = db.open_tree(META_TREE).map_err(|e| StoreError::sled(ctx("opening meta"), e))?;
         let pages =
             db.open_tree(PAGES_TREE).map_err(|e| StoreError::sled(ctx("opening pages"), e))?;
+        let queues =
+            db.open_tree(QUEUES_TREE).map_err(|e| StoreError::sled(ctx("opening queues"), e))?;
 
         let db_file = match File::open(path.join("db")) {
             Ok(f) => Some(f),
@@ -115,25 +128,57 @@ impl SledStore {
             Err(e) => return Err(StoreError::io(ctx("cannot open sled's db file"), e)),
         };
 
-        let mut store =
-            SledStore { path, db, pages, meta, id_ceiling: 0, db_file, blobs_synced_up_to: 0 };
-        store.check_format_version()?;
+        let mut store = PageDb {
+            path,
+            db,
+            pages,
+            meta,
+            queues,
+            found_format: STORE_FORMAT_VERSION,
+            id_ceiling: 0,
+            db_file,
+            blobs_synced_up_to: 0,
+            _lock: lock,
+        };
+        store.found_format = store.check_format_version()?;
         store.id_ceiling = store.reader().id_ceiling()?;
         Ok(store)
     }
 
+    /// The format the directory had when it was opened: [`STORE_FORMAT_VERSION`], or an
+    /// older one whose pages this build reads but whose journal must be migrated.
+    pub fn found_format(&self) -> u32 {
+        self.found_format
+    }
+
+    /// Stamps the directory with [`STORE_FORMAT_VERSION`], durably: called once whatever
+    /// the older format left (its journal) was migrated.
+    pub fn stamp_current_format(&mut self) -> Result<(), StoreError> {
+        self.meta
+            .insert(FORMAT_VERSION_KEY, &STORE_FORMAT_VERSION.to_be_bytes())
+            .map_err(|e| StoreError::sled("writing the format version", e))?;
+        self.sync()?;
+        self.found_format = STORE_FORMAT_VERSION;
+        Ok(())
+    }
+
     /// A reader sharing this store's trees.
     pub fn reader(&self) -> PageReader {
-        PageReader { pages: self.pages.clone(), meta: self.meta.clone() }
+        PageReader {
+            pages: self.pages.clone(),
+            meta: self.meta.clone(),
+            queues: self.queues.clone(),
+        }
     }
 
     /// The `pages` tree itself, for tests that watch what reaches sled.
     #[cfg(test)]
-    pub(super) fn pages_tree(&self) -> &sled::Tree {
+    pub(crate) fn pages_tree(&self) -> &sled::Tree {
         &self.pages
     }
 
-    fn check_format_version(&mut self) -> Result<(), StoreError> {
+    /// Returns the format found (stamping a new dir with the current one).
+    fn check_format_version(&mut self) -> Result<u32, StoreError> {
         let stored = self
             .meta
             .get(FORMAT_VERSION_KEY)
@@ -153,21 +198,21 @@ impl SledStore {
                                 .into(),
                         }
                     })?;
-                if found < STORE_FORMAT_VERSION {
+                if found < FIRST_READABLE_FORMAT {
                     return Err(StoreError::OldVersion {
                         path: self.path.clone(),
                         found,
                         expected: STORE_FORMAT_VERSION,
                     });
                 }
-                if found != STORE_FORMAT_VERSION {
+                if found > STORE_FORMAT_VERSION {
                     return Err(StoreError::UnknownVersion {
                         path: self.path.clone(),
                         found,
                         expected: STORE_FORMAT_VERSION,
                     });
                 }
-                Ok(())
+                Ok(found)
             }
             None => {
                 let foreign = !self.pages.is_empty()
@@ -185,10 +230,8 @@ impl SledStore {
                 }
                 // A new dir: stamp it, durably, so that an older or newer qd pointed at it
                 // later refuses it instead of misreading it.
-                self.meta
-                    .insert(FORMAT_VERSION_KEY, &STORE_FORMAT_VERSION.to_be_bytes())
-                    .map_err(|e| StoreError::sled("writing the format version", e))?;
-                self.sync()
+                self.stamp_current_format()?;
+                Ok(STORE_FORMAT_VERSION)
             }
         }
     }
@@ -210,23 +253,38 @@ impl SledStore {
     }
 
     /// Applies the net effect of many groups, as a journal checkpoint has it: per id, the
-    /// new record body (`Some`) or a removal (`None`), in ascending id order; after raising
+    /// new record body (`Some`) or a removal (`None`), in ascending id order; per queue, its
+    /// settings (the default ones remove the queue's entry); after raising
     /// the id ceiling above `max_id` (the highest id ever inserted, including ids whose
     /// records never reached sled). Each touched page is read once, merged by copying byte
     /// slices (no record is decoded), and written back or removed once empty. Not durable
-    /// until [`SledStore::sync`].
+    /// until [`PageDb::sync`].
     ///
     /// Applied in sled batches of about `BATCH_BYTES` rather than one: nothing needs the
     /// whole checkpoint to be atomic (the journal still holds it, and replaying it onto any
     /// mix of old and new pages gives the same result), and smaller batches keep sled's
     /// copy of them small.
-    pub(super) fn apply_checkpoint(
+    pub fn apply_checkpoint(
         &mut self,
         entries: &[(JobId, Option<&[u8]>)],
+        settings: &[(&str, &QueueSettings)],
         max_id: JobId,
     ) -> Result<PagesWritten, StoreError> {
         const BATCH_BYTES: usize = 4 << 20;
         self.raise_id_ceiling(max_id)?;
+        if !settings.is_empty() {
+            let mut batch = sled::Batch::default();
+            for (queue, settings) in settings {
+                if **settings == QueueSettings::default() {
+                    batch.remove(queue.as_bytes());
+                } else {
+                    batch.insert(queue.as_bytes(), queues::encode(settings).as_slice());
+                }
+            }
+            self.queues
+                .apply_batch(batch)
+                .map_err(|e| StoreError::sled("writing queue settings", e))?;
+        }
         let mut done = PagesWritten::default();
         let mut batch = sled::Batch::default();
         let mut in_batch = 0;
@@ -273,7 +331,7 @@ impl SledStore {
     }
 
     /// Flush sled's log, then force it (and new blob files) to stable storage.
-    pub(super) fn sync(&mut self) -> Result<(), StoreError> {
+    pub fn sync(&mut self) -> Result<(), StoreError> {
         self.db.flush().map_err(|e| StoreError::sled("flushing to disk", e))?;
         self.sync_new_blobs()?;
         if let Some(file) = &self.db_file {
@@ -332,6 +390,7 @@ impl SledStore {
 pub struct PageReader {
     pages: sled::Tree,
     meta: sled::Tree,
+    queues: sled::Tree,
 }
 
 impl std::fmt::Debug for PageReader {
@@ -343,15 +402,6 @@ impl std::fmt::Debug for PageReader {
 impl PageReader {
     /// The record of `id`: one page read, one slot decoded.
     pub fn get(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
-        self.with_body(id, |body| record::decode(id, body))?.transpose()
-    }
-
-    /// Calls `f` with the stored body of `id`, if there is one.
-    pub fn with_body<R>(
-        &self,
-        id: JobId,
-        f: impl FnOnce(&[u8]) -> R,
-    ) -> Result<Option<R>, StoreError> {
         let page_no = page::page_no(id);
         let Some(bytes) = self
             .pages
@@ -361,7 +411,7 @@ impl PageReader {
             return Ok(None);
         };
         let page = Page::parse(page_no, &bytes)?;
-        Ok(page.get(page::slot(id)).map(f))
+        page.get(page::slot(id)).map(|body| record::decode(id, body)).transpose()
     }
 
     /// Every stored record body, in id order, with its id. Stops at the first error `visit`
@@ -386,6 +436,21 @@ impl PageReader {
         Ok(())
     }
 
+    /// Every queue with settings, in name order.
+    pub fn queues(&self) -> Result<Vec<(String, QueueSettings)>, StoreError> {
+        let mut out = vec![];
+        for item in self.queues.iter() {
+            let (key, value) = item.map_err(|e| StoreError::sled("reading queue settings", e))?;
+            let name = String::from_utf8(key.to_vec()).map_err(|_| StoreError::Corrupt {
+                what: "a queue name in the queues tree is not UTF-8".into(),
+                hint: "the data dir is damaged; restore it from a backup".into(),
+            })?;
+            let settings = queues::decode(&name, &value)?;
+            out.push((name, settings));
+        }
+        Ok(out)
+    }
+
     /// The persisted id ceiling (0 if none was written yet).
     pub fn id_ceiling(&self) -> Result<u64, StoreError> {
         let Some(bytes) = self
@@ -407,11 +472,11 @@ impl PageReader {
 /// How long `open` waits for sled's lock before reporting [`StoreError::Locked`].
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 
-/// Opens sled, waiting a little for its lock. Another process's lock is released when that
-/// process ends, but within one process sled 0.34 closes its file only when its epoch-based
-/// garbage collector gets round to the last deferred reference, some time after the `Db`
-/// was dropped. A restart in the same process (tests, an embedding application) would
-/// otherwise fail at random; a real conflict is merely reported `LOCK_WAIT` later.
+/// Opens sled, waiting a little for its lock. Another process is kept out by the data
+/// dir's own lock (`datadir.rs`), taken before this; but within one process sled 0.34
+/// closes its file only when its epoch-based garbage collector gets round to the last
+/// deferred reference, some time after the `Db` was dropped. A restart in the same process
+/// (tests, an embedding application) would otherwise fail at random.
 fn open_sled(config: &SledConfig) -> Result<sled::Db, StoreError> {
     let path = &config.path;
     let deadline = Instant::now() + LOCK_WAIT;
@@ -438,44 +503,22 @@ fn open_sled(config: &SledConfig) -> Result<sled::Db, StoreError> {
     }
 }
 
-/// Removes `snap.*.generating` leftovers of a snapshot that a kill interrupted; with one
-/// present, sled 0.34.7 refuses to open forever (see the file header).
-fn remove_partial_snapshots(dir: &Path) -> Result<(), StoreError> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| StoreError::io(format!("cannot list data dir {}", dir.display()), e))?;
-    for entry in entries {
-        let entry = entry
-            .map_err(|e| StoreError::io(format!("cannot list data dir {}", dir.display()), e))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if name.starts_with("snap.") && name.ends_with(".generating") {
-            let path = entry.path();
-            tracing::warn!(
-                "removing {}: a snapshot that sled was writing when the process died; sled \
-                 cannot open the data dir while it exists, and the log still holds its data",
-                path.display()
-            );
-            std::fs::remove_file(&path)
-                .map_err(|e| StoreError::io(format!("cannot remove {}", path.display()), e))?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
     use crate::store::testutil::record;
 
-    fn open(dir: &Path) -> SledStore {
-        SledStore::open(&SledConfig::new(dir)).expect("open store")
+    fn open(dir: &Path) -> PageDb {
+        PageDb::open(&SledConfig::new(dir)).expect("open store")
     }
 
     fn bodies(ids: &[JobId]) -> Vec<(JobId, Box<[u8]>)> {
         ids.iter().map(|&id| (id, record::encode(&record(id, 16)).unwrap())).collect()
     }
 
-    fn scan(store: &SledStore) -> Vec<JobRecord> {
+    fn scan(store: &PageDb) -> Vec<JobRecord> {
         let mut out = vec![];
         store
             .reader()
@@ -494,7 +537,7 @@ mod tests {
         let puts = bodies(&[1, 2, 63, 64, 200]);
         let entries: Vec<(JobId, Option<&[u8]>)> =
             puts.iter().map(|(id, b)| (*id, Some(&b[..]))).collect();
-        let done = store.apply_checkpoint(&entries, 200).unwrap();
+        let done = store.apply_checkpoint(&entries, &[], 200).unwrap();
         assert_eq!(done, PagesWritten { written: 3, removed: 0 });
         assert_eq!(store.pages_tree().len(), 3);
         {
@@ -508,7 +551,7 @@ mod tests {
         }
 
         // Deleting every job of page 1, one of page 0 (and one that never existed).
-        let done = store.apply_checkpoint(&[(2, None), (5, None), (64, None)], 200).unwrap();
+        let done = store.apply_checkpoint(&[(2, None), (5, None), (64, None)], &[], 200).unwrap();
         assert_eq!(done, PagesWritten { written: 1, removed: 1 });
         assert_eq!(store.pages_tree().len(), 2);
         assert_eq!(scan(&store).iter().map(|r| r.id).collect::<Vec<_>>(), vec![1, 63, 200]);
@@ -528,8 +571,14 @@ mod tests {
             meta.insert(FORMAT_VERSION_KEY, &7u32.to_be_bytes()).unwrap();
             db.flush().unwrap();
         }
-        let err = SledStore::open(&SledConfig::new(dir.path())).unwrap_err();
-        assert!(matches!(err, StoreError::UnknownVersion { found: 7, expected: 3, .. }), "{err:?}");
+        let err = PageDb::open(&SledConfig::new(dir.path())).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::UnknownVersion { found: 7, expected: STORE_FORMAT_VERSION, .. }
+            ),
+            "{err:?}"
+        );
         let msg = err.to_string();
         assert!(msg.contains("format version 7"), "{msg}");
         assert!(msg.contains("upgrade qd or point --data at a new directory"), "{msg}");
@@ -549,8 +598,11 @@ mod tests {
             db.open_tree("jobs").unwrap().insert(7u64.to_be_bytes(), b"old record").unwrap();
             db.flush().unwrap();
         }
-        let err = SledStore::open(&SledConfig::new(dir.path())).unwrap_err();
-        assert!(matches!(err, StoreError::OldVersion { found: 1, expected: 3, .. }), "{err:?}");
+        let err = PageDb::open(&SledConfig::new(dir.path())).unwrap_err();
+        assert!(
+            matches!(err, StoreError::OldVersion { found: 1, expected: STORE_FORMAT_VERSION, .. }),
+            "{err:?}"
+        );
         let msg = err.to_string();
         assert!(msg.contains("format version 1"), "{msg}");
         assert!(msg.contains("move it aside"), "{msg}");
@@ -572,8 +624,11 @@ mod tests {
             db.open_tree(PAGES_TREE).unwrap().insert(page_key(0), b"old page").unwrap();
             db.flush().unwrap();
         }
-        let err = SledStore::open(&SledConfig::new(dir.path())).unwrap_err();
-        assert!(matches!(err, StoreError::OldVersion { found: 2, expected: 3, .. }), "{err:?}");
+        let err = PageDb::open(&SledConfig::new(dir.path())).unwrap_err();
+        assert!(
+            matches!(err, StoreError::OldVersion { found: 2, expected: STORE_FORMAT_VERSION, .. }),
+            "{err:?}"
+        );
         let msg = err.to_string();
         assert!(msg.contains("format version 2"), "{msg}");
         assert!(msg.contains("move it aside"), "{msg}");
@@ -589,7 +644,7 @@ mod tests {
             db.open_tree(PAGES_TREE).unwrap().insert(b"x", b"y").unwrap();
             db.flush().unwrap();
         }
-        let err = SledStore::open(&SledConfig::new(dir.path())).unwrap_err();
+        let err = PageDb::open(&SledConfig::new(dir.path())).unwrap_err();
         assert!(err.to_string().contains("no format version"), "{err}");
     }
 
@@ -602,13 +657,53 @@ mod tests {
         assert_eq!(stored.as_ref(), &STORE_FORMAT_VERSION.to_be_bytes());
     }
 
+    /// Regression (security issue, item 7): a second `qd serve` on the same data dir used
+    /// to delete files (partial snapshots) before it found the dir locked, because sled's
+    /// lock was taken only after the cleanup. The dir's own lock now comes first: the second
+    /// open fails with a clear error and touches nothing.
     #[test]
-    fn second_open_reports_the_lock() {
+    fn a_second_open_fails_clearly_and_deletes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let _first = open(dir.path());
-        let err = SledStore::open(&SledConfig::new(dir.path())).unwrap_err();
+        // As if the first qd were writing a snapshot right now.
+        let snapshot = dir.path().join("snap.00000000000000aa.generating");
+        std::fs::write(&snapshot, b"half a snapshot").unwrap();
+        let err = PageDb::open(&SledConfig::new(dir.path())).unwrap_err();
         assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
-        assert!(err.to_string().contains("in use by another process"), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("another qd is running on data dir"), "{msg}");
+        assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
+        assert!(snapshot.exists(), "the second open removed a file of the first");
+    }
+
+    #[test]
+    fn sleds_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        drop(open(&data));
+        for name in ["", "db", "conf", "lock"] {
+            let mode = std::fs::metadata(data.join(name)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{name:?} is open to others: {mode:o}");
+        }
+    }
+
+    #[test]
+    fn a_format3_dir_is_opened_for_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree(META_TREE)
+                .unwrap()
+                .insert(FORMAT_VERSION_KEY, &3u32.to_be_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let mut store = open(dir.path());
+        assert_eq!(store.found_format(), 3);
+        store.stamp_current_format().unwrap();
+        drop(store);
+        assert_eq!(open(dir.path()).found_format(), STORE_FORMAT_VERSION);
     }
 
     #[test]
@@ -618,7 +713,7 @@ mod tests {
             let mut store = open(dir.path());
             let puts = bodies(&[1, 2]);
             let entries: Vec<_> = puts.iter().map(|(id, b)| (*id, Some(&b[..]))).collect();
-            store.apply_checkpoint(&entries, 2).unwrap();
+            store.apply_checkpoint(&entries, &[], 2).unwrap();
             store.sync().unwrap();
         }
         let junk = dir.path().join("snap.0000000000000001.generating");
@@ -636,7 +731,7 @@ mod tests {
         {
             let mut store = open(dir.path());
             let body = record::encode(&big).unwrap();
-            store.apply_checkpoint(&[(7, Some(&body[..]))], 7).unwrap();
+            store.apply_checkpoint(&[(7, Some(&body[..]))], &[], 7).unwrap();
             store.sync().unwrap();
         }
         let store = open(dir.path());

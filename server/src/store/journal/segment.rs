@@ -1,17 +1,19 @@
-//! The journal: an append-only log of [`Change`]s that makes a group durable with one
-//! sequential write and one `fdatasync`, long before (or instead of) sled seeing it. This
-//! file owns the files and their bytes: segments, records, checksums, replay and the torn
-//! tail. What a change *means* and when a checkpoint moves the journal's net effect into
-//! sled is `journaled.rs`'s business.
+//! The journal's segments: an append-only log of [`Change`]s that makes a group durable
+//! with one sequential write and one `fdatasync`, long before (or instead of) the pages
+//! seeing it. This file owns the files and their framing: segments, records, checksums,
+//! replay and the torn tail. A record's body is `codec.rs`'s; what a change *means* for
+//! the pending map is `pending.rs`'s, and when a checkpoint moves the journal's net effect
+//! into the pages is `mod.rs`'s.
 //!
 //! ```text
 //! <data>/journal/<seq>.log     seq = u64 as exactly 16 lowercase hex digits; replayed in
-//!                              seq order; appends go to the highest one only
+//!                              seq order; appends go to the highest one only; mode 0600
+//!                              (the directory 0700)
 //! segment = record*
 //! record  = len   u32 little-endian   bytes in body, 1 ..= MAX_RECORD_LEN
 //!           crc   u32 little-endian   CRC-32 (IEEE, as crc32fast computes it) of body
-//!           body  len bytes           bincode 2, serde API, bincode::config::standard()
-//!                                     encoding of one model::Change
+//!           body  len bytes           one model::Change, encoded by codec.rs (format 4;
+//!                                     a format-3 dir holds bincode instead, see codec.rs)
 //! ```
 //!
 //! Invariants:
@@ -32,9 +34,10 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use super::codec;
 use crate::model::Change;
-
-use super::StoreError;
+use crate::store::datadir::{create_private_dir, create_private_file};
+use crate::store::StoreError;
 
 /// Bytes of a record's header: length and checksum.
 pub const HEADER_LEN: usize = 8;
@@ -81,52 +84,9 @@ impl Journal {
     /// is up to whoever makes their changes durable elsewhere (see [`remove_segments_before`]).
     pub fn open(
         dir: &Path,
-        mut apply: impl FnMut(Change) -> Result<(), StoreError>,
+        apply: impl FnMut(Change) -> Result<(), StoreError>,
     ) -> Result<(Journal, Replayed), StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::io(format!("cannot create {}", dir.display()), e))?;
-        let seqs = list_segments(dir)?;
-        let mut replayed = Replayed::default();
-        for (i, &seq) in seqs.iter().enumerate() {
-            let newest = i + 1 == seqs.len();
-            let path = segment_path(dir, seq);
-            let bytes = std::fs::read(&path)
-                .map_err(|e| StoreError::io(format!("cannot read {}", path.display()), e))?;
-            let good = replay_segment(&bytes, &path, &mut apply, &mut replayed.records)?;
-            replayed.segments += 1;
-            replayed.bytes += good as u64;
-            if good < bytes.len() {
-                let cut = bytes.len() - good;
-                if !newest {
-                    return Err(StoreError::Corrupt {
-                        what: format!(
-                            "journal segment {} is damaged at byte {good} ({cut} bytes of \
-                             {} cannot be read), and newer segments follow it",
-                            path.display(),
-                            bytes.len()
-                        ),
-                        hint: "the disk or file system lost data qd had synced; restore the data \
-                               dir from a backup. To start anyway with what can be read, move \
-                               this segment and every newer one out of the journal directory \
-                               (their changes will be lost)"
-                            .into(),
-                    });
-                }
-                tracing::warn!(
-                    "journal segment {} ends in {cut} bytes that are not a whole record: the \
-                     tail of a write a crash interrupted, never acknowledged; cutting it off",
-                    path.display()
-                );
-                OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .and_then(|f| f.set_len(good as u64).and_then(|()| f.sync_all()))
-                    .map_err(|e| {
-                        StoreError::io(format!("cannot truncate {}", path.display()), e)
-                    })?;
-                replayed.truncated = cut as u64;
-            }
-        }
+        let (seqs, replayed) = replay(dir, codec::decode, apply)?;
         let seq = seqs.last().map_or(1, |s| s + 1);
         let file = create_segment(dir, seq)?;
         let journal =
@@ -191,9 +151,65 @@ impl Journal {
     }
 }
 
+/// How a record body becomes a change: [`codec::decode`], or the format-3 decoder when
+/// migrating an older data dir. `None`: the body is not a change in that encoding.
+pub type Decode = fn(&[u8]) -> Option<Change>;
+
+/// Replays every record of every segment in `dir` (created if missing), in order, into
+/// `apply`, cutting a torn tail off the newest segment. Returns the segments' seqs. Appends
+/// nothing: [`Journal::open`] does that, after this.
+pub fn replay(
+    dir: &Path,
+    decode: Decode,
+    mut apply: impl FnMut(Change) -> Result<(), StoreError>,
+) -> Result<(Vec<u64>, Replayed), StoreError> {
+    create_private_dir(dir)?;
+    let seqs = list_segments(dir)?;
+    let mut replayed = Replayed::default();
+    for (i, &seq) in seqs.iter().enumerate() {
+        let newest = i + 1 == seqs.len();
+        let path = segment_path(dir, seq);
+        let bytes = std::fs::read(&path)
+            .map_err(|e| StoreError::io(format!("cannot read {}", path.display()), e))?;
+        let good = replay_segment(&bytes, &path, decode, &mut apply, &mut replayed.records)?;
+        replayed.segments += 1;
+        replayed.bytes += good as u64;
+        if good < bytes.len() {
+            let cut = bytes.len() - good;
+            if !newest {
+                return Err(StoreError::Corrupt {
+                    what: format!(
+                        "journal segment {} is damaged at byte {good} ({cut} bytes of {} \
+                         cannot be read), and newer segments follow it",
+                        path.display(),
+                        bytes.len()
+                    ),
+                    hint: "the disk or file system lost data qd had synced; restore the data \
+                           dir from a backup. To start anyway with what can be read, move \
+                           this segment and every newer one out of the journal directory \
+                           (their changes will be lost)"
+                        .into(),
+                });
+            }
+            tracing::warn!(
+                "journal segment {} ends in {cut} bytes that are not a whole record: the \
+                 tail of a write a crash interrupted, never acknowledged; cutting it off",
+                path.display()
+            );
+            OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_len(good as u64).and_then(|()| f.sync_all()))
+                .map_err(|e| StoreError::io(format!("cannot truncate {}", path.display()), e))?;
+            replayed.truncated = cut as u64;
+        }
+    }
+    Ok((seqs, replayed))
+}
+
 /// Deletes every segment below `seq` (those a checkpoint made redundant). Deleting is not
 /// fsynced: a segment that reappears after a power loss is replayed again, which is
-/// harmless (replay is idempotent, see `journaled.rs`).
+/// harmless (replay is idempotent, see `pending.rs`, invariant 4).
 pub fn remove_segments_before(dir: &Path, seq: u64) -> Result<usize, StoreError> {
     let mut removed = 0;
     for old in list_segments(dir)?.into_iter().filter(|&s| s < seq) {
@@ -209,22 +225,12 @@ pub fn remove_segments_before(dir: &Path, seq: u64) -> Result<usize, StoreError>
 pub fn encode_record(change: &Change, out: &mut Vec<u8>) -> Result<(), StoreError> {
     let start = out.len();
     out.extend_from_slice(&[0; HEADER_LEN]);
-    bincode::serde::encode_into_std_write(change, out, bincode::config::standard()).map_err(
-        |source| StoreError::Encode {
-            id: match change {
-                Change::Insert(r) => r.id,
-                Change::Complete { id } | Change::Fail { id, .. } => *id,
-            },
-            source,
-        },
-    )?;
+    codec::encode_into(change, out)?;
     let body = &out[start + HEADER_LEN..];
-    let len = u32::try_from(body.len()).ok().filter(|&l| l <= MAX_RECORD_LEN).ok_or_else(|| {
-        StoreError::io(
-            "appending to the journal",
-            std::io::Error::other(format!("a change of {} bytes is too large", body.len())),
-        )
-    })?;
+    let len = u32::try_from(body.len())
+        .ok()
+        .filter(|&l| l <= MAX_RECORD_LEN)
+        .ok_or_else(|| StoreError::TooLarge { what: "a journal record", len: body.len() as u64 })?;
     let crc = crc32fast::hash(body);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
@@ -237,6 +243,7 @@ pub fn encode_record(change: &Change, out: &mut Vec<u8>) -> Result<(), StoreErro
 fn replay_segment(
     bytes: &[u8],
     path: &Path,
+    decode: Decode,
     apply: &mut impl FnMut(Change) -> Result<(), StoreError>,
     records: &mut u64,
 ) -> Result<usize, StoreError> {
@@ -253,11 +260,9 @@ fn replay_segment(
         if crc32fast::hash(body) != crc {
             break;
         }
-        let decoded =
-            bincode::serde::decode_from_slice::<Change, _>(body, bincode::config::standard());
-        match decoded {
-            Ok((change, used)) if used == body.len() => apply(change)?,
-            Ok(_) | Err(_) => {
+        match decode(body) {
+            Some(change) => apply(change)?,
+            None => {
                 return Err(StoreError::Corrupt {
                     what: format!(
                         "journal segment {} holds a record at byte {at} that passes its \
@@ -298,10 +303,7 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, StoreError> {
 /// records synced into it later cannot vanish with their file after a power loss.
 fn create_segment(dir: &Path, seq: u64) -> Result<File, StoreError> {
     let path = segment_path(dir, seq);
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
+    let file = create_private_file(&path)
         .map_err(|e| StoreError::io(format!("cannot create {}", path.display()), e))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -337,13 +339,13 @@ mod tests {
     fn golden_record() {
         let mut out = vec![];
         encode_record(&complete(300), &mut out).unwrap();
-        // Body: variant 1 (Complete), then id 300 as a bincode varint (0xfb, u16 LE).
-        let body = [0x01, 0xfb, 0x2c, 0x01];
-        let mut expected = 4u32.to_le_bytes().to_vec();
+        // Body: tag 1 (Complete), then id 300 as a LEB128 varint (codec.rs).
+        let body = [0x01, 0xac, 0x02];
+        let mut expected = 3u32.to_le_bytes().to_vec();
         expected.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
         expected.extend_from_slice(&body);
         assert_eq!(hex(&out), hex(&expected));
-        assert_eq!(hex(&out[..4]), "04000000");
+        assert_eq!(hex(&out), "03000000ec213f1201ac02");
     }
 
     #[test]
@@ -454,7 +456,7 @@ mod tests {
     fn a_record_that_checks_out_but_does_not_decode_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path()).unwrap();
-        let body = [0x07u8, 0, 0]; // no Change has variant 7
+        let body = [0x3fu8, 0, 0]; // no Change has tag 0x3f
         let mut record = 3u32.to_le_bytes().to_vec();
         record.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
         record.extend_from_slice(&body);

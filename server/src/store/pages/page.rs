@@ -28,7 +28,7 @@
 
 use qd_protocol::JobId;
 
-use super::StoreError;
+use crate::store::StoreError;
 
 /// Job ids per page.
 pub const SLOTS: u64 = 64;

@@ -8,10 +8,7 @@
 //! names, and 12 bytes more (flags, lengths, the two timestamps).
 //!
 //! ```text
-//! varint = unsigned LEB128: 7 bits per byte, least significant group first, high bit set
-//!          on every byte but the last; at most 10 bytes for a u64, 5 for a u32
-//! zigzag = a signed value n as the varint of (n << 1) ^ (n >> 63): 0, -1, 1, -2 -> 0, 1, 2, 3
-//! str    = varint byte length, then the bytes (UTF-8 for strings)
+//! varint, zigzag, str: see store/varint.rs
 //!
 //! record body:
 //!   flags           u8      which optional fields follow (bit value: field)
@@ -48,14 +45,17 @@
 //!
 //! There is no per-record format byte: the store's `format_version` (meta tree) says how
 //! every page and body in the directory is encoded (format 2 stored bodies as bincode of
-//! every field; format 3 is this). The golden-bytes tests below pin the encoding.
+//! every field; formats 3 and 4 are this). The golden-bytes tests below pin the encoding.
+//! The journal carries the same body for an insert (`journal/codec.rs`), so a job record
+//! has one encoding on disk.
 
 use bytes::Bytes;
 use qd_protocol::{Backoff, JobId, JobOptions};
 
 use crate::model::{AttemptError, JobRecord, PersistedState, MAX_ERRORS_KEPT};
 
-use super::StoreError;
+use crate::store::varint::{put_bytes, put_varint, unzigzag, zigzag, Reader};
+use crate::store::StoreError;
 
 /// Flag bits: which optional fields a body holds.
 const PRIORITY: u8 = 0x01;
@@ -160,7 +160,7 @@ pub fn encode(record: &JobRecord) -> Result<Box<[u8]>, StoreError> {
 
 /// Decodes what [`encode`] wrote for job `id`.
 pub fn decode(id: JobId, bytes: &[u8]) -> Result<JobRecord, StoreError> {
-    decode_body(id, &mut Reader { bytes, pos: 0 })
+    decode_body(id, &mut Reader::new(bytes))
         .map_err(|detail| corrupt(id, format!("cannot decode the record: {detail}")))
 }
 
@@ -229,84 +229,6 @@ fn decode_body(id: JobId, r: &mut Reader<'_>) -> Result<JobRecord, String> {
         state,
         errors,
     })
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    put_varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
-}
-
-fn zigzag(n: i64) -> u64 {
-    ((n << 1) ^ (n >> 63)) as u64
-}
-
-fn unzigzag(z: u64) -> i64 {
-    ((z >> 1) as i64) ^ -((z & 1) as i64)
-}
-
-/// A cursor over a body; every read says what it was reading when the body ends early.
-struct Reader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn left(&self) -> usize {
-        self.bytes.len() - self.pos
-    }
-
-    fn u8(&mut self, what: &str) -> Result<u8, String> {
-        let b = *self.bytes.get(self.pos).ok_or_else(|| format!("the body ends in its {what}"))?;
-        self.pos += 1;
-        Ok(b)
-    }
-
-    fn varint(&mut self, what: &str) -> Result<u64, String> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.u8(what)?;
-            let bits = u64::from(b & 0x7f);
-            if shift == 63 && bits > 1 {
-                return Err(format!("the {what} overflows 64 bits"));
-            }
-            v |= bits << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(format!("the {what} is longer than 10 bytes"))
-    }
-
-    fn varint_u32(&mut self, what: &str) -> Result<u32, String> {
-        let v = self.varint(what)?;
-        u32::try_from(v).map_err(|_| format!("the {what} {v} overflows 32 bits"))
-    }
-
-    fn bytes(&mut self, what: &str) -> Result<&'a [u8], String> {
-        let len = self.varint(what)?;
-        if len > self.left() as u64 {
-            return Err(format!(
-                "the {what} is {len} bytes long, but only {} are left",
-                self.left()
-            ));
-        }
-        let start = self.pos;
-        self.pos += len as usize;
-        Ok(&self.bytes[start..self.pos])
-    }
-
-    fn string(&mut self, what: &str) -> Result<String, String> {
-        let bytes = self.bytes(what)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| format!("the {what} is not UTF-8"))
-    }
 }
 
 fn corrupt(id: JobId, detail: String) -> StoreError {
