@@ -326,6 +326,13 @@ impl Engine {
         }
         for ticket in done.tickets {
             let Some(t) = self.in_flight.remove(&ticket) else { continue };
+            if done.result.is_ok() {
+                // Read-committed delivery: only now may the core hand these jobs out. Their
+                // payloads are still in the overlay while the deliveries are built.
+                let now = self.clock.now();
+                self.broker.commit_added(now, &t.inserted);
+                self.apply_effects(None);
+            }
             for id in &t.inserted {
                 self.overlay.remove(id);
             }

@@ -70,6 +70,27 @@ pub enum Change {
     Complete { id: JobId },
     /// A try failed: record the error and when the job runs next, or that it is dead.
     Fail { id: JobId, error: AttemptError, run_at_ms: Millis, dead: bool },
+    /// An operator retried a dead job: it waits again from `run_at_ms` with its attempts
+    /// reset (`failures` = 0, state `Waiting`); its error history is kept.
+    Retry { id: JobId, run_at_ms: Millis },
+    /// A waiting job's next run time moved (an operator promoted a delayed job to now).
+    Reschedule { id: JobId, run_at_ms: Millis },
+    /// The job's record is deleted without completing: an operator removed it, purged it
+    /// from the dead set, or the dead set's retention dropped it.
+    Remove { id: JobId },
+    /// A queue's persisted settings changed. `QueueSettings::default()` means "no settings":
+    /// the store forgets the queue's entry.
+    Settings { queue: String, settings: QueueSettings },
+    /// Ids below `next_id` are used or promised: after any crash, ids are assigned from at
+    /// least here, so an id handed out once is never given to another job.
+    IdFloor { next_id: JobId },
+}
+
+/// What an operator set on a queue; persisted, survives restarts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSettings {
+    /// Reserves get nothing from a paused queue; adds still land.
+    pub paused: bool,
 }
 
 impl JobRecord {
@@ -79,7 +100,12 @@ impl JobRecord {
     /// `run_at_ms` and `state` (set to the same values again when failures are replayed in
     /// order). The journal relies on this: after a crash between a checkpoint reaching sled
     /// and its journal segments being deleted, recovery replays `Fail`s that sled already
-    /// holds. Attempt numbers only grow, so a genuinely new failure never equals a kept one.
+    /// holds. Attempt numbers only grow between retries, so a genuinely new failure never
+    /// equals a kept one, with one exception: after an operator's [`Change::Retry`] the
+    /// numbering restarts at 1, and a new failure with the same try number, millisecond and
+    /// text as a kept one (retry and redelivery and failure all within the millisecond of
+    /// the earlier failure) is taken for a replay and not recorded again. Only the error
+    /// history is affected; `failures`, `run_at_ms` and `state` are still set.
     pub fn apply_failure(&mut self, error: AttemptError, run_at_ms: Millis, dead: bool) {
         self.failures = self.failures.max(error.attempt);
         self.run_at_ms = run_at_ms;

@@ -30,10 +30,14 @@ pub(crate) enum JobState {
     Active = 2,
     /// In its queue's dead set: attempts ran out or a worker said never to retry.
     Dead = 3,
+    /// Added, but the commit holding its insert is not done yet: invisible to reserves until
+    /// `Broker::commit_added` (read-committed delivery). Its run time waits in the broker's
+    /// `uncommitted` map.
+    Uncommitted = 4,
 }
 
 impl JobState {
-    pub(crate) const COUNT: usize = 4;
+    pub(crate) const COUNT: usize = 5;
 }
 
 /// The per-job fields the core needs, nothing more (32 bytes).

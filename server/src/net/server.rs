@@ -68,8 +68,13 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let token_seed = rand::random::<u64>();
-        let mut broker = Broker::new(BrokerConfig { completed_retention: retention, token_seed });
+        // Lease tokens are capabilities: key their CSPRNG from the OS at every start.
+        let token_key = rand::random::<[u8; 32]>();
+        let mut broker = Broker::new(BrokerConfig {
+            completed_retention: retention,
+            token_key,
+            ..BrokerConfig::default()
+        });
         // Streamed: one record at a time goes from the store into the broker's indexes.
         let recovered = store.recover(&mut |record| broker.restore(now, &record))?;
         let next = broker.next_id().max(recovered.next_id);

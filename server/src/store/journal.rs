@@ -213,7 +213,12 @@ pub fn encode_record(change: &Change, out: &mut Vec<u8>) -> Result<(), StoreErro
         |source| StoreError::Encode {
             id: match change {
                 Change::Insert(r) => r.id,
-                Change::Complete { id } | Change::Fail { id, .. } => *id,
+                Change::Complete { id }
+                | Change::Fail { id, .. }
+                | Change::Retry { id, .. }
+                | Change::Reschedule { id, .. }
+                | Change::Remove { id } => *id,
+                Change::Settings { .. } | Change::IdFloor { .. } => 0,
             },
             source,
         },

@@ -653,7 +653,7 @@ impl Fold {
                 self.max_id = self.max_id.max(id);
                 self.put(id, record::encode(record)?, fresh);
             }
-            Change::Complete { id } => match self.map.get(id) {
+            Change::Complete { id } | Change::Remove { id } => match self.map.get(id) {
                 Some(Pending::Put { fresh: true, .. }) => {
                     // Invariant 2: never in sled, so nothing to write at all.
                     let old = self.map.remove(id).expect("just seen");
@@ -668,7 +668,7 @@ impl Fold {
                     self.bytes -= old.as_ref().map_or(0, Pending::cost);
                 }
             },
-            Change::Fail { id, error, run_at_ms, dead } => {
+            Change::Fail { id, .. } | Change::Retry { id, .. } | Change::Reschedule { id, .. } => {
                 let (mut record, fresh) = match self.map.get(id) {
                     Some(Pending::Put { body, fresh }) => (record::decode(*id, body)?, *fresh),
                     Some(Pending::Delete) => {
@@ -686,8 +686,26 @@ impl Fold {
                         }
                     },
                 };
-                record.apply_failure(error.clone(), *run_at_ms, *dead);
+                match change {
+                    Change::Fail { error, run_at_ms, dead, .. } => {
+                        record.apply_failure(error.clone(), *run_at_ms, *dead);
+                    }
+                    Change::Retry { run_at_ms, .. } => {
+                        record.failures = 0;
+                        record.run_at_ms = *run_at_ms;
+                        record.state = crate::model::PersistedState::Waiting;
+                    }
+                    Change::Reschedule { run_at_ms, .. } => record.run_at_ms = *run_at_ms,
+                    _ => {}
+                }
                 self.put(*id, record::encode(&record)?, fresh);
+            }
+            Change::Settings { queue, .. } => {
+                // Not persisted yet (the store's settings table is being built).
+                tracing::warn!(queue, "queue settings are not stored yet; skipped");
+            }
+            Change::IdFloor { .. } => {
+                // Not persisted yet: ids still restart from the highest stored id.
             }
         }
         Ok(())
@@ -1176,6 +1194,7 @@ mod tests {
                     Change::Fail { id, error, run_at_ms, dead } => {
                         model.get_mut(&id).unwrap().apply_failure(error, run_at_ms, dead);
                     }
+                    other => unreachable!("this test commits no {other:?}"),
                 }
             }
             // Dropped without `close`: sled has 140 jobs, the journal the rest.

@@ -107,7 +107,7 @@ impl super::Store for FakeStore {
                 Change::Insert(r) => {
                     records.insert(r.id, r.clone());
                 }
-                Change::Complete { id } => {
+                Change::Complete { id } | Change::Remove { id } => {
                     records.remove(id);
                 }
                 Change::Fail { id, error, run_at_ms, dead } => {
@@ -115,6 +115,19 @@ impl super::Store for FakeStore {
                         r.apply_failure(error.clone(), *run_at_ms, *dead);
                     }
                 }
+                Change::Retry { id, run_at_ms } => {
+                    if let Some(r) = records.get_mut(id) {
+                        r.failures = 0;
+                        r.run_at_ms = *run_at_ms;
+                        r.state = crate::model::PersistedState::Waiting;
+                    }
+                }
+                Change::Reschedule { id, run_at_ms } => {
+                    if let Some(r) = records.get_mut(id) {
+                        r.run_at_ms = *run_at_ms;
+                    }
+                }
+                Change::Settings { .. } | Change::IdFloor { .. } => {}
             }
         }
         self.0.commits.lock().unwrap().push(changes.len());
