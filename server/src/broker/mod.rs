@@ -364,8 +364,9 @@ impl Broker {
     ///
     /// Returns `Some(leases)` when it took any, `Some(vec![])` when none were ready and
     /// `timeout_ms` is 0; otherwise parks the waiter until `now + timeout_ms` and returns
-    /// `None`: an [`Effect::Deliver`] answers it later. Unknown queues exist while the
-    /// waiter is parked, and are forgotten when it leaves (or at once without a wait).
+    /// `None`: an [`Effect::Deliver`] answers it later. Unknown queues are created only for
+    /// a parked waiter, and forgotten when it leaves (issue 7: naming queues costs nothing
+    /// lasting).
     pub fn reserve(
         &mut self,
         now: Millis,
@@ -394,12 +395,14 @@ impl Broker {
                 waiter.request
             )));
         }
-        let qs: Vec<u32> = queues.iter().map(|name| self.queue_idx(name)).collect();
-        let leases = self.take_ready(now, waiter.conn, &qs, max);
+        // Unknown queues hold no jobs: look up, do not create, unless the waiter parks.
+        let known: Vec<u32> =
+            queues.iter().filter_map(|name| self.queue_index.get(name.as_str()).copied()).collect();
+        let leases = self.take_ready(now, waiter.conn, &known, max);
         if !leases.is_empty() || timeout_ms == 0 {
-            self.forget_all_idle(&qs);
             return Ok(Some(leases));
         }
+        let qs: Vec<u32> = queues.iter().map(|name| self.queue_idx(name)).collect();
         self.waiters.park(Waiter {
             key: waiter,
             queues: qs,
@@ -609,7 +612,10 @@ impl Broker {
             return q;
         }
         let name: Arc<str> = Arc::from(name);
-        let q = match self.free_queues.pop() {
+        // Free-list entries past the end or naming a live slot are stale (see `forget`).
+        let free = std::iter::from_fn(|| self.free_queues.pop())
+            .find(|&q| self.queues.get(q as usize).is_some_and(|slot| slot.name.is_empty()));
+        let q = match free {
             Some(q) => {
                 self.queues[q as usize] = Queue::new(name.clone());
                 q
@@ -662,7 +668,10 @@ impl Broker {
     }
 
     /// Frees queue slot `q` (the caller checked it is idle). Its index entry goes, so no
-    /// later lookup can reach the slot until `queue_idx` hands it out again.
+    /// later lookup can reach the slot until `queue_idx` hands it out again. A free slot
+    /// holds a placeholder with an empty name (live names are never empty); free slots at
+    /// the end are dropped, so a burst of queues does not keep its peak. That can leave
+    /// stale free-list entries, which `queue_idx` skips.
     fn forget(&mut self, q: u32) {
         let queue = std::mem::replace(&mut self.queues[q as usize], Queue::new(Arc::from("")));
         self.queue_index.remove(&queue.name);
@@ -670,6 +679,15 @@ impl Broker {
             self.idle_queues.retain(|&x| x != q);
         }
         self.free_queues.push(q);
+        while self.queues.last().is_some_and(|slot| slot.name.is_empty()) {
+            self.queues.pop();
+        }
+        if self.queues.is_empty() {
+            self.free_queues.clear();
+        }
+        if self.queues.capacity() > 64 && self.queues.len() * 4 <= self.queues.capacity() {
+            self.queues.shrink_to(self.queues.len() * 2);
+        }
     }
 
     fn policy_of(&self, id: JobId) -> Option<&Policy> {

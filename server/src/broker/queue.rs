@@ -84,8 +84,9 @@ pub(crate) struct Queue {
     pub dead_total: u64,
     pub retried_total: u64,
     /// Per-minute completed/failed counts, indexed by `minute % MINUTES`; a slot whose
-    /// minute is not the one asked about counts as zero.
-    minutes: [MinuteBucket; MINUTES],
+    /// minute is not the one asked about counts as zero. Allocated on the first count: a
+    /// queue that only a waiter names (or a free slot) stays small.
+    minutes: Option<Box<[MinuteBucket; MINUTES]>>,
     /// Whether the broker's list of idle queues holds this queue (at most once).
     pub idle_listed: bool,
 }
@@ -107,7 +108,7 @@ impl Queue {
             failed_total: 0,
             dead_total: 0,
             retried_total: 0,
-            minutes: [(u64::MAX, 0, 0); MINUTES],
+            minutes: None,
             idle_listed: false,
         }
     }
@@ -193,7 +194,8 @@ impl Queue {
     /// Counts a completion or a failed try in the per-minute history.
     pub(crate) fn count_minute(&mut self, now: Millis, completed: u64, failed: u64) {
         let minute = now / 60_000;
-        let slot = &mut self.minutes[(minute % MINUTES as u64) as usize];
+        let minutes = self.minutes.get_or_insert_with(|| Box::new([(u64::MAX, 0, 0); MINUTES]));
+        let slot = &mut minutes[(minute % MINUTES as u64) as usize];
         if slot.0 != minute {
             *slot = (minute, 0, 0);
         }
@@ -209,7 +211,8 @@ impl Queue {
             .rev()
             .map(|back| {
                 let Some(minute) = current.checked_sub(back) else { return (0, 0) };
-                let slot = self.minutes[(minute % MINUTES as u64) as usize];
+                let Some(minutes) = &self.minutes else { return (0, 0) };
+                let slot = minutes[(minute % MINUTES as u64) as usize];
                 if slot.0 == minute {
                     (slot.1, slot.2)
                 } else {
