@@ -67,6 +67,7 @@ use crate::model::{AttemptError, Change, ConnId, JobRecord, Millis, PersistedSta
 pub use admin::{JobStateKind, JobView, MinuteCounts, Page, QueueView};
 pub use effects::Effect;
 pub use error::BrokerError;
+pub use operations::MAX_PAGE;
 
 use intern::Interner;
 use job::{JobMeta, JobState, JobTable, Policy};
