@@ -28,7 +28,9 @@ fn cycles(c: &mut Criterion) {
         b.iter(|| {
             now += 1;
             for _ in 0..N {
-                broker.add(now, "q", vec![job(0)]).unwrap();
+                // Committed at once, as the engine does when the insert's commit is done.
+                let ids = broker.add(now, "q", vec![job(0)]).unwrap();
+                broker.commit_added(now, &ids);
             }
             for r in 0..N {
                 let waiter = WaiterKey { conn: 1, request: r };
@@ -46,7 +48,8 @@ fn cycles(c: &mut Criterion) {
         let queues = vec!["q".to_string()];
         let now = 1_700_000_000_000;
         b.iter(|| {
-            broker.add(now, "q", (0..N).map(|_| job(0)).collect()).unwrap();
+            let ids = broker.add(now, "q", (0..N).map(|_| job(0)).collect()).unwrap();
+            broker.commit_added(now, &ids);
             let mut r = 0;
             loop {
                 r += 1;
@@ -78,7 +81,8 @@ fn cycles(c: &mut Criterion) {
             let mut broker = Broker::new(BrokerConfig::default());
             for chunk in 0..1000u64 {
                 let jobs = (0..1000u64).map(|i| job(1 + chunk * 1000 + i)).collect();
-                broker.add(start, "q", jobs).unwrap();
+                let ids = broker.add(start, "q", jobs).unwrap();
+                broker.commit_added(start, &ids);
             }
             broker.take_effects(&mut Vec::new());
             broker

@@ -162,11 +162,14 @@ impl Engine {
             JournalConfig { checkpoint_bytes: config.checkpoint_bytes, ..JournalConfig::default() };
         let mut store: Box<dyn Store> =
             Box::new(JournaledStore::open(&sled_config, journal_config).map_err(open_failed)?);
-        let mut seed = [0u8; 8];
-        getrandom::getrandom(&mut seed).map_err(EngineError::Seed)?;
+        // The key of the lease-token CSPRNG: from the OS, once per process, so no token of
+        // this run can be predicted from another, nor from a token of an earlier run.
+        let mut token_key = [0u8; 32];
+        getrandom::getrandom(&mut token_key).map_err(EngineError::Seed)?;
         let mut broker = Broker::new(BrokerConfig {
             completed_retention: config.completed_retention,
-            token_seed: u64::from_le_bytes(seed),
+            token_key,
+            ..BrokerConfig::default()
         });
         let mut clock = Clock::default();
         let now = clock.now();
@@ -175,6 +178,9 @@ impl Engine {
             store.recover(&mut |record| broker.restore(now, &record)).map_err(open_failed)?;
         let next = broker.next_id().max(recovered.next_id);
         broker.set_next_id(next);
+        for (queue, settings) in &recovered.queues {
+            broker.restore_settings(queue, settings.clone());
+        }
 
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let reader = store.reader();
@@ -423,6 +429,13 @@ impl Engine {
         }
         for ticket in done.tickets {
             let Some(t) = self.in_flight.remove(&ticket) else { continue };
+            if done.result.is_ok() {
+                // Read-committed delivery: only now may the core hand these jobs out. Their
+                // payloads are still in the overlay while the deliveries are built.
+                let now = self.clock.now();
+                self.broker.commit_added(now, &t.inserted);
+                self.apply_effects(None);
+            }
             for id in &t.inserted {
                 self.overlay.remove(id);
             }

@@ -101,7 +101,12 @@ impl JobRecord {
     /// `run_at_ms` and `state` (set to the same values again when failures are replayed in
     /// order). The journal relies on this: after a crash between a checkpoint reaching sled
     /// and its journal segments being deleted, recovery replays `Fail`s that sled already
-    /// holds. Attempt numbers only grow, so a genuinely new failure never equals a kept one.
+    /// holds. Attempt numbers only grow between retries, so a genuinely new failure never
+    /// equals a kept one, with one exception: after an operator's [`Change::Retry`] the
+    /// numbering restarts at 1, and a new failure with the same try number, millisecond and
+    /// text as a kept one (retry and redelivery and failure all within the millisecond of
+    /// the earlier failure) is taken for a replay and not recorded again. Only the error
+    /// history is affected; `failures`, `run_at_ms` and `state` are still set.
     pub fn apply_failure(&mut self, error: AttemptError, run_at_ms: Millis, dead: bool) {
         self.failures = self.failures.max(error.attempt);
         self.run_at_ms = run_at_ms;

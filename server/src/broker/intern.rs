@@ -3,7 +3,8 @@
 //!
 //! Counted, so that a client naming every job differently (`email-1`, `email-2`, ...) does
 //! not leak: a value is forgotten, and its slot reused, when its last job leaves the core.
-//! Queue names are not interned here: queues are never forgotten (stats list every queue).
+//! Queue names are not interned here: the broker keeps its own name -> slot index and free
+//! list for queues (see `mod.rs`).
 
 use std::borrow::Borrow;
 use std::collections::HashMap;

@@ -9,6 +9,12 @@
 //! `JobMeta` (names, queues and policies are interned as `u32`) and a table of 64-id chunks
 //! instead of a `HashMap<JobId, JobMeta>`, whose bucket array alone can reach twice the
 //! number of jobs times the entry size right after a resize.
+//!
+//! Besides its `JobMeta`, each job costs one index entry for its state: a ready job 24
+//! bytes in its queue's ready deque (id, ready order and time, for paging and the oldest
+//! wait), a delayed or dead job a `(time, id)` B-tree entry (16 bytes plus node overhead),
+//! an active job its lease; an uncommitted job a short-lived `(id, run_at)` map entry. So a
+//! ready backlog costs about 56 bytes a job (it was 40 before listings needed the order).
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -30,10 +36,14 @@ pub(crate) enum JobState {
     Active = 2,
     /// In its queue's dead set: attempts ran out or a worker said never to retry.
     Dead = 3,
+    /// Added, but the commit holding its insert is not done yet: invisible to reserves until
+    /// `Broker::commit_added` (read-committed delivery). Its run time waits in the broker's
+    /// `uncommitted` map.
+    Uncommitted = 4,
 }
 
 impl JobState {
-    pub(crate) const COUNT: usize = 4;
+    pub(crate) const COUNT: usize = 5;
 }
 
 /// The per-job fields the core needs, nothing more (32 bytes).

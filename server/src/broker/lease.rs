@@ -5,16 +5,24 @@
 //! `model::PersistedState`). What happens to a job whose lease ends (completion, failure)
 //! is the broker's business.
 //!
-//! Tokens come from a counter passed through a bijective mix: unique for the life of the
-//! process (a stale token can never match a later delivery of the same job), deterministic
-//! for tests, and not simply "the previous token plus one".
+//! Tokens are drawn from ChaCha20 keyed at construction (the composition root passes 32
+//! bytes from the OS; tests pass a fixed key). A token is a capability: whoever holds it may
+//! ack, nack or touch the job, so seeing some tokens must not reveal others. The previous
+//! scheme (a counter through splitmix64) was a public bijection, so one token gave away the
+//! counter and with it every other token. A CSPRNG stream keeps the core pure (the same key
+//! gives the same tokens, so tests stay deterministic) without that weakness.
+//!
+//! Uniqueness: 64-bit draws collide with probability about n^2 / 2^65, negligible for the
+//! number of leases one process grants; a token is also only checked against the lease of the
+//! job it names, so a collision between two different jobs' tokens grants nothing.
 
 use std::collections::{BTreeSet, HashMap};
 
 use qd_protocol::JobId;
 
-use super::backoff::splitmix64;
 use crate::model::{ConnId, Millis};
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
 
 /// The lease on one active job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,12 +31,14 @@ pub(crate) struct ActiveLease {
     /// The connection that reserved the job; its disconnect fails the job.
     pub conn: ConnId,
     pub deadline: Millis,
+    /// When the lease was granted (the try started).
+    pub since: Millis,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct LeaseTable {
-    /// Tokens issued so far; the next token is `splitmix64(issued)`.
-    issued: u64,
+    /// The token stream; see the module docs for why a CSPRNG.
+    tokens: ChaCha20Rng,
     by_job: HashMap<JobId, ActiveLease>,
     /// Exactly one entry per lease, kept precise (not lazily deleted) because a busy server
     /// acks most leases long before their deadline.
@@ -37,19 +47,23 @@ pub(crate) struct LeaseTable {
 }
 
 impl LeaseTable {
-    /// A table whose tokens start from `seed`. The engine seeds each server run differently
-    /// so that a token from before a restart cannot match a delivery after it.
-    pub(crate) fn seeded(seed: u64) -> Self {
-        LeaseTable { issued: seed, ..LeaseTable::default() }
+    /// A table whose tokens come from ChaCha20 keyed with `key`. The engine draws a fresh key
+    /// per server run so that a token from before a restart cannot match a delivery after it.
+    pub(crate) fn keyed(key: [u8; 32]) -> Self {
+        LeaseTable {
+            tokens: ChaCha20Rng::from_seed(key),
+            by_job: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            by_conn: BTreeSet::new(),
+        }
     }
 
-    /// Leases `id` to `conn` until `deadline`; returns the new token. The caller makes sure
-    /// the job is not leased already.
-    pub(crate) fn grant(&mut self, id: JobId, conn: ConnId, deadline: Millis) -> u64 {
-        // splitmix64 is a bijection of its input, so distinct counters give distinct tokens.
-        let token = splitmix64(self.issued);
-        self.issued = self.issued.wrapping_add(1);
-        if let Some(old) = self.by_job.insert(id, ActiveLease { token, conn, deadline }) {
+    /// Leases `id` to `conn` from `now` until `deadline`; returns the new token. The caller
+    /// makes sure the job is not leased already.
+    pub(crate) fn grant(&mut self, id: JobId, conn: ConnId, now: Millis, deadline: Millis) -> u64 {
+        let token = self.tokens.next_u64();
+        let lease = ActiveLease { token, conn, deadline, since: now };
+        if let Some(old) = self.by_job.insert(id, lease) {
             self.unindex(id, &old);
         }
         self.deadlines.insert((deadline, id));
@@ -90,6 +104,11 @@ impl LeaseTable {
         Some(id)
     }
 
+    /// Every lease by deadline, then job id (for listing).
+    pub(crate) fn by_deadline(&self) -> impl DoubleEndedIterator<Item = (Millis, JobId)> + '_ {
+        self.deadlines.iter().copied()
+    }
+
     /// Jobs leased to `conn`, in id order.
     pub(crate) fn held_by(&self, conn: ConnId) -> Vec<JobId> {
         self.by_conn.range((conn, 0)..=(conn, JobId::MAX)).map(|&(_, id)| id).collect()
@@ -110,12 +129,18 @@ impl LeaseTable {
 mod tests {
     use super::*;
 
+    use crate::broker::backoff::splitmix64;
+
+    fn table() -> LeaseTable {
+        LeaseTable::keyed([7; 32])
+    }
+
     #[test]
     fn tokens_are_unique_and_indexes_follow() {
-        let mut t = LeaseTable::default();
-        let a = t.grant(1, 7, 100);
-        let b = t.grant(2, 7, 50);
-        let c = t.grant(3, 8, 75);
+        let mut t = table();
+        let a = t.grant(1, 7, 0, 100);
+        let b = t.grant(2, 7, 0, 50);
+        let c = t.grant(3, 8, 0, 75);
         assert!(a != b && b != c && a != c);
         assert_eq!(t.next_deadline(), Some(50));
         assert_eq!(t.held_by(7), [1, 2]);
@@ -127,7 +152,7 @@ mod tests {
         assert_eq!(t.pop_expired(100), None);
         assert_eq!(t.held_by(7), [2]);
         assert_eq!(t.held_by(8), [] as [JobId; 0]);
-        let again = t.grant(1, 9, 10);
+        let again = t.grant(1, 9, 0, 10);
         assert_ne!(again, a, "a redelivery gets a new token");
         assert_eq!(t.release(2).map(|l| l.token), Some(b));
         assert_eq!(t.len(), 1);
@@ -135,10 +160,55 @@ mod tests {
 
     #[test]
     fn many_tokens_never_repeat() {
-        let mut t = LeaseTable::default();
+        let mut t = table();
         let mut seen = std::collections::HashSet::new();
         for i in 0..10_000 {
-            assert!(seen.insert(t.grant(i % 3, 0, 0)));
+            assert!(seen.insert(t.grant(i % 3, 0, 0, 0)));
         }
+    }
+
+    /// Inverse of `splitmix64`: what an attacker would run on a token under the old scheme.
+    fn unmix(mut z: u64) -> u64 {
+        fn inverse(a: u64) -> u64 {
+            // Newton's iteration for the inverse of an odd number mod 2^64.
+            let mut x = a;
+            for _ in 0..6 {
+                x = x.wrapping_mul(2u64.wrapping_sub(a.wrapping_mul(x)));
+            }
+            x
+        }
+        z ^= (z >> 31) ^ (z >> 62);
+        z = z.wrapping_mul(inverse(0x94D0_49BB_1331_11EB));
+        z ^= (z >> 27) ^ (z >> 54);
+        z = z.wrapping_mul(inverse(0xBF58_476D_1CE4_E5B9));
+        z ^= (z >> 30) ^ (z >> 60);
+        z.wrapping_sub(0x9E37_79B9_7F4A_7C15)
+    }
+
+    /// Issue 7: tokens were `splitmix64(seed + n)`, so one token revealed the next. Now no
+    /// simple relation links consecutive tokens.
+    #[test]
+    fn consecutive_tokens_share_no_simple_relation() {
+        // The check below does catch the old scheme.
+        let (a, b) = (splitmix64(41), splitmix64(42));
+        assert_eq!(unmix(a), 41);
+        assert_eq!(splitmix64(unmix(a).wrapping_add(1)), b, "old tokens predict the next");
+
+        let mut t = table();
+        let tokens: Vec<u64> = (0..10_000).map(|i| t.grant(i, 0, 0, 0)).collect();
+        let distinct: std::collections::HashSet<u64> = tokens.iter().copied().collect();
+        assert_eq!(distinct.len(), tokens.len());
+        for pair in tokens.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            assert_ne!(b, a.wrapping_add(1), "sequential");
+            assert_ne!(b, splitmix64(a), "the old mix of the previous token");
+            assert_ne!(b, splitmix64(unmix(a).wrapping_add(1)), "the old scheme's next token");
+        }
+        let mut other = LeaseTable::keyed([8; 32]);
+        assert_ne!(other.grant(0, 0, 0, 0), tokens[0], "the key decides the stream");
+        // Roughly half the bits flip between neighbours (no counter shows through).
+        let flips: u32 = tokens.windows(2).map(|p| (p[0] ^ p[1]).count_ones()).sum();
+        let mean = f64::from(flips) / (tokens.len() - 1) as f64;
+        assert!((28.0..36.0).contains(&mean), "mean bit flips {mean}");
     }
 }

@@ -1,38 +1,60 @@
 //! The broker core: qd's queue state machine, as plain data.
 //!
 //! [`Broker`] owns every job's metadata and index (ready, delayed, active, dead, completed),
-//! the leases and the parked reserves. It never reads the clock, never does I/O and never
-//! draws randomness: each method takes `now` (unix ms), [`Broker::poll_timeout`] says when
-//! [`Broker::handle_timeout`] is next due, and [`Broker::take_effects`] hands the engine what
+//! the leases and the parked reserves. It never reads the clock, never does I/O and draws
+//! randomness only from its keyed token stream: each method takes `now` (unix ms),
+//! [`Broker::poll_timeout`] says when [`Broker::handle_timeout`] is next due, and [`Broker::take_effects`] hands the engine what
 //! to make durable ([`Effect::Persist`]) and which parked reserves to answer
 //! ([`Effect::Deliver`]). Payloads pass through in `Change::Insert` and are never kept.
 //!
-//! What lives where: `queue.rs` one queue's ready index, keys, counters and completed ring;
-//! `job.rs` per-job metadata and its compact table; `intern.rs` shared names and policies;
-//! `lease.rs` active leases; `waiters.rs` parked reserves; `backoff.rs` retry delays
-//! (pure, shared with other backends); `effects.rs` and `error.rs` the outputs.
+//! What lives where: `queue.rs` one queue's indexes (ready, delayed, dead), keys, counters
+//! and completed ring; `job.rs` per-job metadata and its compact table; `intern.rs` shared
+//! names and policies; `lease.rs` active leases and their tokens; `waiters.rs` parked
+//! reserves; `backoff.rs` retry delays (pure, shared with other backends); `operations.rs`
+//! what an operator does (pause, list, retry, purge, remove, promote) and `admin.rs` the
+//! plain types it answers with; `effects.rs` and `error.rs` the outputs.
 //!
 //! Hash maps here use std's randomly seeded hasher (keys and names come from clients, so a
-//! fixed hasher would invite collision attacks). That is the one place the OS's randomness
-//! enters, and it never shows: no observable result depends on a hash map's iteration order
-//! (indexes that are iterated are B-trees or sorted first).
+//! fixed hasher would invite collision attacks). That and the lease-token key are the only
+//! inputs that are not arguments, and neither shows in ordering: no observable result
+//! depends on a hash map's iteration order (indexes that are iterated are B-trees or sorted
+//! first), and tokens are opaque.
+//!
+//! Life of a job: `add` -> uncommitted -> (`commit_added`) ready or delayed -> active ->
+//! completed (gone), or back to ready/delayed after a failed try, or dead. Dead -> ready by
+//! an operator's retry. Uncommitted exists for read-committed delivery: a job is never
+//! handed to a worker before the commit holding its insert is done, so a crash cannot make
+//! a worker run a job the server then forgets.
+//!
+//! Queues (issue 7): a queue exists while it has a job in any state, operator settings
+//! (paused) or a parked waiter naming it. Otherwise it is forgotten at once and its slot
+//! reused, unless its completed ring holds something: such idle queues with history are
+//! kept for display, at most `BrokerConfig::idle_queues_kept` of them, the longest idle
+//! forgotten first. So the number of queues is bounded by the jobs held (each a queue at
+//! most), the paused queues (an operator's doing), the queues named by parked waiters
+//! (bounded by connections x requests in flight x queues per reserve) and
+//! `idle_queues_kept`. A forgotten queue loses its completed ring and counters; a new queue
+//! of the same name starts from zero.
 
+pub mod admin;
 pub mod backoff;
 mod effects;
 mod error;
 mod intern;
 mod job;
 mod lease;
+mod operations;
 mod queue;
 mod waiters;
 
 #[cfg(test)]
 mod model_tests;
 #[cfg(test)]
+mod operations_tests;
+#[cfg(test)]
 mod tests;
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use qd_protocol::message::{LeaseRef, NackOutcome};
@@ -42,8 +64,10 @@ use qd_protocol::{
 
 use crate::model::{AttemptError, Change, ConnId, JobRecord, Millis, PersistedState};
 
+pub use admin::{JobStateKind, JobView, MinuteCounts, Page, QueueView};
 pub use effects::Effect;
 pub use error::BrokerError;
+pub use operations::MAX_PAGE;
 
 use intern::Interner;
 use job::{JobMeta, JobState, JobTable, Policy};
@@ -56,20 +80,40 @@ pub const LEASE_EXPIRED: &str = "lease expired";
 /// Error text recorded when the connection holding a lease goes away.
 pub const WORKER_DISCONNECTED: &str = "worker disconnected";
 
+/// How far ahead of `next_id` the persisted id floor is kept: one `IdFloor` write per this
+/// many ids assigned.
+pub const ID_FLOOR_STEP: JobId = 65_536;
+
 /// Tunables of the core.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerConfig {
-    /// Completed jobs kept per queue for display (in memory only).
+    /// Completed jobs kept per queue for display (in memory only, since start: a restart
+    /// empties the rings).
     pub completed_retention: usize,
-    /// Where lease tokens start. Leases are not persisted, so tokens restart with the
-    /// process; a different seed per run (the engine draws one at random) keeps a stale
-    /// worker's token from matching a delivery made after a restart.
-    pub token_seed: u64,
+    /// Key of the lease-token stream (ChaCha20). The composition root fills it from the OS
+    /// at every start, so tokens are unpredictable and a token from before a restart cannot
+    /// match a delivery after it; tests pass a fixed key.
+    pub token_key: [u8; 32],
+    /// A reserve asking for more jobs than this gets at most this many.
+    pub max_reserve: u32,
+    /// Dead jobs kept per queue; dead-lettering beyond this drops the oldest dead jobs.
+    pub dead_max_jobs: usize,
+    /// Dead jobs older than this (since they died) are dropped.
+    pub dead_max_age_ms: u64,
+    /// Idle queues (no jobs, settings or waiters) kept only for their completed history.
+    pub idle_queues_kept: usize,
 }
 
 impl Default for BrokerConfig {
     fn default() -> Self {
-        BrokerConfig { completed_retention: 1000, token_seed: 0 }
+        BrokerConfig {
+            completed_retention: 1000,
+            token_key: [0; 32],
+            max_reserve: 1000,
+            dead_max_jobs: 10_000,
+            dead_max_age_ms: 180 * 24 * 3_600_000,
+            idle_queues_kept: 1000,
+        }
     }
 }
 
@@ -95,56 +139,79 @@ pub struct Lease {
     pub created_at_ms: Millis,
 }
 
+/// `(time, queue)` for the earliest entry of each queue's delayed (or dead) set: one timer
+/// index over every queue without a second entry per job.
+type Heads = BTreeSet<(Millis, u32)>;
+
 /// The queue state machine. See the module docs.
 #[derive(Debug)]
 pub struct Broker {
     config: BrokerConfig,
     jobs: JobTable,
-    /// Every queue ever seen; a job's `queue` field indexes this. Never shrinks: stats list
-    /// every queue since start.
+    /// Queue slots; a job's `queue` field indexes this. A forgotten queue's slot holds an
+    /// empty placeholder until `queue_idx` reuses it from `free_queues`.
     queues: Vec<Queue>,
+    free_queues: Vec<u32>,
+    /// Live queues by name. Exactly the slots not in `free_queues`.
     queue_index: HashMap<Arc<str>, u32>,
+    /// Idle queues kept for their completed history, longest idle first; each entry's queue
+    /// has `idle_listed` set, and no queue is listed twice. See the module docs.
+    idle_queues: VecDeque<u32>,
     names: Interner<Arc<str>>,
     policies: Interner<Policy>,
-    /// The idempotency key of each pending keyed job, to free it from its queue's index
-    /// when the job completes or dies. Shares the `Arc` with that index.
+    /// The idempotency key of each keyed job (pending, or dead and so not deduplicating), to
+    /// free it from its queue's index when the job completes, dies or is deleted, and to
+    /// take it back on retry. Shares the `Arc` with that index.
     job_keys: HashMap<JobId, Arc<str>>,
-    /// Delayed jobs by run time, then id. Exactly one entry per delayed job: a job leaves
-    /// the delayed state only by becoming due.
-    delayed: BinaryHeap<Reverse<(Millis, JobId)>>,
+    /// Run time of each job added but not yet committed (state `Uncommitted`).
+    uncommitted: HashMap<JobId, Millis>,
+    /// Earliest run time of each queue with delayed jobs.
+    delayed_heads: Heads,
+    /// Earliest death of each queue with dead jobs (for age retention).
+    dead_heads: Heads,
     leases: LeaseTable,
     waiters: WaiterTable,
     effects: Vec<Effect>,
     /// Queues that gained ready jobs during the current call, in order; their parked
     /// waiters are served before the call returns, so that no waiter stays parked on a
-    /// queue with ready jobs.
+    /// queue with ready jobs (unless it is paused).
     touched: Vec<u32>,
     next_id: JobId,
+    /// Ids below this are promised durable by an `IdFloor` change; assigning `id_floor`
+    /// itself first raises it (see `assign_id`).
+    id_floor: JobId,
 }
 
 impl Broker {
     pub fn new(config: BrokerConfig) -> Self {
-        let leases = LeaseTable::seeded(config.token_seed);
+        let leases = LeaseTable::keyed(config.token_key);
         Broker {
             config,
             jobs: JobTable::default(),
             queues: Vec::new(),
+            free_queues: Vec::new(),
             queue_index: HashMap::new(),
+            idle_queues: VecDeque::new(),
             names: Interner::default(),
             policies: Interner::default(),
             job_keys: HashMap::new(),
-            delayed: BinaryHeap::new(),
+            uncommitted: HashMap::new(),
+            delayed_heads: Heads::new(),
+            dead_heads: Heads::new(),
             leases,
             waiters: WaiterTable::default(),
             effects: Vec::new(),
             touched: Vec::new(),
             next_id: 1,
+            id_floor: 1,
         }
     }
 
     /// Recovery: called once per stored record before any command. Waiting records become
-    /// ready (`run_at <= now`) or delayed; dead records go to the dead set. Attempts already
-    /// used (`failures`) are kept. A record whose id is already known is ignored.
+    /// ready (`run_at <= now`) or delayed; dead records go to the dead set, as dead since
+    /// their `run_at_ms` (a dead job's `Fail` stores its time of death there). Attempts
+    /// already used (`failures`) are kept. Restored jobs are committed. A record whose id
+    /// is already known is ignored.
     pub fn restore(&mut self, now: Millis, record: &JobRecord) {
         if self.jobs.get(record.id).is_some() {
             return;
@@ -164,8 +231,12 @@ impl Broker {
         };
         self.jobs.insert(record.id, meta);
         self.next_id = self.next_id.max(record.id.saturating_add(1));
+        self.id_floor = self.id_floor.max(self.next_id);
         match record.state {
-            PersistedState::Dead => self.queues[q as usize].recount(None, Some(JobState::Dead)),
+            PersistedState::Dead => {
+                self.queues[q as usize].recount(None, Some(JobState::Dead));
+                self.dead_insert(q, record.run_at_ms, record.id);
+            }
             PersistedState::Waiting => {
                 if let Some(key) = &record.options.key {
                     self.claim_key(q, key, record.id);
@@ -176,10 +247,20 @@ impl Broker {
         self.serve_touched(now);
     }
 
-    /// Ids are assigned from here on (the store knows the high-water mark). Never moves
-    /// backwards past an id already restored or assigned.
+    /// Recovery: a queue's persisted settings (from `Change::Settings`).
+    pub fn restore_settings(&mut self, queue: &str, settings: crate::model::QueueSettings) {
+        let q = self.queue_idx(queue);
+        self.queues[q as usize].settings = settings;
+        self.forget_if_idle(q);
+    }
+
+    /// Ids are assigned from here on: the store's high-water mark, or its persisted id floor,
+    /// whichever is higher. Never moves backwards past an id already restored or assigned.
+    /// The floor is set here too, so the first add after recovery persists a new one before
+    /// using any id at or past it.
     pub fn set_next_id(&mut self, next: JobId) {
         self.next_id = self.next_id.max(next);
+        self.id_floor = self.next_id;
     }
 
     pub fn next_id(&self) -> JobId {
@@ -188,10 +269,13 @@ impl Broker {
 
     /// Adds jobs to `queue`, all or nothing: every job is validated before anything changes.
     ///
-    /// Emits one `Persist(Change::Insert)` per new job. A job whose idempotency key is held
-    /// by a pending job of the queue (or by an earlier job of this request) is not added:
-    /// its slot in the answer is the holder's id. Newly ready jobs go to parked waiters at
-    /// once.
+    /// Emits one `Persist(Change::Insert)` per new job (preceded by a `Change::IdFloor` when
+    /// the ids reach the persisted floor). A job whose idempotency key is held by a pending
+    /// job of the queue (or by an earlier job of this request) is not added: its slot in the
+    /// answer is the holder's id. Keys are claimed here, at add time.
+    ///
+    /// New jobs are uncommitted: no reserve sees them until the engine calls
+    /// [`Broker::commit_added`] once the commit holding their inserts is done.
     pub fn add(
         &mut self,
         now: Millis,
@@ -218,8 +302,7 @@ impl Broker {
                     continue;
                 }
             }
-            let id = self.next_id;
-            self.next_id += 1;
+            let id = self.assign_id();
             let options = job.options;
             let meta = JobMeta {
                 created_at_ms: now,
@@ -228,7 +311,7 @@ impl Broker {
                 policy: self.policies.acquire(&Policy::of(&options), || Policy::of(&options)),
                 priority: options.priority,
                 failures: 0,
-                state: JobState::Delayed,
+                state: JobState::Uncommitted,
                 keyed: false,
             };
             self.jobs.insert(id, meta);
@@ -236,7 +319,10 @@ impl Broker {
                 self.claim_key(q, key, id);
             }
             let run_at_ms = now.saturating_add(options.delay_ms);
-            self.schedule(now, id, None, run_at_ms);
+            self.uncommitted.insert(id, run_at_ms);
+            let queue_state = &mut self.queues[q as usize];
+            queue_state.recount(None, Some(JobState::Uncommitted));
+            queue_state.added_total += 1;
             self.effects.push(Effect::Persist(Change::Insert(JobRecord {
                 id,
                 queue: queue.to_owned(),
@@ -251,16 +337,37 @@ impl Broker {
             })));
             ids.push(id);
         }
-        self.serve_touched(now);
+        // All keys may have been held: a queue created by this call may be idle.
+        self.forget_if_idle(q);
         Ok(ids)
     }
 
+    /// The commit holding the inserts of `ids` is done: those jobs become ready (and go to
+    /// parked waiters) or delayed. Ids that are not uncommitted (already committed, a key's
+    /// holder, unknown) are ignored, so the engine may pass every id an add answered with.
+    pub fn commit_added(&mut self, now: Millis, ids: &[JobId]) {
+        for &id in ids {
+            if let Some(run_at_ms) = self.uncommitted.remove(&id) {
+                self.schedule(now, id, Some(JobState::Uncommitted), run_at_ms);
+            }
+        }
+        if self.uncommitted.capacity() > 1024
+            && self.uncommitted.len() * 4 <= self.uncommitted.capacity()
+        {
+            self.uncommitted.shrink_to(self.uncommitted.len() * 2);
+        }
+        self.serve_touched(now);
+    }
+
     /// Takes up to `max` ready jobs from the first of `queues` (in the order given) that has
-    /// any, then the next, until `max`.
+    /// any, then the next, until `max` (clamped to `BrokerConfig::max_reserve`). Paused
+    /// queues are skipped.
     ///
     /// Returns `Some(leases)` when it took any, `Some(vec![])` when none were ready and
     /// `timeout_ms` is 0; otherwise parks the waiter until `now + timeout_ms` and returns
-    /// `None`: an [`Effect::Deliver`] answers it later. Unknown queues are created.
+    /// `None`: an [`Effect::Deliver`] answers it later. Unknown queues are created only for
+    /// a parked waiter, and forgotten when it leaves (issue 7: naming queues costs nothing
+    /// lasting).
     pub fn reserve(
         &mut self,
         now: Millis,
@@ -274,6 +381,7 @@ impl Broker {
                 "reserve max is 0; ask for at least 1 job".into(),
             ));
         }
+        let max = max.min(self.config.max_reserve.max(1));
         if queues.is_empty() {
             return Err(BrokerError::InvalidArgument(
                 "reserve names no queue; give at least one".into(),
@@ -288,11 +396,14 @@ impl Broker {
                 waiter.request
             )));
         }
-        let qs: Vec<u32> = queues.iter().map(|name| self.queue_idx(name)).collect();
-        let leases = self.take_ready(now, waiter.conn, &qs, max);
+        // Unknown queues hold no jobs: look up, do not create, unless the waiter parks.
+        let known: Vec<u32> =
+            queues.iter().filter_map(|name| self.queue_index.get(name.as_str()).copied()).collect();
+        let leases = self.take_ready(now, waiter.conn, &known, max);
         if !leases.is_empty() || timeout_ms == 0 {
             return Ok(Some(leases));
         }
+        let qs: Vec<u32> = queues.iter().map(|name| self.queue_idx(name)).collect();
         self.waiters.park(Waiter {
             key: waiter,
             queues: qs,
@@ -311,19 +422,26 @@ impl Broker {
         };
         self.release_key(&meta, lease.id);
         let name = self.names.get(meta.name).cloned().unwrap_or_else(|| Arc::from(""));
+        let max_attempts = self.policies.get(meta.policy).map_or(1, |p| p.max_attempts);
         self.names.release(meta.name);
         self.policies.release(meta.policy);
         let retention = self.config.completed_retention;
         let queue = &mut self.queues[meta.queue as usize];
         queue.recount(Some(meta.state), None);
+        queue.count_minute(now, 1, 0);
         let done = CompletedJob {
             id: lease.id,
             name,
             finished_at_ms: now,
             attempt: meta.failures.saturating_add(1),
+            created_at_ms: meta.created_at_ms,
+            priority: meta.priority,
+            max_attempts,
+            seq: 0,
         };
         queue.push_completed(done, retention);
         self.effects.push(Effect::Persist(Change::Complete { id: lease.id }));
+        self.forget_if_idle(meta.queue);
         Ok(())
     }
 
@@ -368,7 +486,9 @@ impl Broker {
     /// The connection is gone: its parked waiters are dropped without a `Deliver`, and each
     /// job it holds fails at once with "worker disconnected" (an attempt, through backoff).
     pub fn disconnect(&mut self, now: Millis, conn: ConnId) {
-        self.waiters.remove_conn(conn);
+        for waiter in self.waiters.remove_conn(conn) {
+            self.forget_all_idle(&waiter.queues);
+        }
         for id in self.leases.held_by(conn) {
             self.leases.release(id);
             self.fail(now, id, WORKER_DISCONNECTED.to_owned(), RetryHint::Backoff);
@@ -378,40 +498,59 @@ impl Broker {
 
     /// Drops one parked waiter (the client cancelled it); no-op if unknown.
     pub fn cancel_waiter(&mut self, waiter: WaiterKey) {
-        self.waiters.remove(waiter);
+        if let Some(waiter) = self.waiters.remove(waiter) {
+            self.forget_all_idle(&waiter.queues);
+        }
     }
 
     /// Does everything due at `now`: due delayed jobs become ready (and go to waiters),
-    /// expired leases fail with "lease expired", waiters past their deadline get an empty
-    /// `Deliver`. Jobs are handed out before waiters expire, so a job that becomes ready at
-    /// the very instant a wait ends is not missed.
+    /// expired leases fail with "lease expired", dead jobs past `dead_max_age_ms` are
+    /// dropped, waiters past their deadline get an empty `Deliver`. Jobs are handed out
+    /// before waiters expire, so a job that becomes ready at the very instant a wait ends
+    /// is not missed.
     pub fn handle_timeout(&mut self, now: Millis) {
-        while let Some(&Reverse((run_at, id))) = self.delayed.peek() {
+        while let Some(&(run_at, q)) = self.delayed_heads.first() {
             if run_at > now {
                 break;
             }
-            self.delayed.pop();
-            if self.jobs.get(id).is_some_and(|m| m.state == JobState::Delayed) {
-                self.make_ready(id, Some(JobState::Delayed));
-            }
-        }
-        if self.delayed.capacity() > 1024 && self.delayed.len() * 4 <= self.delayed.capacity() {
-            // A burst of scheduled jobs that has come due should not keep its peak memory.
-            self.delayed.shrink_to(self.delayed.len() * 2);
+            let queue = &mut self.queues[q as usize];
+            let Some(&(at, id)) = queue.delayed.first() else {
+                // Unreachable by invariant 3 of queue.rs; drop the head rather than spin.
+                self.delayed_heads.remove(&(run_at, q));
+                continue;
+            };
+            self.delayed_remove(q, at, id);
+            self.make_ready(id, Some(JobState::Delayed), at);
         }
         while let Some(id) = self.leases.pop_expired(now) {
             self.fail(now, id, LEASE_EXPIRED.to_owned(), RetryHint::Backoff);
         }
+        let max_age = self.config.dead_max_age_ms;
+        while let Some(&(died_at, q)) = self.dead_heads.first() {
+            if died_at.saturating_add(max_age) > now {
+                break;
+            }
+            match self.queues[q as usize].dead.first() {
+                Some(&(at, id)) => self.drop_dead(q, at, id),
+                None => {
+                    self.dead_heads.remove(&(died_at, q));
+                }
+            }
+            self.forget_if_idle(q);
+        }
         self.serve_touched(now);
         while let Some(waiter) = self.waiters.pop_expired(now) {
             self.effects.push(Effect::Deliver { waiter: waiter.key, leases: Vec::new() });
+            self.forget_all_idle(&waiter.queues);
         }
     }
 
     /// Earliest instant at which [`Broker::handle_timeout`] has something to do, or `None`.
     pub fn poll_timeout(&self) -> Option<Millis> {
-        let delayed = self.delayed.peek().map(|Reverse((at, _))| *at);
-        [delayed, self.leases.next_deadline(), self.waiters.next_deadline()]
+        let delayed = self.delayed_heads.first().map(|&(at, _)| at);
+        let dead =
+            self.dead_heads.first().map(|&(at, _)| at.saturating_add(self.config.dead_max_age_ms));
+        [delayed, dead, self.leases.next_deadline(), self.waiters.next_deadline()]
             .into_iter()
             .flatten()
             .min()
@@ -422,20 +561,24 @@ impl Broker {
         out.append(&mut self.effects);
     }
 
-    /// Per-queue counts, sorted by queue name; every queue seen since start is listed.
+    /// Per-queue counts, sorted by queue name; every live queue is listed (see the module
+    /// docs for when a queue is forgotten). Uncommitted jobs count as ready.
     pub fn stats(&self) -> Vec<QueueStats> {
         let mut stats: Vec<QueueStats> = self
-            .queues
-            .iter()
-            .map(|q| QueueStats {
-                queue: q.name.to_string(),
-                ready: q.count(JobState::Ready),
-                delayed: q.count(JobState::Delayed),
-                active: q.count(JobState::Active),
-                dead: q.count(JobState::Dead),
-                completed: q.completed_retained() as u64,
-                completed_total: q.completed_total,
-                failed_total: q.failed_total,
+            .queue_index
+            .values()
+            .map(|&q| {
+                let q = &self.queues[q as usize];
+                QueueStats {
+                    queue: q.name.to_string(),
+                    ready: q.count(JobState::Ready) + q.count(JobState::Uncommitted),
+                    delayed: q.count(JobState::Delayed),
+                    active: q.count(JobState::Active),
+                    dead: q.count(JobState::Dead),
+                    completed: q.completed_retained() as u64,
+                    completed_total: q.completed_total,
+                    failed_total: q.failed_total,
+                }
             })
             .collect();
         stats.sort_by(|a, b| a.queue.cmp(&b.queue));
@@ -453,15 +596,99 @@ impl Broker {
 
     // ---- internals ----
 
+    /// The next id; persists a new floor first when it reaches the current one, so that
+    /// the `IdFloor` change precedes (in the same batch) the insert that uses the id.
+    fn assign_id(&mut self) -> JobId {
+        let id = self.next_id;
+        if id >= self.id_floor {
+            self.id_floor = id.saturating_add(ID_FLOOR_STEP);
+            self.effects.push(Effect::Persist(Change::IdFloor { next_id: self.id_floor }));
+        }
+        self.next_id += 1;
+        id
+    }
+
     fn queue_idx(&mut self, name: &str) -> u32 {
         if let Some(&q) = self.queue_index.get(name) {
             return q;
         }
-        let q = u32::try_from(self.queues.len()).unwrap_or(u32::MAX);
         let name: Arc<str> = Arc::from(name);
-        self.queues.push(Queue::new(name.clone()));
+        // Free-list entries past the end or naming a live slot are stale (see `forget`).
+        let free = std::iter::from_fn(|| self.free_queues.pop())
+            .find(|&q| self.queues.get(q as usize).is_some_and(|slot| slot.name.is_empty()));
+        let q = match free {
+            Some(q) => {
+                self.queues[q as usize] = Queue::new(name.clone());
+                q
+            }
+            None => {
+                // Queues are bounded far below 4 billion (see the module docs).
+                let q = u32::try_from(self.queues.len()).unwrap_or(u32::MAX);
+                self.queues.push(Queue::new(name.clone()));
+                q
+            }
+        };
         self.queue_index.insert(name, q);
         q
+    }
+
+    fn forget_all_idle(&mut self, qs: &[u32]) {
+        for &q in qs {
+            self.forget_if_idle(q);
+        }
+    }
+
+    /// Forgets queue `q` if nothing needs it: no job, no settings, no parked waiter. One
+    /// with completed history is kept in `idle_queues` instead, and the longest-idle queue
+    /// beyond `idle_queues_kept` is forgotten. See the module docs.
+    fn forget_if_idle(&mut self, q: u32) {
+        let Some(queue) = self.queues.get_mut(q as usize) else { return };
+        if self.queue_index.get(&queue.name) != Some(&q)
+            || !queue.is_idle()
+            || self.waiters.waits_on(q)
+        {
+            return;
+        }
+        if queue.completed_retained() == 0 || self.config.idle_queues_kept == 0 {
+            self.forget(q);
+            return;
+        }
+        if !queue.idle_listed {
+            queue.idle_listed = true;
+            self.idle_queues.push_back(q);
+        }
+        while self.idle_queues.len() > self.config.idle_queues_kept {
+            let Some(old) = self.idle_queues.pop_front() else { break };
+            let queue = &mut self.queues[old as usize];
+            queue.idle_listed = false;
+            // It may have become busy again since it was listed: then it stays.
+            if queue.is_idle() && !self.waiters.waits_on(old) {
+                self.forget(old);
+            }
+        }
+    }
+
+    /// Frees queue slot `q` (the caller checked it is idle). Its index entry goes, so no
+    /// later lookup can reach the slot until `queue_idx` hands it out again. A free slot
+    /// holds a placeholder with an empty name (live names are never empty); free slots at
+    /// the end are dropped, so a burst of queues does not keep its peak. That can leave
+    /// stale free-list entries, which `queue_idx` skips.
+    fn forget(&mut self, q: u32) {
+        let queue = std::mem::replace(&mut self.queues[q as usize], Queue::new(Arc::from("")));
+        self.queue_index.remove(&queue.name);
+        if queue.idle_listed {
+            self.idle_queues.retain(|&x| x != q);
+        }
+        self.free_queues.push(q);
+        while self.queues.last().is_some_and(|slot| slot.name.is_empty()) {
+            self.queues.pop();
+        }
+        if self.queues.is_empty() {
+            self.free_queues.clear();
+        }
+        if self.queues.capacity() > 64 && self.queues.len() * 4 <= self.queues.capacity() {
+            self.queues.shrink_to(self.queues.len() * 2);
+        }
     }
 
     fn policy_of(&self, id: JobId) -> Option<&Policy> {
@@ -491,48 +718,106 @@ impl Broker {
         }
     }
 
+    /// Frees the job's key for good (it completed or was deleted). Its queue's index entry
+    /// goes only if it still names this job: a dead job's key may be held by a newer job.
     fn release_key(&mut self, meta: &JobMeta, id: JobId) {
         if !meta.keyed {
             return;
         }
         if let Some(key) = self.job_keys.remove(&id) {
-            self.queues[meta.queue as usize].keys.remove(&key);
+            let keys = &mut self.queues[meta.queue as usize].keys;
+            if keys.get(&key) == Some(&id) {
+                keys.remove(&key);
+            }
         }
         if let Some(meta) = self.jobs.get_mut(id) {
             meta.keyed = false;
         }
     }
 
-    /// Puts a job (coming from state `from`, or new) in ready or delayed by its run time.
-    fn schedule(&mut self, now: Millis, id: JobId, from: Option<JobState>, run_at_ms: Millis) {
-        if run_at_ms <= now {
-            self.make_ready(id, from);
-        } else if let Some(meta) = self.jobs.get_mut(id) {
-            meta.state = JobState::Delayed;
-            self.queues[meta.queue as usize].recount(from, Some(JobState::Delayed));
-            self.delayed.push(Reverse((run_at_ms, id)));
+    /// The job died: its key stops deduplicating (invariant 4 of queue.rs) so that the
+    /// same work can be added again, but the job remembers it in `job_keys` for a retry.
+    fn park_key(&mut self, meta: &JobMeta, id: JobId) {
+        if let Some(key) = self.job_keys.get(&id).filter(|_| meta.keyed) {
+            let keys = &mut self.queues[meta.queue as usize].keys;
+            if keys.get(key) == Some(&id) {
+                keys.remove(key);
+            }
         }
     }
 
-    fn make_ready(&mut self, id: JobId, from: Option<JobState>) {
+    /// A dead job was retried: it takes its key back unless a newer job holds it now, in
+    /// which case it goes on without one.
+    fn reclaim_key(&mut self, q: u32, id: JobId) {
+        let Some(key) = self.job_keys.get(&id) else { return };
+        let keys = &mut self.queues[q as usize].keys;
+        if keys.contains_key(key) {
+            self.job_keys.remove(&id);
+            if let Some(meta) = self.jobs.get_mut(id) {
+                meta.keyed = false;
+            }
+        } else {
+            keys.insert(key.clone(), id);
+        }
+    }
+
+    /// Puts a job (coming from state `from`, or new) in ready or delayed by its run time.
+    fn schedule(&mut self, now: Millis, id: JobId, from: Option<JobState>, run_at_ms: Millis) {
+        if run_at_ms <= now {
+            self.make_ready(id, from, run_at_ms);
+        } else if let Some(meta) = self.jobs.get_mut(id) {
+            meta.state = JobState::Delayed;
+            let q = meta.queue;
+            self.queues[q as usize].recount(from, Some(JobState::Delayed));
+            self.delayed_insert(q, run_at_ms, id);
+        }
+    }
+
+    /// Makes a job ready; `since` is when it became due (its run time), for the age of the
+    /// oldest ready job.
+    fn make_ready(&mut self, id: JobId, from: Option<JobState>, since: Millis) {
         let Some(meta) = self.jobs.get_mut(id) else { return };
         meta.state = JobState::Ready;
         let queue = &mut self.queues[meta.queue as usize];
         queue.recount(from, Some(JobState::Ready));
-        queue.push_ready(meta.priority, id);
+        queue.push_ready(meta.priority, id, since);
         if self.touched.last() != Some(&meta.queue) {
             self.touched.push(meta.queue);
         }
     }
 
-    /// Leases up to `max` ready jobs from `qs`, in order, to `conn`.
+    fn delayed_insert(&mut self, q: u32, at: Millis, id: JobId) {
+        let queue = &mut self.queues[q as usize];
+        edit_timed(&mut self.delayed_heads, &mut queue.delayed, q, |set| set.insert((at, id)));
+    }
+
+    fn delayed_remove(&mut self, q: u32, at: Millis, id: JobId) -> bool {
+        let queue = &mut self.queues[q as usize];
+        edit_timed(&mut self.delayed_heads, &mut queue.delayed, q, |set| set.remove(&(at, id)))
+    }
+
+    fn dead_insert(&mut self, q: u32, at: Millis, id: JobId) {
+        let queue = &mut self.queues[q as usize];
+        edit_timed(&mut self.dead_heads, &mut queue.dead, q, |set| set.insert((at, id)));
+    }
+
+    fn dead_remove(&mut self, q: u32, at: Millis, id: JobId) -> bool {
+        let queue = &mut self.queues[q as usize];
+        edit_timed(&mut self.dead_heads, &mut queue.dead, q, |set| set.remove(&(at, id)))
+    }
+
+    /// Leases up to `max` ready jobs from `qs`, in order, to `conn`. Paused queues give
+    /// nothing.
     fn take_ready(&mut self, now: Millis, conn: ConnId, qs: &[u32], max: u32) -> Vec<Lease> {
         let mut leases = Vec::new();
         for &q in qs {
+            if self.queues[q as usize].paused() {
+                continue;
+            }
             while leases.len() < max as usize {
                 let Some(id) = self.queues[q as usize].pop_ready() else { break };
                 let Some(meta) = self.jobs.get_mut(id) else { continue };
-                if meta.state != JobState::Ready {
+                if meta.state != JobState::Ready || meta.queue != q {
                     continue;
                 }
                 meta.state = JobState::Active;
@@ -542,7 +827,7 @@ impl Broker {
                 let (max_attempts, lease_ms) =
                     self.policies.get(meta.policy).map_or((1, 0), |p| (p.max_attempts, p.lease_ms));
                 let deadline = now.saturating_add(lease_ms);
-                let token = self.leases.grant(id, conn, deadline);
+                let token = self.leases.grant(id, conn, now, deadline);
                 leases.push(Lease {
                     id,
                     queue: queue.name.clone(),
@@ -559,14 +844,16 @@ impl Broker {
     }
 
     /// Hands ready jobs of the touched queues to their parked waiters, oldest waiter first.
+    /// A paused queue's waiters stay parked.
     fn serve_touched(&mut self, now: Millis) {
         let touched = std::mem::take(&mut self.touched);
         for &q in &touched {
-            while self.queues[q as usize].has_ready() {
+            while self.queues[q as usize].has_ready() && !self.queues[q as usize].paused() {
                 let Some(waiter) = self.waiters.pop_first_for_queue(q) else { break };
                 // Non-empty: queue q has a ready job and is one of the waiter's queues.
                 let leases = self.take_ready(now, waiter.key.conn, &waiter.queues, waiter.max);
                 self.effects.push(Effect::Deliver { waiter: waiter.key, leases });
+                self.forget_all_idle(&waiter.queues);
             }
         }
         self.touched = touched;
@@ -591,26 +878,59 @@ impl Broker {
             RetryHint::After { delay_ms } => delay_ms,
             RetryHint::Never => 0,
         };
+        // For a dead job, run_at_ms records its time of death (restore reads it back).
         let run_at_ms = if dead { now } else { now.saturating_add(delay) };
-        self.queues[meta.queue as usize].failed_total += 1;
-        let outcome = if dead {
-            self.release_key(&meta, id);
-            if let Some(m) = self.jobs.get_mut(id) {
-                m.state = JobState::Dead;
-            }
-            self.queues[meta.queue as usize].recount(Some(from), Some(JobState::Dead));
-            NackOutcome::Dead
-        } else {
-            self.schedule(now, id, Some(from), run_at_ms);
-            NackOutcome::Retrying { run_at_ms }
-        };
+        let queue = &mut self.queues[meta.queue as usize];
+        queue.failed_total += 1;
+        queue.count_minute(now, 0, 1);
+        // The Fail goes first: a dead-set overflow below removes older dead jobs after it.
         self.effects.push(Effect::Persist(Change::Fail {
             id,
             error: AttemptError { attempt, at_ms: now, message },
             run_at_ms,
             dead,
         }));
-        outcome
+        if dead {
+            self.park_key(&meta, id);
+            if let Some(m) = self.jobs.get_mut(id) {
+                m.state = JobState::Dead;
+            }
+            let queue = &mut self.queues[meta.queue as usize];
+            queue.recount(Some(from), Some(JobState::Dead));
+            queue.dead_total += 1;
+            self.dead_insert(meta.queue, now, id);
+            self.enforce_dead_max(meta.queue);
+            NackOutcome::Dead
+        } else {
+            self.schedule(now, id, Some(from), run_at_ms);
+            NackOutcome::Retrying { run_at_ms }
+        }
+    }
+
+    /// Drops the oldest dead jobs of `q` beyond `dead_max_jobs`.
+    fn enforce_dead_max(&mut self, q: u32) {
+        while self.queues[q as usize].dead.len() > self.config.dead_max_jobs {
+            let Some(&(at, id)) = self.queues[q as usize].dead.first() else { break };
+            self.drop_dead(q, at, id);
+        }
+    }
+
+    /// Deletes dead job `id` of `q` (dead since `at`): retention, purge or removal.
+    fn drop_dead(&mut self, q: u32, at: Millis, id: JobId) {
+        self.dead_remove(q, at, id);
+        self.queues[q as usize].recount(Some(JobState::Dead), None);
+        self.delete_job(id);
+    }
+
+    /// Removes a job's metadata and names, and persists its removal. The caller has taken
+    /// it out of its state's index and counts.
+    fn delete_job(&mut self, id: JobId) {
+        let Some(meta) = self.jobs.get(id).copied() else { return };
+        self.release_key(&meta, id);
+        self.jobs.remove(id);
+        self.names.release(meta.name);
+        self.policies.release(meta.policy);
+        self.effects.push(Effect::Persist(Change::Remove { id }));
     }
 
     /// Rough heap bytes of the per-job structures (for tests and metrics).
@@ -618,6 +938,28 @@ impl Broker {
     fn job_heap_bytes(&self) -> usize {
         self.jobs.heap_bytes()
     }
+}
+
+/// Edits one queue's time-ordered set and keeps `heads` (the earliest entry per queue) in
+/// step with it.
+fn edit_timed<R>(
+    heads: &mut Heads,
+    set: &mut BTreeSet<(Millis, JobId)>,
+    q: u32,
+    edit: impl FnOnce(&mut BTreeSet<(Millis, JobId)>) -> R,
+) -> R {
+    let before = set.first().map(|&(at, _)| at);
+    let result = edit(set);
+    let after = set.first().map(|&(at, _)| at);
+    if before != after {
+        if let Some(at) = before {
+            heads.remove(&(at, q));
+        }
+        if let Some(at) = after {
+            heads.insert((at, q));
+        }
+    }
+    result
 }
 
 /// Cuts error text to at most `MAX_ERROR_TEXT` bytes, at a char boundary.

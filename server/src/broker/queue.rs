@@ -1,26 +1,34 @@
-//! [`Queue`]: one queue's indexes and counters: the ready index (priority, then FIFO), the
-//! idempotency keys of its pending jobs, its per-state counts and totals, and the ring of
-//! recently completed jobs.
+//! [`Queue`]: one queue's indexes and counters: the ready index (priority, then FIFO), its
+//! delayed and dead sets (by time), the idempotency keys of its pending jobs, its per-state
+//! counts, totals and per-minute history, its operator settings, and the ring of recently
+//! completed jobs.
 //!
-//! Delayed jobs, leases and parked waiters are indexed broker-wide (`mod.rs`, `lease.rs`,
-//! `waiters.rs`): they are ordered by time across all queues. The job metadata itself lives
-//! in the job table (`job.rs`).
+//! Leases and parked waiters are indexed broker-wide (`lease.rs`, `waiters.rs`), and so is
+//! "which queue has the earliest delayed or dead deadline" (`mod.rs`), so that one timer
+//! serves every queue. The job metadata itself lives in the job table (`job.rs`).
 //!
 //! Invariants, kept by the broker:
-//! 1. Every job in state `Ready` has exactly one entry in `ready`, under its priority, and
-//!    nothing else does. So `counts[Ready] > 0` iff a pop will find a job.
-//! 2. Entries of one priority are in the order their jobs became ready. This is the
-//!    "sequence number assigned on entering ready" ordering, kept implicitly by appending:
-//!    a retried job queues behind jobs already waiting, whatever its id.
-//! 3. `keys` maps a key to the job holding it iff that job is ready, delayed or active.
+//! 1. Every job in state `Ready` has exactly one entry in `ready`, under its priority. An
+//!    entry whose job is no longer `Ready` (an operator removed it) is stale: pops and
+//!    listings skip it. So `counts[Ready] > 0` iff a pop will find a job.
+//! 2. Entries of one priority are in the order their jobs became ready, and their `seq`s
+//!    grow in that order. A retried job queues behind jobs already waiting, whatever its id.
+//!    `seq` is what a listing cursor remembers, so paging survives jobs coming and going.
+//! 3. `delayed` holds `(run_at, id)` of exactly the queue's `Delayed` jobs, `dead` holds
+//!    `(died_at, id)` of exactly its `Dead` jobs.
+//! 4. `keys` maps a key to the job holding it iff that job is uncommitted, ready, delayed
+//!    or active. A dead job remembers its key (the broker's `job_keys`) without holding it,
+//!    and takes it back on retry if it is still free.
+//! 5. A queue is forgotten (see `Broker::forget_if_idle`) only when `is_idle()`: no job in
+//!    any state, no settings. So no job's `queue` index ever names a forgotten slot.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use qd_protocol::JobId;
 
 use super::job::JobState;
-use crate::model::Millis;
+use crate::model::{Millis, QueueSettings};
 
 /// A completed job as the dashboard shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,14 +37,39 @@ pub(crate) struct CompletedJob {
     pub name: Arc<str>,
     pub finished_at_ms: Millis,
     pub attempt: u32,
+    pub created_at_ms: Millis,
+    pub priority: i32,
+    pub max_attempts: u32,
+    /// Position in the queue's completion order (`completed_total` when it completed):
+    /// what a listing cursor remembers.
+    pub seq: u64,
 }
+
+/// One entry of the ready index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReadyEntry {
+    /// Order of becoming ready, per queue (invariant 2).
+    pub seq: u64,
+    pub id: JobId,
+    /// When the job became ready, for `oldest_ready_age_ms`.
+    pub since: Millis,
+}
+
+/// Minutes of completed/failed history kept per queue.
+pub(crate) const MINUTES: usize = 60;
+
+/// Counts of one minute: `(minute since the epoch, completed, failed)`.
+pub(crate) type MinuteBucket = (u64, u64, u64);
 
 #[derive(Debug)]
 pub(crate) struct Queue {
     pub name: Arc<str>,
-    /// Ready job ids by priority (lower first), each FIFO. An emptied priority is removed so
+    /// Ready entries by priority (lower first), each FIFO. An emptied priority is removed so
     /// that clients using many distinct priorities leave nothing behind.
-    ready: BTreeMap<i32, VecDeque<JobId>>,
+    ready: BTreeMap<i32, VecDeque<ReadyEntry>>,
+    next_ready_seq: u64,
+    pub delayed: BTreeSet<(Millis, JobId)>,
+    pub dead: BTreeSet<(Millis, JobId)>,
     /// Jobs in each [`JobState`], indexed by `state as usize`.
     counts: [u64; JobState::COUNT],
     /// Idempotency key -> pending job. The `Arc` is shared with the broker's reverse index
@@ -44,8 +77,18 @@ pub(crate) struct Queue {
     pub keys: HashMap<Arc<str>, JobId>,
     /// Most recent completions, oldest at the front, at most the configured retention.
     completed: VecDeque<CompletedJob>,
+    pub settings: QueueSettings,
+    pub added_total: u64,
     pub completed_total: u64,
     pub failed_total: u64,
+    pub dead_total: u64,
+    pub retried_total: u64,
+    /// Per-minute completed/failed counts, indexed by `minute % MINUTES`; a slot whose
+    /// minute is not the one asked about counts as zero. Allocated on the first count: a
+    /// queue that only a waiter names (or a free slot) stays small.
+    minutes: Option<Box<[MinuteBucket; MINUTES]>>,
+    /// Whether the broker's list of idle queues holds this queue (at most once).
+    pub idle_listed: bool,
 }
 
 impl Queue {
@@ -53,16 +96,35 @@ impl Queue {
         Queue {
             name,
             ready: BTreeMap::new(),
+            next_ready_seq: 0,
+            delayed: BTreeSet::new(),
+            dead: BTreeSet::new(),
             counts: [0; JobState::COUNT],
             keys: HashMap::new(),
             completed: VecDeque::new(),
+            settings: QueueSettings::default(),
+            added_total: 0,
             completed_total: 0,
             failed_total: 0,
+            dead_total: 0,
+            retried_total: 0,
+            minutes: None,
+            idle_listed: false,
         }
     }
 
     pub(crate) fn count(&self, state: JobState) -> u64 {
         self.counts[state as usize]
+    }
+
+    /// No job in any state and no settings: nothing would be lost by forgetting the queue
+    /// except its completed ring and counters (see `Broker::forget_if_idle`).
+    pub(crate) fn is_idle(&self) -> bool {
+        self.counts.iter().all(|&c| c == 0) && self.settings == QueueSettings::default()
+    }
+
+    pub(crate) fn paused(&self) -> bool {
+        self.settings.paused
     }
 
     /// Records a job entering `to` (from `from`, or new when `None`).
@@ -76,15 +138,18 @@ impl Queue {
     }
 
     /// Appends a job that just became ready (the caller sets its state and counts).
-    pub(crate) fn push_ready(&mut self, priority: i32, id: JobId) {
-        self.ready.entry(priority).or_default().push_back(id);
+    pub(crate) fn push_ready(&mut self, priority: i32, id: JobId, now: Millis) {
+        let seq = self.next_ready_seq;
+        self.next_ready_seq += 1;
+        self.ready.entry(priority).or_default().push_back(ReadyEntry { seq, id, since: now });
     }
 
-    /// Takes the next ready job id: lowest priority, then earliest ready.
+    /// Takes the next ready entry: lowest priority, then earliest ready. May be stale
+    /// (invariant 1): the caller checks the job's state.
     pub(crate) fn pop_ready(&mut self) -> Option<JobId> {
         let mut entry = self.ready.first_entry()?;
         let fifo = entry.get_mut();
-        let id = fifo.pop_front();
+        let popped = fifo.pop_front();
         if fifo.is_empty() {
             entry.remove();
         } else if fifo.capacity() > 64 && fifo.len() * 4 <= fifo.capacity() {
@@ -92,14 +157,73 @@ impl Queue {
             let keep = fifo.len() * 2;
             fifo.shrink_to(keep);
         }
-        id
+        popped.map(|e| e.id)
     }
 
     pub(crate) fn has_ready(&self) -> bool {
         self.count(JobState::Ready) > 0
     }
 
-    pub(crate) fn push_completed(&mut self, job: CompletedJob, retention: usize) {
+    /// Ready entries in reserve order strictly after `(priority, seq)` (from the start when
+    /// `None`). Stale entries included; the caller filters.
+    pub(crate) fn ready_after(
+        &self,
+        after: Option<(i32, u64)>,
+    ) -> impl Iterator<Item = (i32, ReadyEntry)> + '_ {
+        let start = after.map_or(i32::MIN, |(p, _)| p);
+        self.ready.range(start..).flat_map(move |(&prio, fifo)| {
+            // Seqs grow along the deque (invariant 2): skip up to the cursor by bisection.
+            let skip = match after {
+                Some((p, seq)) if p == prio => fifo.partition_point(|e| e.seq <= seq),
+                _ => 0,
+            };
+            fifo.range(skip..).map(move |e| (prio, *e))
+        })
+    }
+
+    /// The longest a ready job of this queue has been waiting, by the time it became ready.
+    /// Stale entries are filtered by `is_ready`.
+    pub(crate) fn oldest_ready_since(&self, is_ready: impl Fn(JobId) -> bool) -> Option<Millis> {
+        // The front live entry of each priority is its oldest (FIFO by time of readiness).
+        self.ready
+            .values()
+            .filter_map(|fifo| fifo.iter().find(|e| is_ready(e.id)).map(|e| e.since))
+            .min()
+    }
+
+    /// Counts a completion or a failed try in the per-minute history.
+    pub(crate) fn count_minute(&mut self, now: Millis, completed: u64, failed: u64) {
+        let minute = now / 60_000;
+        let minutes = self.minutes.get_or_insert_with(|| Box::new([(u64::MAX, 0, 0); MINUTES]));
+        let slot = &mut minutes[(minute % MINUTES as u64) as usize];
+        if slot.0 != minute {
+            *slot = (minute, 0, 0);
+        }
+        slot.1 += completed;
+        slot.2 += failed;
+    }
+
+    /// `(completed, failed)` per minute for the last [`MINUTES`] minutes, oldest first, the
+    /// last being the current minute.
+    pub(crate) fn minutes(&self, now: Millis) -> Vec<(u64, u64)> {
+        let current = now / 60_000;
+        (0..MINUTES as u64)
+            .rev()
+            .map(|back| {
+                let Some(minute) = current.checked_sub(back) else { return (0, 0) };
+                let Some(minutes) = &self.minutes else { return (0, 0) };
+                let slot = minutes[(minute % MINUTES as u64) as usize];
+                if slot.0 == minute {
+                    (slot.1, slot.2)
+                } else {
+                    (0, 0)
+                }
+            })
+            .collect()
+    }
+
+    pub(crate) fn push_completed(&mut self, mut job: CompletedJob, retention: usize) {
+        job.seq = self.completed_total;
         self.completed_total += 1;
         if retention == 0 {
             return;
@@ -118,18 +242,43 @@ impl Queue {
     pub(crate) fn completed_newest_first(&self) -> impl Iterator<Item = &CompletedJob> {
         self.completed.iter().rev()
     }
+
+    /// Newest first, strictly older than completion `seq` when given.
+    pub(crate) fn completed_before(&self, seq: Option<u64>) -> impl Iterator<Item = &CompletedJob> {
+        // Seqs grow along the ring: bisect for the cut.
+        let end =
+            seq.map_or(self.completed.len(), |s| self.completed.partition_point(|c| c.seq < s));
+        self.completed.range(..end).rev()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn done(id: JobId) -> CompletedJob {
+        CompletedJob {
+            id,
+            name: "n".into(),
+            finished_at_ms: id,
+            attempt: 1,
+            created_at_ms: 0,
+            priority: 0,
+            max_attempts: 1,
+            seq: 0,
+        }
+    }
+
     #[test]
     fn pops_by_priority_then_fifo() {
         let mut q = Queue::new("q".into());
         for (prio, id) in [(5, 1), (0, 2), (5, 3), (-1, 4), (0, 5)] {
-            q.push_ready(prio, id);
+            q.push_ready(prio, id, 0);
         }
+        let listed: Vec<JobId> = q.ready_after(None).map(|(_, e)| e.id).collect();
+        assert_eq!(listed, [4, 2, 5, 1, 3]);
+        let after_2: Vec<JobId> = q.ready_after(Some((0, 1))).map(|(_, e)| e.id).collect();
+        assert_eq!(after_2, [5, 1, 3]);
         let order: Vec<JobId> = std::iter::from_fn(|| q.pop_ready()).collect();
         assert_eq!(order, [4, 2, 5, 1, 3]);
         assert!(q.ready.is_empty(), "emptied priorities are dropped");
@@ -139,17 +288,31 @@ mod tests {
     fn completed_ring_is_bounded() {
         let mut q = Queue::new("q".into());
         for id in 0..10 {
-            let job = CompletedJob { id, name: "n".into(), finished_at_ms: id, attempt: 1 };
-            q.push_completed(job, 3);
+            q.push_completed(done(id), 3);
         }
         let ids: Vec<JobId> = q.completed_newest_first().map(|c| c.id).collect();
         assert_eq!(ids, [9, 8, 7]);
+        let before: Vec<JobId> = q.completed_before(Some(9)).map(|c| c.id).collect();
+        assert_eq!(before, [8, 7]);
         assert_eq!(q.completed_total, 10);
         let mut none = Queue::new("n".into());
-        none.push_completed(
-            CompletedJob { id: 1, name: "n".into(), finished_at_ms: 0, attempt: 1 },
-            0,
-        );
+        none.push_completed(done(1), 0);
         assert_eq!((none.completed_retained(), none.completed_total), (0, 1));
+    }
+
+    #[test]
+    fn minute_buckets_forget_old_minutes() {
+        let mut q = Queue::new("q".into());
+        q.count_minute(0, 1, 0);
+        q.count_minute(59_999, 1, 2);
+        q.count_minute(60_000, 1, 0);
+        let m = q.minutes(60_000);
+        assert_eq!(m.len(), MINUTES);
+        assert_eq!(&m[MINUTES - 2..], [(2, 2), (1, 0)]);
+        // An hour later the slot of minute 0 is reused for minute 60.
+        q.count_minute(3_600_000, 0, 1);
+        let m = q.minutes(3_600_000);
+        assert_eq!(m[MINUTES - 1], (0, 1));
+        assert_eq!(m.iter().map(|c| c.0).sum::<u64>(), 1, "minute 0 fell out, minute 1 stays");
     }
 }

@@ -35,6 +35,11 @@ impl WaiterTable {
         self.by_key.contains_key(&key)
     }
 
+    /// Whether any parked waiter names queue `q` (such a queue must not be forgotten).
+    pub(crate) fn waits_on(&self, q: u32) -> bool {
+        self.by_queue.contains_key(&q)
+    }
+
     /// Parks a waiter; the caller checked its key is not parked already.
     pub(crate) fn park(&mut self, waiter: Waiter) {
         let seq = self.next_seq;
