@@ -35,8 +35,8 @@ use crate::message::{ClientFrame, Request, ServerFrame};
 pub const LEN_PREFIX: usize = 4;
 /// Default largest frame body: 16 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
-/// Largest frame body any configuration may allow: 64 MiB. Also bincode's allocation limit
-/// while decoding, so no length field inside a message can claim more than this.
+/// Largest frame body any configuration may allow: 64 MiB. (Decoding a frame limits
+/// bincode's claims to a multiple of the frame's own length: see [`decode_slice`].)
 pub const HARD_MAX_FRAME: usize = 64 * 1024 * 1024;
 /// Largest frame body before a connection is authenticated: `Hello`, `Auth` and their
 /// answers are a few dozen bytes.
@@ -70,11 +70,14 @@ pub fn encode<T: Serialize>(msg: &T, dst: &mut BytesMut, max: usize) -> Result<(
     Ok(())
 }
 
-/// Decodes one message from `body` with a bincode byte limit that is the smallest of a few
-/// fixed sizes at least `body.len()`. Legitimate messages claim no more bytes than they
-/// hold (strings and byte fields claim their own length), so the limit never refuses one;
-/// a lying length prefix inside a small frame is refused before it is allocated.
-/// Returns the message and the bytes it used.
+/// Decodes one message from `body` with a bincode byte limit of [`CLAIM_PER_BYTE`] times
+/// the smallest of a few fixed sizes at least `body.len()`.
+///
+/// Bincode's limit counts *claims*, not bytes read: a string or byte field claims its
+/// announced length, an integer its in-memory size (8 for a `u64`, even when its varint
+/// took one byte). So a legitimate message claims at most 8 times its length and the limit
+/// never refuses one, while a lying length prefix inside a small frame is refused before
+/// it is allocated. Returns the message and the bytes it used.
 pub fn decode_slice<T: DeserializeOwned>(
     body: &[u8],
 ) -> Result<(T, usize), bincode::error::DecodeError> {
@@ -83,15 +86,20 @@ pub fn decode_slice<T: DeserializeOwned>(
             $(if body.len() <= $n {
                 return bincode::serde::decode_from_slice(
                     body,
-                    bincode::config::standard().with_limit::<{ $n }>(),
+                    bincode::config::standard().with_limit::<{ CLAIM_PER_BYTE * $n }>(),
                 );
             })*
         };
     }
-    // Steps of 4x: at most 4x the body, 8 monomorphizations per message type.
-    buckets!(4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20);
-    bincode::serde::decode_from_slice(body, config())
+    // Steps of 4x: a claim is at most 4 * CLAIM_PER_BYTE times the body, at the cost of
+    // 8 monomorphizations per message type.
+    buckets!(4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, HARD_MAX_FRAME);
+    // Longer than any frame may be; refused by the frame decoder before this point.
+    Err(bincode::error::DecodeError::LimitExceeded)
 }
+
+/// The most bincode claims per byte of a legitimate message: a `u64` encoded in one byte.
+pub const CLAIM_PER_BYTE: usize = 8;
 
 /// Splits frames off a byte buffer, enforcing a maximum length, and decodes them with the
 /// request [`DecodeLimits`].
