@@ -3,8 +3,8 @@
 //!
 //! This crate owns the client side of a connection: one TCP socket per [`Client`] (shared by
 //! its clones), requests pipelined on it and matched to answers by id, reconnecting when it
-//! drops (`connection.rs`); the typed requests (`client.rs`); the [`Job`] builder
-//! (`job.rs`); the [`Worker`] loop (`worker.rs`); and [`Error`] (`error.rs`). The wire
+//! drops, with the handshake and keepalive (`connection.rs`); TLS (`tls.rs`); the typed
+//! requests (`client.rs`); the [`Job`] builder (`job.rs`); the [`Worker`] loop (`worker.rs`); and [`Error`] (`error.rs`). The wire
 //! format itself is `qd_protocol`'s, re-exported here where an API needs its types.
 //!
 //! # Producer
@@ -65,13 +65,18 @@ mod client;
 mod connection;
 mod error;
 mod job;
+mod tls;
 mod worker;
 
-pub use crate::client::{Client, ClientBuilder};
+pub use crate::client::{Client, ClientBuilder, JobPage, SECRET_ENV};
 pub use crate::error::Error;
 pub use crate::job::{AsLease, Backoff, Job, LeasedJobExt};
+pub use crate::tls::TlsOptions;
 pub use crate::worker::{permanent, Permanent, Worker};
 
 pub use qd_protocol::message::{LeaseRef, NackOutcome, Welcome};
-pub use qd_protocol::{ErrorCode, JobId, LeasedJob, QueueStats, RetryHint, WireError};
+pub use qd_protocol::{
+    Cursor, ErrorCode, JobDetail, JobFailure, JobId, JobState, JobSummary, LeasedJob, MinuteCounts,
+    QueueInfo, QueueStats, RetryHint, Role, SearchQuery, WireError,
+};
 pub use tokio_util::sync::CancellationToken;
