@@ -54,6 +54,28 @@
 //! # }
 //! ```
 //!
+//! # Secrets and TLS
+//!
+//! A server started with a secret challenges every connection; the client proves the
+//! secret without sending it. Admin requests ([`Client::queues`], [`Client::retry_dead`],
+//! ...) need the admin role, proved with the server's admin secret.
+//!
+//! ```no_run
+//! use qd_client::{Client, TlsOptions};
+//!
+//! # async fn admin() -> Result<(), qd_client::Error> {
+//! let client = Client::builder("qd.internal:7700")
+//!     .secret_from_env() // QD_SECRET, unless .secret(..) was given
+//!     .admin()
+//!     .tls(TlsOptions::new().ca_pem_file("qd-ca.pem")?)
+//!     .connect()
+//!     .await?;
+//! for q in client.queues().await? {
+//!     println!("{}: {} ready, {} dead", q.name, q.ready, q.dead);
+//! }
+//! # Ok(()) }
+//! ```
+//!
 //! # What a failure means
 //!
 //! When the connection drops, requests in flight fail with [`Error::Disconnected`]: the

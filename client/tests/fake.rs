@@ -65,7 +65,7 @@ pub async fn accept(listener: &TcpListener) -> Wire {
 
 /// After the `Hello`: challenges the client, checks its proof as the real server does
 /// (`secret` grants Worker, `admin_secret` Admin), and welcomes it with the role proved or
-/// says Goodbye with `AuthFailed`. Returns the wire when welcomed.
+/// says Goodbye with `AuthFailed`. Returns the role granted, or `None` when refused.
 pub async fn challenge<S>(
     wire: &mut Framed<S, ServerCodec>,
     secret: &[u8],
