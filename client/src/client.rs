@@ -1,5 +1,6 @@
-//! [`Client`]: the typed request API (add, reserve, ack, nack, touch, stats) over one shared
-//! [`Connection`], and [`ClientBuilder`] for its settings.
+//! [`Client`]: the typed request API (add, reserve, ack, nack, touch, stats, ping, and the
+//! admin requests) over one shared [`Connection`], and [`ClientBuilder`] for its settings
+//! (name, secret and role, TLS, keepalive, timeouts).
 //!
 //! This file validates input (so bad input fails without a round trip) and maps each answer
 //! to its type; sockets, pipelining and reconnecting are `connection.rs`'s business.
@@ -9,12 +10,19 @@ use std::time::Duration;
 
 use qd_protocol::message::{LeaseRef, NackOutcome, Welcome};
 use qd_protocol::{
-    validate_lease, validate_queue_name, JobId, LeasedJob, QueueStats, Request, Response,
-    RetryHint, WireError, MAX_ERROR_TEXT,
+    validate_lease, validate_queue_name, Cursor, JobDetail, JobId, JobState, JobSummary, LeasedJob,
+    QueueInfo, QueueStats, Request, Response, RetryHint, Role, SearchQuery, WireError,
+    MAX_ERROR_TEXT,
 };
 use serde::Serialize;
 
-use crate::connection::{Config, Connection};
+use crate::connection::{Config, Connection, Secret};
+use crate::tls::TlsOptions;
+
+/// Queues per page when `stats` and `queues` page through all of them.
+const PAGE: u32 = 500;
+/// The environment variable [`ClientBuilder::secret_from_env`] reads.
+pub const SECRET_ENV: &str = "QD_SECRET";
 use crate::error::Error;
 use crate::job::{millis, AsLease, Job};
 
@@ -32,6 +40,7 @@ pub struct Client {
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     config: Config,
+    tls: Option<TlsOptions>,
 }
 
 impl ClientBuilder {
@@ -41,9 +50,45 @@ impl ClientBuilder {
         self
     }
 
-    /// Credentials, when the server requires them.
-    pub fn token(mut self, token: impl Into<String>) -> Self {
-        self.config.token = Some(token.into());
+    /// The shared secret, when the server requires one (`qd serve --secret`, or
+    /// `--admin-secret` for the admin role). It never crosses the wire: the client proves
+    /// it knows it by answering the server's challenge.
+    pub fn secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        self.config.secret = Some(Secret(Arc::from(secret.as_ref())));
+        self
+    }
+
+    /// Takes the secret from the `QD_SECRET` environment variable, unless one was given
+    /// with [`secret`](Self::secret) (explicit settings win).
+    pub fn secret_from_env(self) -> Self {
+        match std::env::var_os(SECRET_ENV) {
+            Some(v) if self.config.secret.is_none() => self.secret(v.to_string_lossy().as_bytes()),
+            _ => self,
+        }
+    }
+
+    /// The role to prove when the server asks for a secret (default [`Role::Worker`]).
+    /// Admin requests need [`Role::Admin`] and the server's admin secret.
+    pub fn role(mut self, role: Role) -> Self {
+        self.config.role = role;
+        self
+    }
+
+    /// Shorthand for `role(Role::Admin)`.
+    pub fn admin(self) -> Self {
+        self.role(Role::Admin)
+    }
+
+    /// Speaks TLS to the server, trusting the CA in `tls`.
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// After this long without sending anything, send a `Ping` so that the server's idle
+    /// timeout does not close a healthy connection (default 30 s; `None` never pings).
+    pub fn idle_ping(mut self, every: Option<Duration>) -> Self {
+        self.config.idle_ping = every;
         self
     }
 
@@ -70,7 +115,10 @@ impl ClientBuilder {
 
     /// Connects and does the handshake, once: a wrong address or a server that is down
     /// fails at once with [`Error::Connect`], rather than after the reconnect window.
-    pub async fn connect(self) -> Result<Client, Error> {
+    pub async fn connect(mut self) -> Result<Client, Error> {
+        if let Some(tls) = &self.tls {
+            self.config.tls = Some(tls.connector(&self.config.addr)?);
+        }
         let conn = Connection::open(self.config).await?;
         Ok(Client { conn: Arc::new(conn) })
     }
@@ -88,11 +136,15 @@ impl Client {
             config: Config {
                 addr: addr.into(),
                 name: "qd-client".into(),
-                token: None,
+                secret: None,
+                role: Role::Worker,
+                tls: None,
+                idle_ping: Some(Duration::from_secs(30)),
                 connect_timeout: Duration::from_secs(5),
                 request_timeout: Some(Duration::from_secs(30)),
                 reconnect_for: Duration::from_secs(10),
             },
+            tls: None,
         }
     }
 
@@ -235,13 +287,169 @@ impl Client {
         }
     }
 
-    /// Job counts of every queue.
+    /// Job counts of every queue, sorted by name (fetched a page at a time).
     pub async fn stats(&self) -> Result<Vec<QueueStats>, Error> {
-        match self.conn.call(Request::Stats, Duration::ZERO).await? {
-            Response::Stats { queues } => Ok(queues),
-            other => Err(unexpected("Stats", &other)),
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let body = Request::Stats { after: after.take(), limit: PAGE };
+            match self.conn.call(body, Duration::ZERO).await? {
+                Response::Stats { queues, next } => {
+                    all.extend(queues);
+                    match next {
+                        Some(n) => after = Some(n),
+                        None => return Ok(all),
+                    }
+                }
+                other => return Err(unexpected("Stats", &other)),
+            }
         }
     }
+
+    /// One round trip to the server; returns how long it took.
+    pub async fn ping(&self) -> Result<Duration, Error> {
+        let start = tokio::time::Instant::now();
+        match self.conn.call(Request::Ping, Duration::ZERO).await? {
+            Response::Pong => Ok(start.elapsed()),
+            other => Err(unexpected("Pong", &other)),
+        }
+    }
+
+    // Admin requests: the connection needs the admin role (ClientBuilder::admin and the
+    // server's admin secret), or they fail with ErrorCode::Forbidden.
+
+    /// Every queue with its counts, pause state and last hour of history, sorted by name.
+    pub async fn queues(&self) -> Result<Vec<QueueInfo>, Error> {
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let body = Request::Queues { after: after.take(), limit: PAGE };
+            match self.conn.call(body, Duration::ZERO).await? {
+                Response::Queues { queues, next } => {
+                    all.extend(queues);
+                    match next {
+                        Some(n) => after = Some(n),
+                        None => return Ok(all),
+                    }
+                }
+                other => return Err(unexpected("Queues", &other)),
+            }
+        }
+    }
+
+    /// One page of up to `limit` jobs of `queue` in `state`, starting at `cursor` (the
+    /// first page when `None`; pass the returned page's `next` for the following one).
+    pub async fn jobs(
+        &self,
+        queue: &str,
+        state: JobState,
+        cursor: Option<Cursor>,
+        limit: u32,
+    ) -> Result<JobPage, Error> {
+        validate_queue_name(queue).map_err(Error::invalid)?;
+        let body = Request::Jobs { queue: queue.to_owned(), state, cursor, limit };
+        self.job_page(body).await
+    }
+
+    /// One job in full (payload, options, failures). [`Error::is_not_found`] when unknown.
+    pub async fn job(&self, id: JobId) -> Result<JobDetail, Error> {
+        match self.conn.call(Request::Job { id }, Duration::ZERO).await? {
+            Response::Job { job } => Ok(*job),
+            other => Err(unexpected("Job", &other)),
+        }
+    }
+
+    /// One page of jobs of `queue` (in `state`, or any state) whose payload matches
+    /// `query`; paged like [`jobs`](Self::jobs).
+    pub async fn search(
+        &self,
+        queue: &str,
+        state: Option<JobState>,
+        query: SearchQuery,
+        cursor: Option<Cursor>,
+        limit: u32,
+    ) -> Result<JobPage, Error> {
+        validate_queue_name(queue).map_err(Error::invalid)?;
+        let body = Request::Search { queue: queue.to_owned(), state, query, cursor, limit };
+        self.job_page(body).await
+    }
+
+    /// Moves these dead jobs of `queue` back to ready; returns how many moved.
+    pub async fn retry_dead(&self, queue: &str, ids: &[JobId]) -> Result<u64, Error> {
+        validate_queue_name(queue).map_err(Error::invalid)?;
+        self.count(Request::RetryDead { queue: queue.to_owned(), ids: ids.to_vec() }).await
+    }
+
+    /// Moves every dead job of `queue` (only those named `name`, when given) back to ready;
+    /// returns how many moved.
+    pub async fn retry_all_dead(&self, queue: &str, name: Option<&str>) -> Result<u64, Error> {
+        validate_queue_name(queue).map_err(Error::invalid)?;
+        let name = name.map(str::to_owned);
+        self.count(Request::RetryAllDead { queue: queue.to_owned(), name }).await
+    }
+
+    /// Deletes the dead jobs of `queue` that died more than `older_than` ago (all when
+    /// `None`); returns how many.
+    pub async fn purge_dead(
+        &self,
+        queue: &str,
+        older_than: Option<Duration>,
+    ) -> Result<u64, Error> {
+        validate_queue_name(queue).map_err(Error::invalid)?;
+        let older_than_ms = older_than.map(millis);
+        self.count(Request::PurgeDead { queue: queue.to_owned(), older_than_ms }).await
+    }
+
+    /// Deletes these jobs (active ones are skipped); returns how many were deleted.
+    pub async fn remove(&self, ids: &[JobId]) -> Result<u64, Error> {
+        self.count(Request::Remove { ids: ids.to_vec() }).await
+    }
+
+    /// Makes these delayed jobs ready now; returns how many were.
+    pub async fn promote(&self, ids: &[JobId]) -> Result<u64, Error> {
+        self.count(Request::Promote { ids: ids.to_vec() }).await
+    }
+
+    /// Stops reserves from taking jobs of `queue` (adds still go in).
+    pub async fn pause(&self, queue: &str) -> Result<(), Error> {
+        validate_queue_name(queue).map_err(Error::invalid)?;
+        self.done(Request::Pause { queue: queue.to_owned() }).await
+    }
+
+    /// Lets reserves take jobs of a paused `queue` again.
+    pub async fn resume(&self, queue: &str) -> Result<(), Error> {
+        validate_queue_name(queue).map_err(Error::invalid)?;
+        self.done(Request::Resume { queue: queue.to_owned() }).await
+    }
+
+    async fn job_page(&self, body: Request) -> Result<JobPage, Error> {
+        match self.conn.call(body, Duration::ZERO).await? {
+            Response::Jobs { jobs, next } => Ok(JobPage { jobs, next }),
+            other => Err(unexpected("Jobs", &other)),
+        }
+    }
+
+    async fn count(&self, body: Request) -> Result<u64, Error> {
+        match self.conn.call(body, Duration::ZERO).await? {
+            Response::Count { n } => Ok(n),
+            other => Err(unexpected("Count", &other)),
+        }
+    }
+
+    async fn done(&self, body: Request) -> Result<(), Error> {
+        match self.conn.call(body, Duration::ZERO).await? {
+            Response::Done => Ok(()),
+            other => Err(unexpected("Done", &other)),
+        }
+    }
+}
+
+/// One page of a job list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobPage {
+    pub jobs: Vec<JobSummary>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<Cursor>,
 }
 
 /// Cuts error text to the protocol's limit at a char boundary (the server would cut it too,

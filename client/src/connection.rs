@@ -26,6 +26,14 @@
 //! connection transparently. The next caller reconnects, with capped exponential backoff,
 //! for up to `reconnect_for`; callers that queued behind a failed reconnect round get its
 //! error instead of starting a round of their own.
+//!
+//! Every dial, first or reconnect, does the whole handshake: TCP, TLS when configured,
+//! `Hello`, and when the server sends a `Challenge`, an `Auth` with the proof of the
+//! secret for the configured role (`qd_protocol::auth`). A refused secret is not transient:
+//! reconnecting stops at once and the caller learns to check its secret.
+//!
+//! Keepalive: when nothing was written for `idle_ping`, the writer sends a `Ping` (its
+//! answer is dropped), so a server's idle timeout closes dead clients, not quiet ones.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,17 +44,22 @@ use bytes::BytesMut;
 use qd_protocol::codec::ClientCodec;
 use qd_protocol::message::{Hello, Welcome};
 use qd_protocol::{
-    ClientFrame, ErrorCode, Request, Response, ServerFrame, WireError, DEFAULT_MAX_FRAME,
-    HARD_MAX_FRAME, PROTOCOL_VERSION,
+    auth, ClientFrame, ErrorCode, Request, Response, Role, ServerFrame, WireError,
+    DEFAULT_MAX_FRAME, HARD_MAX_FRAME, PROTOCOL_VERSION,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
+use crate::tls::Tls;
+
+/// Either half of a plain or TLS socket. Boxed: one indirection per read or write batch
+/// is nothing next to a syscall, and it keeps the driver free of type parameters.
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// Backoff between reconnect attempts: starts here, doubles, stops growing at the cap.
 const RECONNECT_FIRST: Duration = Duration::from_millis(50);
@@ -62,10 +75,25 @@ const MAX_UNSENT_RETRIES: usize = 5;
 pub(crate) struct Config {
     pub addr: String,
     pub name: String,
-    pub token: Option<String>,
+    pub secret: Option<Secret>,
+    /// The role asked for when the server challenges.
+    pub role: Role,
+    pub tls: Option<Tls>,
+    /// Send a `Ping` after this long without writing anything.
+    pub idle_ping: Option<Duration>,
     pub connect_timeout: Duration,
     pub request_timeout: Option<Duration>,
     pub reconnect_for: Duration,
+}
+
+/// The shared secret; its `Debug` does not show it, so configs can be logged.
+#[derive(Clone)]
+pub(crate) struct Secret(pub Arc<[u8]>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// The shared connection state behind every `Client` clone.
@@ -73,8 +101,9 @@ pub(crate) struct Config {
 pub(crate) struct Connection {
     config: Config,
     /// Request ids; unique for the life of this `Connection`, across reconnects, so a late
-    /// answer on a new socket can never complete the wrong caller.
-    next_id: AtomicU64,
+    /// answer on a new socket can never complete the wrong caller. Shared with the driver,
+    /// which takes ids for its keepalive pings.
+    next_id: Arc<AtomicU64>,
     /// The live socket, if any. A std mutex: held only to clone or swap the `Arc`.
     current: StdMutex<Option<Arc<Live>>>,
     /// Held by whoever is reconnecting, so that one caller dials and the rest wait. Holds
@@ -133,10 +162,11 @@ enum Closed {
 impl Connection {
     /// Dials once (no retries: a wrong address should fail fast) and keeps the socket.
     pub(crate) async fn open(config: Config) -> Result<Connection, Error> {
-        let live = dial(&config).await?;
+        let next_id = Arc::new(AtomicU64::new(1));
+        let live = dial(&config, &next_id).await?;
         Ok(Connection {
             config,
-            next_id: AtomicU64::new(1),
+            next_id,
             current: StdMutex::new(Some(Arc::new(live))),
             reconnect: tokio::sync::Mutex::new(None),
             rounds: AtomicU64::new(0),
@@ -245,7 +275,7 @@ impl Connection {
         let mut attempts = 0u32;
         loop {
             attempts += 1;
-            match dial(&self.config).await {
+            match dial(&self.config, &self.next_id).await {
                 Ok(live) => {
                     tracing::info!(addr = %self.config.addr, attempts, "reconnected to qd");
                     return Ok(live);
@@ -275,8 +305,9 @@ impl Connection {
     }
 }
 
-/// Connects, says `Hello`, waits for `Welcome`, and starts the driver task.
-async fn dial(config: &Config) -> Result<Live, Error> {
+/// Connects (TCP, then TLS when configured), says `Hello`, answers a `Challenge` when the
+/// server sends one, waits for `Welcome`, and starts the driver task.
+async fn dial(config: &Config, next_id: &Arc<AtomicU64>) -> Result<Live, Error> {
     let connect_err = |source: std::io::Error| Error::Connect {
         addr: config.addr.clone(),
         source: Arc::new(source),
@@ -291,14 +322,26 @@ async fn dial(config: &Config) -> Result<Live, Error> {
         let stream = TcpStream::connect(&config.addr).await.map_err(connect_err)?;
         // Requests are small and latency-bound; batching is done by the writer, not Nagle.
         stream.set_nodelay(true).map_err(connect_err)?;
-        let (mut rd, mut wr) = stream.into_split();
+        let (mut rd, mut wr): (Reader, Writer) = match &config.tls {
+            None => {
+                let (rd, wr) = stream.into_split();
+                (Box::new(rd), Box::new(wr))
+            }
+            Some(tls) => {
+                let stream = tls.wrap(stream).await.map_err(|e| Error::Tls {
+                    addr: config.addr.clone(),
+                    message: e.to_string(),
+                })?;
+                let (rd, wr) = tokio::io::split(stream);
+                (Box::new(rd), Box::new(wr))
+            }
+        };
 
         let mut codec = ClientCodec::new(DEFAULT_MAX_FRAME);
         let mut out = BytesMut::new();
         let hello = ClientFrame::Hello(Hello {
             protocol: PROTOCOL_VERSION,
             client_name: config.name.clone(),
-            token: config.token.clone(),
         });
         codec.encode(&hello, &mut out).map_err(|e| Error::invalid_arg(e.to_string()))?;
         wr.write_all(&out).await.map_err(connect_err)?;
@@ -306,10 +349,30 @@ async fn dial(config: &Config) -> Result<Live, Error> {
         let mut buf = BytesMut::with_capacity(8 * 1024);
         let refused =
             |code, message: String| Error::Handshake { addr: config.addr.clone(), code, message };
+        let auth_failed = |message: String| Error::Auth { addr: config.addr.clone(), message };
+        let mut challenged = false;
         let welcome = loop {
             match codec.decode(&mut buf) {
                 Ok(Some(ServerFrame::Welcome(w))) => break w,
+                Ok(Some(ServerFrame::Goodbye(e))) if e.code == ErrorCode::AuthFailed => {
+                    return Err(auth_failed(e.message))
+                }
                 Ok(Some(ServerFrame::Goodbye(e))) => return Err(refused(e.code, e.message)),
+                Ok(Some(ServerFrame::Challenge { nonce })) if !challenged => {
+                    challenged = true;
+                    let Some(secret) = &config.secret else {
+                        return Err(auth_failed(
+                            "the server requires a secret and this client has none".into(),
+                        ));
+                    };
+                    let proof = auth::proof(&secret.0, &nonce, config.role);
+                    out.clear();
+                    let answer = ClientFrame::Auth { role: config.role, proof };
+                    codec
+                        .encode(&answer, &mut out)
+                        .map_err(|e| Error::invalid_arg(e.to_string()))?;
+                    wr.write_all(&out).await.map_err(connect_err)?;
+                }
                 Ok(Some(other)) => {
                     return Err(refused(
                         ErrorCode::BadFrame,
@@ -341,7 +404,7 @@ async fn dial(config: &Config) -> Result<Live, Error> {
     let (rd, wr, buf, welcome) = tokio::time::timeout(config.connect_timeout, handshake)
         .await
         .map_err(|_| timed_out())??;
-    tracing::debug!(addr = %config.addr, server = %welcome.server, max_in_flight = welcome.max_in_flight, "connected to qd");
+    tracing::debug!(addr = %config.addr, server = %welcome.server, max_in_flight = welcome.max_in_flight, role = ?welcome.role, "connected to qd");
 
     let in_flight = (welcome.max_in_flight.max(1) as usize).min(Semaphore::MAX_PERMITS);
     let permits = Arc::new(Semaphore::new(in_flight));
@@ -360,6 +423,8 @@ async fn dial(config: &Config) -> Result<Live, Error> {
         pending: Arc::new(StdMutex::new(HashMap::new())),
         permits: permits.clone(),
         closed: closed.clone(),
+        idle_ping: config.idle_ping,
+        next_id: next_id.clone(),
     };
     tokio::spawn(driver.run(rd, wr, buf, rx));
     Ok(Live { tx, permits, closed, welcome })
@@ -373,16 +438,12 @@ struct Driver {
     pending: PendingMap,
     permits: Arc<Semaphore>,
     closed: CancellationToken,
+    idle_ping: Option<Duration>,
+    next_id: Arc<AtomicU64>,
 }
 
 impl Driver {
-    async fn run(
-        self,
-        rd: OwnedReadHalf,
-        wr: OwnedWriteHalf,
-        buf: BytesMut,
-        mut rx: mpsc::Receiver<Command>,
-    ) {
+    async fn run(self, rd: Reader, wr: Writer, buf: BytesMut, mut rx: mpsc::Receiver<Command>) {
         // Both halves run in this one task; when either stops, the other is dropped with
         // it. Dropping the writer mid-write is fine: the socket is being abandoned anyway.
         //
@@ -393,7 +454,7 @@ impl Driver {
         let why = tokio::select! {
             biased;
             why = read_loop(self.decoder, &self.pending, rd, buf) => why,
-            why = write_loop(self.encoder, &self.pending, wr, &mut rx) => why,
+            why = write_loop(&self, wr, &mut rx) => why,
         };
         // Order matters. First make the socket look dead so new callers reconnect, then
         // stop the permit and command queues so nobody new gets in, and only then fail
@@ -428,16 +489,31 @@ impl Driver {
     }
 }
 
-async fn write_loop(
-    mut codec: ClientCodec,
-    pending: &PendingMap,
-    mut wr: OwnedWriteHalf,
-    rx: &mut mpsc::Receiver<Command>,
-) -> Closed {
+async fn write_loop(driver: &Driver, mut wr: Writer, rx: &mut mpsc::Receiver<Command>) -> Closed {
+    let (mut codec, pending) = (driver.encoder, &driver.pending);
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     let mut out = BytesMut::with_capacity(64 * 1024);
     loop {
-        if rx.recv_many(&mut batch, WRITE_BATCH).await == 0 {
+        let received = match driver.idle_ping {
+            None => rx.recv_many(&mut batch, WRITE_BATCH).await,
+            Some(every) => {
+                match tokio::time::timeout(every, rx.recv_many(&mut batch, WRITE_BATCH)).await {
+                    Ok(n) => n,
+                    Err(_) => match driver.ping() {
+                        // Queued as a command like any other, with a permit (so it never
+                        // pushes the connection past its in-flight limit) and a reply
+                        // nobody waits for. All permits taken: requests are in flight, the
+                        // server is not idle-waiting on us, skip this one.
+                        Some(cmd) => {
+                            batch.push(cmd);
+                            1
+                        }
+                        None => continue,
+                    },
+                }
+            }
+        };
+        if received == 0 {
             return Closed::Unused;
         }
         {
@@ -469,10 +545,21 @@ async fn write_loop(
     }
 }
 
+impl Driver {
+    /// A keepalive `Ping`, if an in-flight permit is free.
+    fn ping(&self) -> Option<Command> {
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        let (reply, _ignored) = oneshot::channel();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        tracing::trace!(addr = %self.addr, id, "idle: sending Ping");
+        Some(Command { id, body: Request::Ping, reply, permit })
+    }
+}
+
 async fn read_loop(
     mut codec: ClientCodec,
     pending: &PendingMap,
-    mut rd: OwnedReadHalf,
+    mut rd: Reader,
     mut buf: BytesMut,
 ) -> Closed {
     loop {
@@ -489,8 +576,8 @@ async fn read_loop(
                     }
                 }
                 Ok(Some(ServerFrame::Goodbye(e))) => return Closed::Goodbye(e),
-                Ok(Some(ServerFrame::Welcome(_))) => {
-                    return Closed::Lost("protocol error: a second Welcome".into())
+                Ok(Some(ServerFrame::Welcome(_) | ServerFrame::Challenge { .. })) => {
+                    return Closed::Lost("protocol error: a handshake frame after Welcome".into())
                 }
                 Ok(None) => break,
                 Err(e) => return Closed::Lost(format!("protocol error: {e}")),

@@ -3,7 +3,8 @@
 //!
 //! The split that matters to a caller is *did the server see my request?*
 //! - [`Error::Invalid`]: refused locally; nothing was sent.
-//! - [`Error::Connect`], [`Error::Handshake`]: no connection, so nothing was sent.
+//! - [`Error::Connect`], [`Error::Handshake`], [`Error::Auth`], [`Error::Tls`]: no
+//!   connection, so nothing was sent.
 //! - [`Error::Server`]: the server answered this request with an error, so it was not
 //!   applied (the protocol's add is all or nothing). One exception: when the server says
 //!   `Goodbye` (shutting down, protocol violation) every request in flight gets that error,
@@ -31,10 +32,18 @@ pub enum Error {
         #[source]
         source: Arc<std::io::Error>,
     },
-    /// The server refused the `Hello` (wrong protocol version, bad credentials, ...), or
-    /// answered it with something other than `Welcome`.
-    #[error("qd at {addr} refused the handshake: {message} (code {code:?}); check the client's protocol version and credentials")]
+    /// The server refused the `Hello` (wrong protocol version, ...), or answered it with
+    /// something other than `Welcome`.
+    #[error("qd at {addr} refused the handshake: {message} (code {code:?}); check the client's protocol version")]
     Handshake { addr: String, code: ErrorCode, message: String },
+    /// The server wants a secret and this client's is missing or wrong (or does not grant
+    /// the role asked for). Not retried: another try would fail the same way.
+    #[error("qd at {addr} refused the secret: {message}; check the secret given to ClientBuilder::secret or in QD_SECRET (and, for admin requests, that it is the server's admin secret)")]
+    Auth { addr: String, message: String },
+    /// The TLS handshake failed: most often the server's certificate is not signed by the
+    /// CA given, or is for another name.
+    #[error("TLS with qd at {addr} failed: {message}; check the CA given to TlsOptions and the server name the certificate is for")]
+    Tls { addr: String, message: String },
     /// The connection dropped while the request was in flight. The server may or may not
     /// have applied it; the next request reconnects.
     #[error("connection to qd lost while the request was in flight ({reason}); it may or may not have been applied, retry only if that is safe (e.g. adds with a key)")]
@@ -65,6 +74,7 @@ impl Error {
     /// handshake refusals).
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
+            Error::Auth { .. } => Some(ErrorCode::AuthFailed),
             Error::Server { code, .. } | Error::Invalid { code, .. } => Some(*code),
             Error::Handshake { code, .. } => Some(*code),
             _ => None,
@@ -81,6 +91,12 @@ impl Error {
     /// The connection dropped with the request in flight (outcome unknown).
     pub fn is_disconnected(&self) -> bool {
         matches!(self, Error::Disconnected { .. })
+    }
+
+    /// The secret is missing or wrong, or an admin request was sent without the admin
+    /// role: fix the configuration, retrying will not help.
+    pub fn is_auth(&self) -> bool {
+        matches!(self.code(), Some(ErrorCode::AuthFailed | ErrorCode::Forbidden))
     }
 
     /// The job id is unknown to the server (it may have completed already).

@@ -3,8 +3,8 @@
 //!
 //! This crate owns the client side of a connection: one TCP socket per [`Client`] (shared by
 //! its clones), requests pipelined on it and matched to answers by id, reconnecting when it
-//! drops (`connection.rs`); the typed requests (`client.rs`); the [`Job`] builder
-//! (`job.rs`); the [`Worker`] loop (`worker.rs`); and [`Error`] (`error.rs`). The wire
+//! drops, with the handshake and keepalive (`connection.rs`); TLS (`tls.rs`); the typed
+//! requests (`client.rs`); the [`Job`] builder (`job.rs`); the [`Worker`] loop (`worker.rs`); and [`Error`] (`error.rs`). The wire
 //! format itself is `qd_protocol`'s, re-exported here where an API needs its types.
 //!
 //! # Producer
@@ -54,6 +54,28 @@
 //! # }
 //! ```
 //!
+//! # Secrets and TLS
+//!
+//! A server started with a secret challenges every connection; the client proves the
+//! secret without sending it. Admin requests ([`Client::queues`], [`Client::retry_dead`],
+//! ...) need the admin role, proved with the server's admin secret.
+//!
+//! ```no_run
+//! use qd_client::{Client, TlsOptions};
+//!
+//! # async fn admin() -> Result<(), qd_client::Error> {
+//! let client = Client::builder("qd.internal:7700")
+//!     .secret_from_env() // QD_SECRET, unless .secret(..) was given
+//!     .admin()
+//!     .tls(TlsOptions::new().ca_pem_file("qd-ca.pem")?)
+//!     .connect()
+//!     .await?;
+//! for q in client.queues().await? {
+//!     println!("{}: {} ready, {} dead", q.name, q.ready, q.dead);
+//! }
+//! # Ok(()) }
+//! ```
+//!
 //! # What a failure means
 //!
 //! When the connection drops, requests in flight fail with [`Error::Disconnected`]: the
@@ -65,13 +87,18 @@ mod client;
 mod connection;
 mod error;
 mod job;
+mod tls;
 mod worker;
 
-pub use crate::client::{Client, ClientBuilder};
+pub use crate::client::{Client, ClientBuilder, JobPage, SECRET_ENV};
 pub use crate::error::Error;
 pub use crate::job::{AsLease, Backoff, Job, LeasedJobExt};
+pub use crate::tls::TlsOptions;
 pub use crate::worker::{permanent, Permanent, Worker};
 
 pub use qd_protocol::message::{LeaseRef, NackOutcome, Welcome};
-pub use qd_protocol::{ErrorCode, JobId, LeasedJob, QueueStats, RetryHint, WireError};
+pub use qd_protocol::{
+    Cursor, ErrorCode, JobDetail, JobFailure, JobId, JobState, JobSummary, LeasedJob, MinuteCounts,
+    QueueInfo, QueueStats, RetryHint, Role, SearchQuery, WireError,
+};
 pub use tokio_util::sync::CancellationToken;

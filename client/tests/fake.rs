@@ -10,7 +10,8 @@ use futures::{SinkExt, StreamExt};
 use qd_protocol::codec::{Incoming, ServerCodec};
 use qd_protocol::message::{NackOutcome, Welcome};
 use qd_protocol::{
-    ClientFrame, ErrorCode, LeasedJob, Request, Response, RetryHint, ServerFrame, WireError,
+    auth, ClientFrame, Cursor, ErrorCode, JobDetail, JobOptions, JobState, JobSummary, LeasedJob,
+    QueueInfo, QueueStats, Request, Response, RetryHint, Role, ServerFrame, WireError,
     DEFAULT_MAX_FRAME,
 };
 use tokio::net::{TcpListener, TcpStream};
@@ -33,11 +34,16 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 pub fn welcome(max_in_flight: u32) -> ServerFrame {
+    welcome_as(max_in_flight, Role::Admin)
+}
+
+pub fn welcome_as(max_in_flight: u32, role: Role) -> ServerFrame {
     ServerFrame::Welcome(Welcome {
         protocol: qd_protocol::PROTOCOL_VERSION,
         server: "fake".into(),
         max_frame: DEFAULT_MAX_FRAME as u32,
         max_in_flight,
+        role,
     })
 }
 
@@ -54,6 +60,36 @@ pub async fn accept(listener: &TcpListener) -> Wire {
     match wire.next().await {
         Some(Ok(Incoming::Frame(ClientFrame::Hello(_)))) => wire,
         other => panic!("expected Hello, got {other:?}"),
+    }
+}
+
+/// After the `Hello`: challenges the client, checks its proof as the real server does
+/// (`secret` grants Worker, `admin_secret` Admin), and welcomes it with the role proved or
+/// says Goodbye with `AuthFailed`. Returns the role granted, or `None` when refused.
+pub async fn challenge<S>(
+    wire: &mut Framed<S, ServerCodec>,
+    secret: &[u8],
+    admin_secret: &[u8],
+) -> Option<Role>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let nonce: [u8; 32] = std::array::from_fn(|i| (now_ms() as u8).wrapping_add(i as u8));
+    wire.send(&ServerFrame::Challenge { nonce }).await.unwrap();
+    let Some(Ok(Incoming::Frame(ClientFrame::Auth { role, proof }))) = wire.next().await else {
+        panic!("expected Auth after the Challenge");
+    };
+    let key = match role {
+        Role::Worker => secret,
+        Role::Admin => admin_secret,
+    };
+    if auth::verify(key, &nonce, role, &proof) {
+        wire.send(&welcome_as(1000, role)).await.unwrap();
+        Some(role)
+    } else {
+        let refusal = WireError::new(ErrorCode::AuthFailed, "wrong secret");
+        wire.send(&ServerFrame::Goodbye(refusal)).await.unwrap();
+        None
     }
 }
 
@@ -105,6 +141,10 @@ pub struct Record {
     pub lost: HashSet<u64>,
     /// Close the connection instead of answering the next reserve.
     pub drop_on_reserve: bool,
+    /// Pings received.
+    pub pings: usize,
+    /// Admin requests received, in order.
+    pub admin: Vec<Request>,
 }
 
 /// An in-memory queue server: hands out its jobs to reserves, records acks, nacks, touches.
@@ -204,10 +244,62 @@ impl FakeQueue {
                 let lease_deadline_ms = now_ms() + lease_ms.unwrap_or(600);
                 Ok(Response::Touched { lease_deadline_ms })
             }),
-            Request::Stats => Ok(Response::Stats { queues: vec![] }),
+            Request::Stats { after, .. } => Ok(stats_page(after)),
+            Request::Ping => self.with(|r| {
+                r.pings += 1;
+                Ok(Response::Pong)
+            }),
             Request::Add { jobs, .. } => {
                 Ok(Response::Added { ids: (1..=jobs.len() as u64).collect() })
             }
+            admin => self.with(|r| {
+                r.admin.push(admin.clone());
+                admin_answer(admin)
+            }),
         }
     }
+}
+
+/// Two pages of stats, one queue each: `a` then `b`.
+fn stats_page(after: Option<String>) -> Response {
+    let row = |q: &str| QueueStats { queue: q.into(), ready: 1, ..Default::default() };
+    match after.as_deref() {
+        None => Response::Stats { queues: vec![row("a")], next: Some("a".into()) },
+        _ => Response::Stats { queues: vec![row("b")], next: None },
+    }
+}
+
+/// Canned answers to admin requests: queues come in two pages (`a`, `b`), job lists hold
+/// one job with a next cursor, job 404 does not exist, counts are the number of ids (or 7).
+fn admin_answer(request: Request) -> Result<Response, WireError> {
+    Ok(match request {
+        Request::Queues { after: None, .. } => {
+            Response::Queues { queues: vec![QueueInfo::new("a")], next: Some("a".into()) }
+        }
+        Request::Queues { .. } => {
+            Response::Queues { queues: vec![QueueInfo::new("b")], next: None }
+        }
+        Request::Jobs { queue, state, .. } => Response::Jobs {
+            jobs: vec![JobSummary::new(1, queue, "n", state)],
+            next: Some(Cursor(vec![1])),
+        },
+        Request::Search { queue, .. } => Response::Jobs {
+            jobs: vec![JobSummary::new(2, queue, "n", JobState::Dead)],
+            next: None,
+        },
+        Request::Job { id: 404 } => {
+            return Err(WireError::new(ErrorCode::NotFound, "no job 404"));
+        }
+        Request::Job { id } => {
+            let summary = JobSummary::new(id, "q", "n", JobState::Ready);
+            let detail = JobDetail::new(summary, "p".into(), JobOptions::default());
+            Response::Job { job: Box::new(detail) }
+        }
+        Request::RetryDead { ids, .. } | Request::Remove { ids } | Request::Promote { ids } => {
+            Response::Count { n: ids.len() as u64 }
+        }
+        Request::RetryAllDead { .. } | Request::PurgeDead { .. } => Response::Count { n: 7 },
+        Request::Pause { .. } | Request::Resume { .. } => Response::Done,
+        other => panic!("the fake does not answer {other:?}"),
+    })
 }

@@ -11,3 +11,10 @@ mod connection;
 /// Worker behaviour: concurrency, ack/nack mapping, permanent errors, panics, heartbeats,
 /// graceful shutdown.
 mod worker;
+
+/// The handshake: challenge-response auth (right, wrong, missing secret; roles), reconnects
+/// redoing it, idle pings, TLS with and without the server's CA.
+mod auth;
+
+/// Admin requests, ping and paged stats: each method's request and answer mapping.
+mod admin;

@@ -5,8 +5,9 @@
 use bytes::BytesMut;
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::error::DecodeError;
+use crate::error::{DecodeError, WireError};
 use crate::frame::{encode, FrameDecoder};
+use crate::limits::DecodeLimits;
 use crate::message::{ClientFrame, ServerFrame};
 
 /// Errors of a codec: a protocol violation, or the I/O below it.
@@ -19,12 +20,18 @@ pub enum CodecError {
 }
 
 /// What the server side decodes: a frame, or a request whose envelope was fine but whose
-/// body was not. The latter is an item, not an error, because a `FramedRead` ends its stream
-/// after the first error, and this one must be answered and the connection kept.
+/// body was not (unknown kind, malformed, over a [`DecodeLimits`] limit). The latter is an
+/// item, not an error, because a `FramedRead` ends its stream after the first error, and
+/// this one must be answered and the connection kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Incoming {
     Frame(ClientFrame),
-    BadRequest { id: u64, reason: String },
+    /// Answer request `id` with `error` (`UnknownRequest` or `InvalidArgument`, its message
+    /// saying why) and read on.
+    BadRequest {
+        id: u64,
+        error: WireError,
+    },
 }
 
 /// Server side: reads [`ClientFrame`]s, writes [`ServerFrame`]s.
@@ -34,8 +41,28 @@ pub struct ServerCodec {
 }
 
 impl ServerCodec {
+    /// A codec with the default [`DecodeLimits`].
     pub fn new(max_frame: usize) -> Self {
         ServerCodec { frames: FrameDecoder::new(max_frame) }
+    }
+
+    pub fn with_limits(max_frame: usize, limits: DecodeLimits) -> Self {
+        ServerCodec { frames: FrameDecoder::with_limits(max_frame, limits) }
+    }
+
+    /// Changes the largest frame accepted (and encoded) from now on: start a connection at
+    /// [`crate::MAX_HANDSHAKE_FRAME`] and raise it after the handshake, e.g. through
+    /// `FramedRead::decoder_mut`.
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.frames.set_max(max_frame);
+    }
+
+    pub fn max_frame(&self) -> usize {
+        self.frames.max()
+    }
+
+    pub fn set_limits(&mut self, limits: DecodeLimits) {
+        self.frames.set_limits(limits);
     }
 }
 
@@ -45,10 +72,10 @@ impl Decoder for ServerCodec {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, CodecError> {
         match self.frames.decode_client(src) {
             Ok(frame) => Ok(frame.map(Incoming::Frame)),
-            Err(DecodeError::BadRequest { id, reason }) => {
-                Ok(Some(Incoming::BadRequest { id, reason }))
-            }
-            Err(e) => Err(e.into()),
+            Err(e) => match e.request_id() {
+                Some(id) => Ok(Some(Incoming::BadRequest { id, error: e.to_wire() })),
+                None => Err(e.into()),
+            },
         }
     }
 }

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits::LimitKind;
+
 /// Stable error codes. The number is what travels on the wire (see `docs/PROTOCOL.md`);
 /// a code this crate does not know decodes as [`ErrorCode::Other`] so that an older client
 /// can still show a newer server's errors.
@@ -21,6 +23,11 @@ pub enum ErrorCode {
     ProtocolVersion,
     /// The first frame of a connection was not a `Hello`.
     HandshakeRequired,
+    /// The `Auth` proof is wrong (wrong secret, or a role that secret does not grant), or
+    /// the server wants a secret and got none; the connection is closed.
+    AuthFailed,
+    /// An admin request on a connection of role `Worker`; connect with the admin secret.
+    Forbidden,
     /// A field is out of range (attempts, lease, sizes, ...).
     InvalidArgument,
     /// A queue name breaks the naming rules.
@@ -51,6 +58,8 @@ impl ErrorCode {
             ErrorCode::UnknownRequest => 3,
             ErrorCode::ProtocolVersion => 4,
             ErrorCode::HandshakeRequired => 5,
+            ErrorCode::AuthFailed => 6,
+            ErrorCode::Forbidden => 14,
             ErrorCode::InvalidArgument => 10,
             ErrorCode::InvalidQueueName => 11,
             ErrorCode::NotFound => 12,
@@ -72,6 +81,8 @@ impl From<u16> for ErrorCode {
             3 => ErrorCode::UnknownRequest,
             4 => ErrorCode::ProtocolVersion,
             5 => ErrorCode::HandshakeRequired,
+            6 => ErrorCode::AuthFailed,
+            14 => ErrorCode::Forbidden,
             10 => ErrorCode::InvalidArgument,
             11 => ErrorCode::InvalidQueueName,
             12 => ErrorCode::NotFound,
@@ -121,16 +132,32 @@ pub enum DecodeError {
     TrailingBytes(usize),
     /// The frame's envelope decoded (so its request id is known) but the request body did
     /// not: an unknown request kind or a malformed body. The connection can go on.
-    #[error("request {id}: unknown or malformed request body: {reason}")]
+    #[error("request {id}: unknown or malformed request body: {reason}; check the client's protocol version")]
     BadRequest { id: u64, reason: String },
+    /// A request carries more elements than a [`DecodeLimits`](crate::DecodeLimits) field
+    /// allows; refused before they were allocated. The connection can go on.
+    #[error("request {id}: {len} elements over the server's {} limit of {max}; send smaller batches", kind.name())]
+    OverLimit { id: u64, kind: LimitKind, len: usize, max: usize },
 }
 
 impl DecodeError {
-    /// The wire error to send back (before closing, for all but `BadRequest`).
+    /// The request this error is about, for the errors that leave the connection usable
+    /// (`BadRequest`, `OverLimit`): answer it under this id and go on. `None` for the
+    /// others, which end the connection with a `Goodbye`.
+    pub fn request_id(&self) -> Option<u64> {
+        match self {
+            DecodeError::BadRequest { id, .. } | DecodeError::OverLimit { id, .. } => Some(*id),
+            _ => None,
+        }
+    }
+
+    /// The wire error to send back (before closing, for all but `BadRequest` and
+    /// `OverLimit`).
     pub fn to_wire(&self) -> WireError {
         let code = match self {
             DecodeError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
             DecodeError::BadRequest { .. } => ErrorCode::UnknownRequest,
+            DecodeError::OverLimit { .. } => ErrorCode::InvalidArgument,
             _ => ErrorCode::BadFrame,
         };
         WireError::new(code, self.to_string())

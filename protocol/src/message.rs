@@ -1,7 +1,10 @@
 //! Every message of the protocol.
 //!
-//! A connection opens with the client's [`ClientFrame::Hello`] and the server's
-//! [`ServerFrame::Welcome`]. After that the client sends [`ClientFrame::Request`]s, each
+//! A connection opens with the client's [`ClientFrame::Hello`]. A server without a secret
+//! answers [`ServerFrame::Welcome`] at once; one with a secret sends
+//! [`ServerFrame::Challenge`], the client answers [`ClientFrame::Auth`] with a proof of the
+//! secret for the [`Role`] it wants (see [`crate::auth`]), and the server answers `Welcome`
+//! (granting that role) or `Goodbye` (`AuthFailed`). After that the client sends [`ClientFrame::Request`]s, each
 //! with an id it chose, and the server answers each with a [`ServerFrame::Response`]
 //! carrying the same id. Responses may come back in any order: a blocking reserve does not
 //! hold up the acks pipelined behind it. [`ServerFrame::Goodbye`] is the server's last
@@ -12,7 +15,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::admin::{Cursor, JobDetail, JobState, JobSummary, QueueInfo, SearchQuery};
+pub use crate::auth::Role;
+use crate::auth::NONCE_LEN;
 use crate::error::WireError;
+use crate::limits::de;
 use crate::types::{JobId, LeasedJob, NewJob, QueueStats, RetryHint};
 
 /// First frame from a client.
@@ -21,8 +28,6 @@ pub struct Hello {
     pub protocol: u32,
     /// Free text shown in logs and the dashboard, e.g. `mailer-worker@host-3`.
     pub client_name: String,
-    /// Credentials, when the server requires them.
-    pub token: Option<String>,
 }
 
 /// The server's answer to a good `Hello`.
@@ -35,21 +40,40 @@ pub struct Welcome {
     pub max_frame: u32,
     /// Most requests a connection may have in flight; more are refused with `Busy`.
     pub max_in_flight: u32,
+    /// What this connection may do: the role the client proved, or `Admin` on a server
+    /// without a secret.
+    pub role: Role,
 }
 
 /// One frame sent by a client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientFrame {
     Hello(Hello),
-    Request { id: u64, body: Request },
+    Request {
+        id: u64,
+        body: Request,
+    },
+    /// The answer to a [`ServerFrame::Challenge`]: `proof` is
+    /// [`crate::auth::proof`]`(secret, nonce, role)`.
+    Auth {
+        role: Role,
+        proof: [u8; NONCE_LEN],
+    },
 }
 
 /// One frame sent by the server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServerFrame {
     Welcome(Welcome),
-    Response { id: u64, result: Result<Response, WireError> },
+    Response {
+        id: u64,
+        result: Result<Response, WireError>,
+    },
     Goodbye(WireError),
+    /// The server wants proof of a secret before its `Welcome`: a fresh random nonce.
+    Challenge {
+        nonce: [u8; NONCE_LEN],
+    },
 }
 
 /// A lease presented to ack a job.
@@ -64,20 +88,107 @@ pub struct LeaseRef {
 pub enum Request {
     /// Add one or many jobs to one queue (created on first use). All or nothing: if one job
     /// is invalid, none is added.
-    Add { queue: String, jobs: Vec<NewJob> },
+    Add {
+        queue: String,
+        #[serde(deserialize_with = "de::jobs")]
+        jobs: Vec<NewJob>,
+    },
     /// Take up to `max` ready jobs from `queues`: from the first as many as it has, then from
     /// the next, in the order given; wait up to `timeout_ms` for one to become ready when
     /// none is. An empty answer means the wait ran out.
-    Reserve { queues: Vec<String>, max: u32, timeout_ms: u64 },
+    Reserve {
+        #[serde(deserialize_with = "de::queues")]
+        queues: Vec<String>,
+        max: u32,
+        timeout_ms: u64,
+    },
     /// Complete one or more jobs. Leases that are no longer valid are listed in the answer;
     /// the others are acked regardless.
-    Ack { leases: Vec<LeaseRef> },
+    Ack {
+        #[serde(deserialize_with = "de::ids")]
+        leases: Vec<LeaseRef>,
+    },
     /// Report a failed try.
     Nack { lease: LeaseRef, error: String, retry: RetryHint },
     /// Extend a lease by `lease_ms` from now (the job's own lease duration when `None`).
     Touch { lease: LeaseRef, lease_ms: Option<u64> },
-    /// Job counts per queue.
-    Stats,
+    /// Job counts per queue, a page at a time: up to `limit` queues whose names sort after
+    /// `after` (from the first when `None`), sorted by name.
+    Stats { after: Option<String>, limit: u32 },
+    /// Keeps an idle connection from being closed by the server's idle timeout. Answered
+    /// `Pong`.
+    Ping,
+    // Admin requests from here on: a connection of role `Worker` gets `Forbidden`.
+    /// Every queue with its counts, state and recent history, a page at a time as in
+    /// `Stats`. Answered `Queues`.
+    Queues { after: Option<String>, limit: u32 },
+    /// Jobs of one queue in one state, a page at a time. Answered `Jobs`.
+    Jobs { queue: String, state: JobState, cursor: Option<Cursor>, limit: u32 },
+    /// One job in full. Answered `Job`, or `NotFound`.
+    Job { id: JobId },
+    /// Jobs of one queue (in one state, or any) whose payload matches `query`, a page at a
+    /// time. Answered `Jobs`.
+    Search {
+        queue: String,
+        state: Option<JobState>,
+        query: SearchQuery,
+        cursor: Option<Cursor>,
+        limit: u32,
+    },
+    /// Moves these dead jobs of `queue` back to ready, with fresh attempts. Ids that are not
+    /// dead jobs of that queue are skipped. Answered `Count` (jobs moved).
+    RetryDead {
+        queue: String,
+        #[serde(deserialize_with = "de::ids")]
+        ids: Vec<JobId>,
+    },
+    /// Moves every dead job of `queue` (of this job name, when given) back to ready.
+    /// Answered `Count`.
+    RetryAllDead { queue: String, name: Option<String> },
+    /// Deletes the dead jobs of `queue` that died more than `older_than_ms` ago (all when
+    /// `None`). Answered `Count`.
+    PurgeDead { queue: String, older_than_ms: Option<u64> },
+    /// Deletes these jobs, whatever their state but active (an active job belongs to its
+    /// worker until acked or expired: it is skipped). Answered `Count`.
+    Remove {
+        #[serde(deserialize_with = "de::ids")]
+        ids: Vec<JobId>,
+    },
+    /// Makes these delayed jobs ready now. Others are skipped. Answered `Count`.
+    Promote {
+        #[serde(deserialize_with = "de::ids")]
+        ids: Vec<JobId>,
+    },
+    /// Stops reserves from taking jobs of `queue`; adds still go in. Answered `Done`.
+    Pause { queue: String },
+    /// Undoes `Pause`. Answered `Done`.
+    Resume { queue: String },
+}
+
+impl Request {
+    /// Whether only a connection of role [`Role::Admin`] may send this request.
+    pub fn is_admin(&self) -> bool {
+        match self {
+            Request::Add { .. }
+            | Request::Reserve { .. }
+            | Request::Ack { .. }
+            | Request::Nack { .. }
+            | Request::Touch { .. }
+            | Request::Stats { .. }
+            | Request::Ping => false,
+            Request::Queues { .. }
+            | Request::Jobs { .. }
+            | Request::Job { .. }
+            | Request::Search { .. }
+            | Request::RetryDead { .. }
+            | Request::RetryAllDead { .. }
+            | Request::PurgeDead { .. }
+            | Request::Remove { .. }
+            | Request::Promote { .. }
+            | Request::Pause { .. }
+            | Request::Resume { .. } => true,
+        }
+    }
 }
 
 /// What became of a nacked job.
@@ -110,7 +221,30 @@ pub enum Response {
     Touched {
         lease_deadline_ms: u64,
     },
+    /// One page of queue stats; `next` is the last name on it when more remain (pass it
+    /// as the next request's `after`).
     Stats {
         queues: Vec<QueueStats>,
+        next: Option<String>,
     },
+    Pong,
+    /// One page of queues; `next` as in `Stats`.
+    Queues {
+        queues: Vec<QueueInfo>,
+        next: Option<String>,
+    },
+    /// One page of jobs; `next` is the cursor of the following page when more remain.
+    Jobs {
+        jobs: Vec<JobSummary>,
+        next: Option<Cursor>,
+    },
+    Job {
+        job: Box<JobDetail>,
+    },
+    /// How many jobs an admin request changed.
+    Count {
+        n: u64,
+    },
+    /// The admin request was carried out.
+    Done,
 }

@@ -29,8 +29,8 @@ fn check_server(msg: &ServerFrame, expected: &str) {
 #[test]
 fn hello() {
     check_client(
-        &ClientFrame::Hello(Hello { protocol: 1, client_name: "w1".into(), token: None }),
-        "00 00 00 06 00 01 02 77 31 00",
+        &ClientFrame::Hello(Hello { protocol: 2, client_name: "w1".into() }),
+        "00 00 00 05 00 02 02 77 31",
     );
 }
 
@@ -38,12 +38,13 @@ fn hello() {
 fn welcome() {
     check_server(
         &ServerFrame::Welcome(Welcome {
-            protocol: 1,
+            protocol: 2,
             server: "qd".into(),
             max_frame: 16777216,
             max_in_flight: 4096,
+            role: Role::Worker,
         }),
-        "00 00 00 0d 00 01 02 71 64 fc 00 00 00 01 fb 00 10",
+        "00 00 00 0e 00 02 02 71 64 fc 00 00 00 01 fb 00 10 00",
     );
 }
 
@@ -136,7 +137,10 @@ fn touch() {
 
 #[test]
 fn stats() {
-    check_client(&ClientFrame::Request { id: 6, body: Request::Stats }, "00 00 00 03 01 06 05");
+    check_client(
+        &ClientFrame::Request { id: 6, body: Request::Stats { after: None, limit: 100 } },
+        "00 00 00 05 01 06 05 00 64",
+    );
 }
 
 #[test]
@@ -159,19 +163,6 @@ fn goodbye() {
 #[test]
 fn add_all_options() {
     check_client(&ClientFrame::Request { id: 8, body: Request::Add { queue: "q".into(), jobs: vec![NewJob { name: "n".into(), payload: Bytes::from_static(b"p"), options: JobOptions { priority: -3, delay_ms: 1000, attempts: 5, backoff: Backoff::Exponential { base_ms: 100, max_ms: 1000, jitter_pct: 20 }, lease_ms: 500, key: Some("k1".into()) } }, NewJob { name: "m".into(), payload: Bytes::new(), options: JobOptions { backoff: Backoff::Fixed { delay_ms: 10 }, ..JobOptions::default() } }] } }, "00 00 00 28 01 08 00 01 71 02 01 6e 01 70 05 fb e8 03 05 01 64 fb e8 03 14 fb f4 01 01 02 6b 31 01 6d 00 00 00 03 00 0a fb 30 75 00");
-}
-
-/// Not printed in docs/PROTOCOL.md; pins a layout the examples there leave out.
-#[test]
-fn hello_token() {
-    check_client(
-        &ClientFrame::Hello(Hello {
-            protocol: 1,
-            client_name: "w".into(),
-            token: Some("s3".into()),
-        }),
-        "00 00 00 08 00 01 01 77 01 02 73 33",
-    );
 }
 
 /// Not printed in docs/PROTOCOL.md; pins a layout the examples there leave out.
@@ -247,9 +238,10 @@ fn stats_answer() {
                     completed_total: 300,
                     failed_total: 7,
                 }],
+                next: Some("q".into()),
             }),
         },
-        "00 00 00 10 01 06 00 05 01 01 71 01 02 03 04 05 fb 2c 01 07",
+        "00 00 00 13 01 06 00 05 01 01 71 01 02 03 04 05 fb 2c 01 07 01 01 71",
     );
 }
 
@@ -264,5 +256,252 @@ fn acked_failed() {
             }),
         },
         "00 00 00 09 01 03 00 02 01 01 0d 01 78",
+    );
+}
+
+// ---- Protocol 2: authentication, ping, paging, admin requests. ----
+
+#[test]
+fn challenge() {
+    check_server(&ServerFrame::Challenge { nonce: [0xab; 32] }, "00 00 00 21 03 ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab ab");
+}
+
+#[test]
+fn auth() {
+    check_client(&ClientFrame::Auth { role: Role::Admin, proof: [0x11; 32] }, "00 00 00 22 02 01 11 11 11 11 11 11 11 11 11 11 11 11 11 11 11 11 11 11 11 11 11 11 11 11 11 11 11 11 11 11 11 11");
+}
+
+#[test]
+fn welcome_admin() {
+    check_server(
+        &ServerFrame::Welcome(Welcome {
+            protocol: 2,
+            server: "qd".into(),
+            max_frame: 1024,
+            max_in_flight: 8,
+            role: Role::Admin,
+        }),
+        "00 00 00 0a 00 02 02 71 64 fb 00 04 08 01",
+    );
+}
+
+#[test]
+fn auth_failed() {
+    check_server(
+        &ServerFrame::Goodbye(WireError::new(ErrorCode::AuthFailed, "no")),
+        "00 00 00 05 02 06 02 6e 6f",
+    );
+}
+
+#[test]
+fn forbidden() {
+    check_server(
+        &ServerFrame::Response { id: 1, result: Err(WireError::new(ErrorCode::Forbidden, "")) },
+        "00 00 00 05 01 01 01 0e 00",
+    );
+}
+
+#[test]
+fn stats_after() {
+    check_client(
+        &ClientFrame::Request { id: 7, body: Request::Stats { after: Some("q".into()), limit: 2 } },
+        "00 00 00 07 01 07 05 01 01 71 02",
+    );
+}
+
+#[test]
+fn ping_pong() {
+    check_client(&ClientFrame::Request { id: 8, body: Request::Ping }, "00 00 00 03 01 08 06");
+    check_server(
+        &ServerFrame::Response { id: 8, result: Ok(Response::Pong) },
+        "00 00 00 04 01 08 00 06",
+    );
+}
+
+#[test]
+fn queues() {
+    check_client(
+        &ClientFrame::Request { id: 9, body: Request::Queues { after: None, limit: 50 } },
+        "00 00 00 05 01 09 07 00 32",
+    );
+}
+
+#[test]
+fn queues_answer() {
+    let mut q = QueueInfo::new("q");
+    q.ready = 1;
+    q.paused = true;
+    q.oldest_ready_age_ms = Some(1000);
+    q.added_total = 2;
+    q.completed_total = 3;
+    q.failed_total = 4;
+    q.dead_total = 5;
+    q.minutes = vec![MinuteCounts::new(1_700_000_040_000, 6, 7)];
+    check_server(
+        &ServerFrame::Response {
+            id: 9,
+            result: Ok(Response::Queues { queues: vec![q], next: None }),
+        },
+        "00 00 00 22 01 09 00 07 01 01 71 01 00 00 00 00 01 01 fb e8 03 02 03 04 05 01 fd 40 04 e6 cf 8b 01 00 00 06 07 00",
+    );
+}
+
+#[test]
+fn jobs() {
+    check_client(
+        &ClientFrame::Request {
+            id: 10,
+            body: Request::Jobs {
+                queue: "q".into(),
+                state: JobState::Dead,
+                cursor: Some(Cursor(vec![0, 1])),
+                limit: 20,
+            },
+        },
+        "00 00 00 0b 01 0a 08 01 71 03 01 02 00 01 14",
+    );
+}
+
+fn summary() -> JobSummary {
+    let mut s = JobSummary::new(5, "q", "n", JobState::Active);
+    s.attempts_used = 1;
+    s.max_attempts = 3;
+    s.priority = -1;
+    s.created_at_ms = 1_700_000_000_000;
+    s.lease_deadline_ms = Some(1_700_000_030_000);
+    s.worker = Some("w".into());
+    s
+}
+
+#[test]
+fn jobs_answer() {
+    check_server(
+        &ServerFrame::Response {
+            id: 10,
+            result: Ok(Response::Jobs { jobs: vec![summary()], next: Some(Cursor(vec![9])) }),
+        },
+        "00 00 00 2a 01 0a 00 08 01 05 01 71 01 6e 02 01 03 01 fd 00 68 e5 cf 8b 01 00 00 00 01 fd 30 dd e5 cf 8b 01 00 00 01 01 77 00 00 01 01 09",
+    );
+}
+
+#[test]
+fn job() {
+    check_client(
+        &ClientFrame::Request { id: 11, body: Request::Job { id: 5 } },
+        "00 00 00 04 01 0b 09 05",
+    );
+}
+
+#[test]
+fn job_answer() {
+    let mut d = JobDetail::new(summary(), Bytes::from_static(b"hi"), JobOptions::default());
+    d.errors = vec![JobFailure::new(1, 1_700_000_001_000, "e")];
+    d.started_at_ms = Some(1_700_000_000_000);
+    check_server(
+        &ServerFrame::Response { id: 11, result: Ok(Response::Job { job: Box::new(d) }) },
+        "00 00 00 51 01 0b 00 09 05 01 71 01 6e 02 01 03 01 fd 00 68 e5 cf 8b 01 00 00 00 01 fd 30 dd e5 cf 8b 01 00 00 01 01 77 00 00 02 68 69 00 00 03 01 fb e8 03 fc 80 ee 36 00 14 fb 30 75 00 01 01 fd e8 6b e5 cf 8b 01 00 00 01 65 01 fd 00 68 e5 cf 8b 01 00 00",
+    );
+}
+
+#[test]
+fn search() {
+    check_client(
+        &ClientFrame::Request {
+            id: 12,
+            body: Request::Search {
+                queue: "q".into(),
+                state: Some(JobState::Ready),
+                query: SearchQuery::Field { path: "user.id".into(), value: "42".into() },
+                cursor: None,
+                limit: 10,
+            },
+        },
+        "00 00 00 15 01 0c 0a 01 71 01 00 01 07 75 73 65 72 2e 69 64 02 34 32 00 0a",
+    );
+}
+
+#[test]
+fn search_substring() {
+    check_client(
+        &ClientFrame::Request {
+            id: 13,
+            body: Request::Search {
+                queue: "q".into(),
+                state: None,
+                query: SearchQuery::Substring("ada".into()),
+                cursor: None,
+                limit: 10,
+            },
+        },
+        "00 00 00 0d 01 0d 0a 01 71 00 00 03 61 64 61 00 0a",
+    );
+}
+
+#[test]
+fn retry_dead() {
+    check_client(
+        &ClientFrame::Request {
+            id: 14,
+            body: Request::RetryDead { queue: "q".into(), ids: vec![1, 300] },
+        },
+        "00 00 00 0a 01 0e 0b 01 71 02 01 fb 2c 01",
+    );
+}
+
+#[test]
+fn retry_all_dead() {
+    check_client(
+        &ClientFrame::Request {
+            id: 15,
+            body: Request::RetryAllDead { queue: "q".into(), name: Some("n".into()) },
+        },
+        "00 00 00 08 01 0f 0c 01 71 01 01 6e",
+    );
+}
+
+#[test]
+fn purge_dead() {
+    check_client(
+        &ClientFrame::Request {
+            id: 16,
+            body: Request::PurgeDead { queue: "q".into(), older_than_ms: Some(86_400_000) },
+        },
+        "00 00 00 0b 01 10 0d 01 71 01 fc 00 5c 26 05",
+    );
+}
+
+#[test]
+fn remove_promote() {
+    check_client(
+        &ClientFrame::Request { id: 17, body: Request::Remove { ids: vec![1] } },
+        "00 00 00 05 01 11 0e 01 01",
+    );
+    check_client(
+        &ClientFrame::Request { id: 18, body: Request::Promote { ids: vec![2] } },
+        "00 00 00 05 01 12 0f 01 02",
+    );
+}
+
+#[test]
+fn pause_resume() {
+    check_client(
+        &ClientFrame::Request { id: 19, body: Request::Pause { queue: "q".into() } },
+        "00 00 00 05 01 13 10 01 71",
+    );
+    check_client(
+        &ClientFrame::Request { id: 20, body: Request::Resume { queue: "q".into() } },
+        "00 00 00 05 01 14 11 01 71",
+    );
+}
+
+#[test]
+fn count_done() {
+    check_server(
+        &ServerFrame::Response { id: 14, result: Ok(Response::Count { n: 2 }) },
+        "00 00 00 05 01 0e 00 0a 02",
+    );
+    check_server(
+        &ServerFrame::Response { id: 19, result: Ok(Response::Done) },
+        "00 00 00 04 01 13 00 0b",
     );
 }

@@ -61,7 +61,120 @@ fn request() -> impl Strategy<Value = Request> {
         }),
         (lease(), proptest::option::of(any::<u64>()))
             .prop_map(|(lease, lease_ms)| Request::Touch { lease, lease_ms }),
-        Just(Request::Stats),
+        (proptest::option::of("[a-z]{1,8}"), any::<u32>())
+            .prop_map(|(after, limit)| Request::Stats { after, limit }),
+        Just(Request::Ping),
+        admin_request(),
+    ]
+}
+
+fn role() -> impl Strategy<Value = Role> {
+    prop_oneof![Just(Role::Worker), Just(Role::Admin)]
+}
+
+fn job_state() -> impl Strategy<Value = JobState> {
+    prop_oneof![
+        Just(JobState::Ready),
+        Just(JobState::Delayed),
+        Just(JobState::Active),
+        Just(JobState::Dead),
+        Just(JobState::Completed),
+    ]
+}
+
+fn cursor() -> impl Strategy<Value = Cursor> {
+    proptest::collection::vec(any::<u8>(), 0..=64).prop_map(Cursor)
+}
+
+fn admin_request() -> impl Strategy<Value = Request> {
+    let q = || "[a-z]{1,8}".prop_map(String::from);
+    let ids = || proptest::collection::vec(any::<u64>(), 0..5);
+    prop_oneof![
+        (proptest::option::of(q()), any::<u32>())
+            .prop_map(|(after, limit)| Request::Queues { after, limit }),
+        (q(), job_state(), proptest::option::of(cursor()), any::<u32>()).prop_map(
+            |(queue, state, cursor, limit)| Request::Jobs { queue, state, cursor, limit }
+        ),
+        any::<u64>().prop_map(|id| Request::Job { id }),
+        (
+            q(),
+            proptest::option::of(job_state()),
+            prop_oneof![
+                ".{0,8}".prop_map(SearchQuery::Substring),
+                ("[a-z.]{0,8}", ".{0,8}")
+                    .prop_map(|(path, value)| SearchQuery::Field { path, value }),
+            ],
+            proptest::option::of(cursor()),
+            any::<u32>()
+        )
+            .prop_map(|(queue, state, query, cursor, limit)| Request::Search {
+                queue,
+                state,
+                query,
+                cursor,
+                limit
+            }),
+        (q(), ids()).prop_map(|(queue, ids)| Request::RetryDead { queue, ids }),
+        (q(), proptest::option::of(q()))
+            .prop_map(|(queue, name)| Request::RetryAllDead { queue, name }),
+        (q(), proptest::option::of(any::<u64>()))
+            .prop_map(|(queue, older_than_ms)| Request::PurgeDead { queue, older_than_ms }),
+        ids().prop_map(|ids| Request::Remove { ids }),
+        ids().prop_map(|ids| Request::Promote { ids }),
+        q().prop_map(|queue| Request::Pause { queue }),
+        q().prop_map(|queue| Request::Resume { queue }),
+    ]
+}
+
+fn summary() -> impl Strategy<Value = JobSummary> {
+    (
+        any::<u64>(),
+        "[a-z]{1,8}",
+        job_state(),
+        any::<(u32, u32, i32, u64)>(),
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(".{0,8}"),
+    )
+        .prop_map(|(id, name, state, (used, max, priority, created), at, text)| {
+            let mut s = JobSummary::new(id, "q", name, state);
+            s.attempts_used = used;
+            s.max_attempts = max;
+            s.priority = priority;
+            s.created_at_ms = created;
+            s.run_at_ms = at;
+            s.lease_deadline_ms = at;
+            s.worker = text.clone();
+            s.last_error = text;
+            s.finished_at_ms = at;
+            s
+        })
+}
+
+fn admin_response() -> impl Strategy<Value = Response> {
+    prop_oneof![
+        Just(Response::Pong),
+        Just(Response::Done),
+        any::<u64>().prop_map(|n| Response::Count { n }),
+        (proptest::collection::vec(summary(), 0..3), proptest::option::of(cursor()))
+            .prop_map(|(jobs, next)| Response::Jobs { jobs, next }),
+        (summary(), new_job(), proptest::option::of(any::<u64>()), ".{0,8}").prop_map(
+            |(summary, job, started, message)| {
+                let mut d = JobDetail::new(summary, job.payload, job.options);
+                d.errors = vec![JobFailure::new(1, 2, message)];
+                d.started_at_ms = started;
+                Response::Job { job: Box::new(d) }
+            }
+        ),
+        ("[a-z]{1,8}", any::<(u64, bool, Option<u64>, u32)>(), proptest::option::of("[a-z]{1,8}"))
+            .prop_map(|(name, (n, paused, age, m), next)| {
+                let mut q = QueueInfo::new(name);
+                q.ready = n;
+                q.paused = paused;
+                q.oldest_ready_age_ms = age;
+                q.dead_total = n;
+                q.minutes = vec![MinuteCounts::new(n, m, m)];
+                Response::Queues { queues: vec![q], next }
+            }),
     ]
 }
 
@@ -103,16 +216,17 @@ fn response() -> impl Strategy<Value = Response> {
         }),
         Just(Response::Nacked { outcome: NackOutcome::Dead }),
         any::<u64>().prop_map(|lease_deadline_ms| Response::Touched { lease_deadline_ms }),
+        admin_response(),
     ]
 }
 
 fn client_frame() -> impl Strategy<Value = ClientFrame> {
     prop_oneof![
-        (any::<u32>(), ".{0,10}", proptest::option::of(".{0,10}")).prop_map(
-            |(protocol, client_name, token)| {
-                ClientFrame::Hello(Hello { protocol, client_name, token })
-            }
-        ),
+        (any::<u32>(), ".{0,10}").prop_map(|(protocol, client_name)| ClientFrame::Hello(Hello {
+            protocol,
+            client_name
+        })),
+        (role(), any::<[u8; 32]>()).prop_map(|(role, proof)| ClientFrame::Auth { role, proof }),
         (any::<u64>(), request()).prop_map(|(id, body)| ClientFrame::Request { id, body }),
     ]
 }
@@ -123,6 +237,14 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
         (any::<u64>(), wire_error())
             .prop_map(|(id, e)| ServerFrame::Response { id, result: Err(e) }),
         wire_error().prop_map(ServerFrame::Goodbye),
+        any::<[u8; 32]>().prop_map(|nonce| ServerFrame::Challenge { nonce }),
+        (any::<u32>(), role()).prop_map(|(protocol, role)| ServerFrame::Welcome(Welcome {
+            protocol,
+            server: "qd".into(),
+            max_frame: protocol,
+            max_in_flight: protocol,
+            role,
+        })),
     ]
 }
 

@@ -370,7 +370,10 @@ impl Engine {
                 .touch(now, lease, lease_ms)
                 .map(|lease_deadline_ms| Response::Touched { lease_deadline_ms })
                 .map_err(Into::into),
-            Request::Stats => Ok(Response::Stats { queues: b.stats() }),
+            // Paging and the admin requests are not served yet: all stats in one page.
+            Request::Stats { .. } => Ok(Response::Stats { queues: b.stats(), next: None }),
+            Request::Ping => Ok(Response::Pong),
+            _ => Err(WireError::new(ErrorCode::UnknownRequest, "not implemented yet")),
         };
         Some(result)
     }

@@ -24,11 +24,8 @@ impl Raw {
     /// Connected and past the handshake.
     async fn hello(addr: &str) -> Raw {
         let mut raw = Raw::connect(addr).await;
-        let hello = ClientFrame::Hello(Hello {
-            protocol: PROTOCOL_VERSION,
-            client_name: "raw".into(),
-            token: None,
-        });
+        let hello =
+            ClientFrame::Hello(Hello { protocol: PROTOCOL_VERSION, client_name: "raw".into() });
         raw.send(&hello).await;
         assert!(matches!(raw.recv().await, Some(ServerFrame::Welcome(_))));
         raw
@@ -133,7 +130,8 @@ async fn unknown_request_gets_an_error_and_the_connection_goes_on() {
         }
         other => panic!("expected an error response for id 9, got {other:?}"),
     }
-    s.send(&ClientFrame::Request { id: 10, body: Request::Stats }).await;
+    s.send(&ClientFrame::Request { id: 10, body: Request::Stats { after: None, limit: 100 } })
+        .await;
     let answer = s.recv().await;
     assert!(matches!(answer, Some(ServerFrame::Response { id: 10, result: Ok(_) })), "{answer:?}");
 }
@@ -142,7 +140,7 @@ async fn unknown_request_gets_an_error_and_the_connection_goes_on() {
 async fn request_before_hello_is_refused() {
     let (server, _dir) = support::start();
     let mut s = Raw::connect(&server.addr).await;
-    s.send(&ClientFrame::Request { id: 1, body: Request::Stats }).await;
+    s.send(&ClientFrame::Request { id: 1, body: Request::Stats { after: None, limit: 100 } }).await;
     match s.recv().await {
         Some(ServerFrame::Goodbye(e)) => assert_eq!(e.code, ErrorCode::HandshakeRequired),
         other => panic!("expected a Goodbye, got {other:?}"),
@@ -244,8 +242,7 @@ async fn requests_past_the_in_flight_cap_are_refused_busy() {
 async fn a_client_of_another_protocol_version_is_told_so() {
     let (server, _dir) = support::start();
     let mut s = Raw::connect(&server.addr).await;
-    let hello =
-        ClientFrame::Hello(Hello { protocol: 99, client_name: "future".into(), token: None });
+    let hello = ClientFrame::Hello(Hello { protocol: 99, client_name: "future".into() });
     s.send(&hello).await;
     match s.recv().await {
         Some(ServerFrame::Goodbye(e)) => {

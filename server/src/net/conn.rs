@@ -98,6 +98,8 @@ pub async fn serve(
         server: format!("qd {}", env!("CARGO_PKG_VERSION")),
         max_frame: limits.max_frame as u32,
         max_in_flight: limits.max_in_flight as u32,
+        // No secrets yet: everyone is Admin (docs/PROTOCOL.md, "Authentication").
+        role: qd_protocol::Role::Admin,
     }));
     if commands.send(Command::Connect { conn, replies: tx.clone() }).await.is_err() {
         return;
@@ -138,16 +140,14 @@ pub async fn serve(
                 let _ = tx.send(goodbye(ErrorCode::BadFrame, "Hello sent twice on one connection"));
                 break;
             }
-            Some(Ok(Incoming::BadRequest { id, reason })) => {
+            Some(Ok(Incoming::Frame(ClientFrame::Auth { .. }))) => {
+                let _ = tx.send(goodbye(ErrorCode::BadFrame, "Auth sent without a Challenge"));
+                break;
+            }
+            Some(Ok(Incoming::BadRequest { id, error })) => {
                 // The frame was well formed, only its request was not: answer and go on.
                 in_flight.fetch_add(1, Ordering::AcqRel);
-                let _ = tx.send(ServerFrame::Response {
-                    id,
-                    result: Err(WireError::new(
-                        ErrorCode::UnknownRequest,
-                        format!("unknown or malformed request ({reason}); check the client's protocol version"),
-                    )),
-                });
+                let _ = tx.send(ServerFrame::Response { id, result: Err(error) });
             }
             Some(Err(e)) => {
                 tracing::debug!(conn, ?peer, error = %e, "closing connection after a protocol error");
