@@ -80,6 +80,10 @@ pub struct Cli {
     /// Log format.
     #[arg(long, global = true, env = "QD_LOG_FORMAT", default_value = "human")]
     log_format: LogFormat,
+    /// A TOML file of settings (flag names as keys); flags and QD_* variables override it.
+    /// See docs/OPERATIONS.md.
+    #[arg(long, global = true, env = "QD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -219,7 +223,9 @@ pub fn main_exit() -> std::process::ExitCode {
 
 /// Runs the command line.
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    crate::config_file::apply(&<Cli as clap::CommandFactory>::command(), &args)?;
+    let cli = Cli::parse_from(args);
     // The server logs what it does; the client commands only what goes wrong.
     let default_level = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
     init_tracing(cli.log_format, default_level);

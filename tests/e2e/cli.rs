@@ -56,3 +56,57 @@ fn cli_errors_say_what_to_do() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("exponential"), "suggests a valid form");
 }
+
+/// The config file sits below flags and the environment: `qd serve --config` with
+/// `durability = "interval"` serves with interval durability, and a flag beats the file.
+#[test]
+fn config_file_sets_serve_flags_and_a_flag_beats_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("qd.toml");
+    std::fs::write(&file, "durability = \"interval\"\nflush_interval = \"20ms\"\n").unwrap();
+    let file = file.to_str().unwrap().to_string();
+
+    let data = dir.path().join("a");
+    let mut from_file = support::Server::start_in(&data, &["--config", &file]);
+    let log = listening_line(&from_file);
+    assert!(log.contains("Interval"), "{log}");
+    from_file.terminate();
+
+    let data = dir.path().join("b");
+    let mut flag_wins =
+        support::Server::start_in(&data, &["--config", &file, "--durability", "none"]);
+    let log = listening_line(&flag_wins);
+    assert!(log.contains("None") && !log.contains("Interval"), "{log}");
+    flag_wins.terminate();
+}
+
+/// A misspelt key is refused before anything starts, with the list of real ones.
+#[test]
+fn config_file_with_an_unknown_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("qd.toml");
+    std::fs::write(&file, "lisen = \"127.0.0.1:1\"\n").unwrap();
+    let out = qd(&[
+        "serve",
+        "--config",
+        file.to_str().unwrap(),
+        "--data",
+        dir.path().join("d").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown setting \"lisen\"") && err.contains("listen"), "{err}");
+}
+
+/// The server's "qd is listening" log line, which names its durability. The line reaches the
+/// log just after the address is known, so poll for it.
+fn listening_line(server: &support::Server) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(line) = server.log().lines().find(|l| l.contains("qd is listening")) {
+            return line.to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no listening line: {}", server.log());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
