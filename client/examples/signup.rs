@@ -5,7 +5,7 @@
 //! at random: they are retried after a backoff, and a job that fails three times lands in
 //! the queue's dead set, where an operator can look at it.
 //!
-//! Run a server (`cargo run --release -p qd-server -- serve`) and then:
+//! Run a server (`cargo run --release -p qd -- serve`) and then:
 //! `cargo run -p qd-client --example signup`
 
 use std::time::Duration;
