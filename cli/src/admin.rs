@@ -266,7 +266,7 @@ async fn queues(conn: &ConnArgs) -> anyhow::Result<()> {
         "queue", "ready", "delayed", "active", "dead", "completed", "oldest"
     );
     for q in &queues {
-        let oldest = q.oldest_ready_age_ms.map_or("-".into(), |ms| age(ms));
+        let oldest = q.oldest_ready_age_ms.map_or("-".into(), age);
         let state = if q.paused { "paused" } else { "running" };
         println!(
             "{:<width$} {:>8} {:>8} {:>8} {:>8} {:>9} {:>10}  {state}",

@@ -851,7 +851,7 @@ mod tests {
         assert_eq!((id, result), (3, Ok(Response::Pong)), "nothing before the commit");
 
         drop(release);
-        let mut got = vec![next_reply(&mut h).await, next_reply(&mut h).await];
+        let mut got = [next_reply(&mut h).await, next_reply(&mut h).await];
         got.sort_by_key(|r| r.0);
         assert!(matches!(&got[0], (1, Ok(Response::Reserved { jobs })) if jobs.len() == 1));
         assert!(matches!(&got[1], (2, Ok(Response::Added { .. }))));
@@ -883,7 +883,7 @@ mod tests {
         assert_eq!(next_reply(&mut h).await, (4, Ok(Response::Pong)), "both adds wait");
 
         drop(release);
-        let mut got = vec![next_reply(&mut h).await, next_reply(&mut h).await];
+        let mut got = [next_reply(&mut h).await, next_reply(&mut h).await];
         got.sort_by_key(|r| r.0);
         assert_eq!(got[0], (1, Ok(Response::Added { ids: vec![1] })));
         assert_eq!(got[1], (2, Ok(Response::Added { ids: vec![1] })));

@@ -254,7 +254,7 @@ pub fn matches(query: &SearchQuery, payload: &[u8]) -> bool {
             }
             match at {
                 serde_json::Value::String(s) => s == value,
-                other => other.to_string() == *value,
+                other => serde_json::to_string(other).is_ok_and(|text| text == *value),
             }
         }
     }
