@@ -102,6 +102,9 @@ enum Command {
     Stats(StatsArgs),
     /// Run the benchmark workloads (see docs/PERFORMANCE.md).
     Bench(crate::bench::BenchArgs),
+    /// The operator's commands (docs/OPERATIONS.md).
+    #[command(flatten)]
+    Admin(crate::admin::AdminCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -142,6 +145,12 @@ struct ServeArgs {
     /// Completed jobs kept per queue for display.
     #[arg(long, env = "QD_COMPLETED_RETENTION", default_value_t = defaults().completed_retention)]
     completed_retention: usize,
+    /// Dead jobs kept per queue; beyond this the oldest dead job is dropped.
+    #[arg(long, env = "QD_DEAD_MAX_JOBS", default_value_t = defaults().dead_max_jobs)]
+    dead_max_jobs: usize,
+    /// Dead jobs are dropped this long after they died, e.g. `30days`.
+    #[arg(long, env = "QD_DEAD_MAX_AGE", default_value_t = defaults().dead_max_age.into())]
+    dead_max_age: humantime::Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -215,7 +224,7 @@ pub fn main_exit() -> std::process::ExitCode {
     match main() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("qd: {e:#}");
+            eprintln!("qd: {}", crate::admin::error_text(&e));
             std::process::ExitCode::FAILURE
         }
     }
@@ -240,6 +249,7 @@ fn main() -> anyhow::Result<()> {
             Command::Add(args) => add(args).await,
             Command::Stats(args) => stats(args).await,
             Command::Bench(args) => crate::bench::run(args).await,
+            Command::Admin(cmd) => crate::admin::run(cmd).await,
         }
     })
 }
@@ -247,7 +257,12 @@ fn main() -> anyhow::Result<()> {
 fn init_tracing(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: a log redirected to a file must not carry escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -275,6 +290,8 @@ fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
     config.max_frame = args.max_frame;
     config.handshake_timeout = args.handshake_timeout.into();
     config.completed_retention = args.completed_retention;
+    config.dead_max_jobs = args.dead_max_jobs;
+    config.dead_max_age = args.dead_max_age.into();
     Ok(config)
 }
 

@@ -4,9 +4,11 @@
 //! - [`cli`]: flags and `QD_*` environment in, a [`qd_server::config::ServerConfig`] or a
 //!   client action out, and the process's logging; [`main_exit`] is the whole binary;
 //! - [`bench`](mod@bench): `qd bench`, the benchmark workloads run through the real client;
+//! - [`admin`]: the operator's subcommands (`qd queues`, `qd jobs`, `qd retry`, ...);
 //! - [`child`]: a `qd serve` child process, shared by `qd bench --spawn` and the e2e tests;
 //! - [`config_file`]: the TOML config file, read into the flags' variables before parsing.
 
+pub mod admin;
 pub mod bench;
 pub mod child;
 pub mod cli;

@@ -43,6 +43,10 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Completed jobs retained per queue for display.
     pub completed_retention: usize,
+    /// Dead jobs kept per queue; a dead-lettering beyond this drops the oldest dead job.
+    pub dead_max_jobs: usize,
+    /// Dead jobs are dropped this long after they died.
+    pub dead_max_age: Duration,
 }
 
 impl ServerConfig {
@@ -66,6 +70,8 @@ impl Default for ServerConfig {
             max_frame: qd_protocol::DEFAULT_MAX_FRAME,
             handshake_timeout: Duration::from_secs(10),
             completed_retention: 1000,
+            dead_max_jobs: 10_000,
+            dead_max_age: Duration::from_secs(180 * 24 * 3600),
         }
     }
 }

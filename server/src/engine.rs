@@ -10,6 +10,17 @@
 //! - delivers jobs to parked reserves, reading payloads from the store (or from the
 //!   overlay of inserts not yet applied).
 //!
+//! - answers the admin requests (issue 8) from the core's views; the ones that need stored
+//!   records (a job's payload and errors, a search through payloads) are read on tokio's
+//!   blocking pool and answered from there (see `admin.rs`), so no disk read stalls the
+//!   engine.
+//!
+//! Read-committed delivery: a job added is handed to no worker and shown in no listing until
+//! the ticket holding its insert is committed (`Broker::commit_added` in `on_committed`),
+//! and an answer that reveals such a job's id (an add whose idempotency key matched it)
+//! waits for that ticket too. A worker can thus never act on a job that a crash would
+//! forget.
+//!
 //! Between rounds it sleeps until the core's next deadline (`poll_timeout`), so delayed jobs,
 //! lease expiries and reserve timeouts fire without polling.
 //!
@@ -17,17 +28,21 @@
 //! Recovery reads that same clock: [`Engine::open`] opens the store, streams its records into
 //! a new core and starts the writer, so nothing above the engine builds a broker or a store.
 
+mod admin;
+
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use qd_protocol::admin::{Cursor, JobState, JobSummary, SearchQuery};
 use qd_protocol::message::{LeaseRef, ServerFrame};
 use qd_protocol::{ErrorCode, JobId, LeasedJob, Request, Response, WireError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, BrokerConfig, Effect, Lease, WaiterKey};
+use crate::broker::{Broker, BrokerConfig, Effect, JobStateKind, JobView, Lease, WaiterKey};
 use crate::config::ServerConfig;
 use crate::model::{Change, ConnId, Millis};
 use crate::store::{
@@ -81,8 +96,9 @@ pub enum EngineError {
 /// What a connection tells the engine.
 #[derive(Debug)]
 pub enum Command {
-    /// A connection finished its handshake; replies for it go to `replies`.
-    Connect { conn: ConnId, replies: mpsc::UnboundedSender<ServerFrame> },
+    /// A connection finished its handshake; replies for it go to `replies`. `client_name`
+    /// is its `Hello`'s, shown as the worker of the jobs it holds.
+    Connect { conn: ConnId, client_name: String, replies: mpsc::UnboundedSender<ServerFrame> },
     /// One request, answered on the connection's reply channel under `id`.
     Request { conn: ConnId, id: u64, body: Request },
     /// The connection is gone: release its leases and parked reserves.
@@ -103,6 +119,13 @@ struct Ticket {
     replies: Vec<Held>,
     /// Ids whose payloads sit in the overlay until this ticket is applied.
     inserted: Vec<JobId>,
+}
+
+/// A connected client, as the engine knows it.
+#[derive(Debug)]
+struct Conn {
+    replies: mpsc::UnboundedSender<ServerFrame>,
+    name: String,
 }
 
 /// Clock that never runs backwards, even if the system clock does.
@@ -126,10 +149,14 @@ pub struct Engine {
     reader: StoreReader,
     writer: Option<Writer>,
     committed: mpsc::UnboundedReceiver<Committed>,
-    conns: HashMap<ConnId, mpsc::UnboundedSender<ServerFrame>>,
-    /// Payloads of jobs inserted but not yet applied to the store; a reserve can grab a job
-    /// before the batch holding its add has been committed.
-    overlay: HashMap<JobId, Bytes>,
+    conns: HashMap<ConnId, Conn>,
+    /// Payloads of jobs inserted but not yet committed, with the ticket holding the insert.
+    /// The core hands such jobs out only once that ticket commits, but the deliveries it
+    /// then makes are built before the overlay entry goes (see `on_committed`).
+    overlay: HashMap<JobId, (Bytes, u64)>,
+    /// Set by the request being handled when its answer reveals an uncommitted job: the
+    /// ticket that answer must wait for (read by `apply_effects`).
+    reveal: Option<u64>,
     /// The round being built: changes and the replies that wait for them.
     open: Ticket,
     open_changes: Vec<Change>,
@@ -169,6 +196,8 @@ impl Engine {
         let mut broker = Broker::new(BrokerConfig {
             completed_retention: config.completed_retention,
             token_key,
+            dead_max_jobs: config.dead_max_jobs,
+            dead_max_age_ms: config.dead_max_age.as_millis().min(u64::MAX as u128) as u64,
             ..BrokerConfig::default()
         });
         let mut clock = Clock::default();
@@ -204,6 +233,7 @@ impl Engine {
             committed,
             conns: HashMap::new(),
             overlay: HashMap::new(),
+            reveal: None,
             open: Ticket::default(),
             open_changes: Vec::new(),
             in_flight: HashMap::new(),
@@ -312,8 +342,8 @@ impl Engine {
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Connect { conn, replies } => {
-                self.conns.insert(conn, replies);
+            Command::Connect { conn, client_name, replies } => {
+                self.conns.insert(conn, Conn { replies, name: client_name });
             }
             Command::Disconnect { conn } => {
                 self.conns.remove(&conn);
@@ -342,9 +372,15 @@ impl Engine {
         let now = self.clock.now();
         let b = &mut self.broker;
         let result = match body {
-            Request::Add { queue, jobs } => {
-                b.add(now, &queue, jobs).map(|ids| Response::Added { ids }).map_err(Into::into)
-            }
+            Request::Add { queue, jobs } => match b.add(now, &queue, jobs) {
+                Ok(ids) => {
+                    // Ids inserted by this call are not in the overlay yet: any found there
+                    // is a key's holder whose insert is still in flight.
+                    self.reveal = ids.iter().filter_map(|i| self.overlay.get(i).map(|o| o.1)).max();
+                    Ok(Response::Added { ids })
+                }
+                Err(e) => Err(e.into()),
+            },
             Request::Reserve { queues, max, timeout_ms } => {
                 let waiter = WaiterKey { conn, request: id };
                 match b.reserve(now, waiter, &queues, max, timeout_ms) {
@@ -370,12 +406,177 @@ impl Engine {
                 .touch(now, lease, lease_ms)
                 .map(|lease_deadline_ms| Response::Touched { lease_deadline_ms })
                 .map_err(Into::into),
-            // Paging and the admin requests are not served yet: all stats in one page.
-            Request::Stats { .. } => Ok(Response::Stats { queues: b.stats(), next: None }),
+            Request::Stats { after, limit } => {
+                let limit = admin::page_limit(limit);
+                let mut queues = b.stats();
+                if let Some(after) = &after {
+                    queues.retain(|q| q.queue > *after);
+                }
+                let more = queues.len() > limit;
+                queues.truncate(limit);
+                let next = if more { queues.last().map(|q| q.queue.clone()) } else { None };
+                Ok(Response::Stats { queues, next })
+            }
             Request::Ping => Ok(Response::Pong),
-            _ => Err(WireError::new(ErrorCode::UnknownRequest, "not implemented yet")),
+            other => return self.on_admin(now, conn, id, other),
         };
         Some(result)
+    }
+
+    /// The admin requests. Mutations are answered like an ack: their `Persist` effects go
+    /// into this round's ticket and the answer waits for its commit (`apply_effects`), so an
+    /// OK survives a crash. `None`: answered later from a blocking task (`off_task`).
+    fn on_admin(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        id: u64,
+        body: Request,
+    ) -> Option<Result<Response, WireError>> {
+        let b = &mut self.broker;
+        let count = |n: u64| Ok(Response::Count { n });
+        let result = match body {
+            Request::Queues { after, limit } => {
+                let (views, next) = b.queue_views(now, after.as_deref(), admin::page_limit(limit));
+                let queues = views.into_iter().map(|v| admin::queue_info(now, v)).collect();
+                Ok(Response::Queues { queues, next })
+            }
+            Request::Jobs { queue, state, cursor, limit } => {
+                let cursor = cursor.as_ref().map(|c| c.0.as_slice());
+                let page = match b.list_jobs(
+                    now,
+                    &queue,
+                    admin::kind(state),
+                    cursor,
+                    admin::page_limit(limit),
+                ) {
+                    Ok(page) => page,
+                    Err(e) => return Some(Err(e.into())),
+                };
+                let next = page.next.map(Cursor);
+                let mut jobs: Vec<JobSummary> =
+                    page.items.into_iter().map(|v| self.row(v)).collect();
+                // The last error of failed jobs lives in their stored records.
+                if jobs.iter().any(|j| j.state != JobState::Completed && j.attempts_used > 0) {
+                    self.off_task(conn, id, move |reader| {
+                        admin::fill_errors(&reader, &mut jobs);
+                        Ok(Response::Jobs { jobs, next })
+                    });
+                    return None;
+                }
+                Ok(Response::Jobs { jobs, next })
+            }
+            Request::Job { id: job } => {
+                // An uncommitted job does not exist yet for anyone but its adder.
+                let view = b.job_view(job).filter(|_| !self.overlay.contains_key(&job));
+                let Some(view) = view else { return Some(Err(admin::not_found(job))) };
+                let started = view.started_at_ms;
+                let completed = view.state == JobStateKind::Completed;
+                let row = self.row(view);
+                if completed {
+                    Ok(admin::completed_detail(row))
+                } else {
+                    self.off_task(conn, id, move |reader| admin::detail(&reader, row, started));
+                    return None;
+                }
+            }
+            Request::Search { queue, state, query, cursor, limit } => {
+                return self.search(now, conn, id, &queue, state, query, cursor.as_ref(), limit);
+            }
+            Request::RetryDead { queue, ids } => count(b.retry_dead(now, &queue, &ids)),
+            Request::RetryAllDead { queue, name } => {
+                count(b.retry_all_dead(now, &queue, name.as_deref()))
+            }
+            Request::PurgeDead { queue, older_than_ms } => {
+                count(b.purge_dead(now, &queue, older_than_ms))
+            }
+            Request::Remove { ids } => count(b.remove(now, &ids)),
+            Request::Promote { ids } => count(b.promote(now, &ids)),
+            Request::Pause { queue } => {
+                b.pause(now, &queue).map(|()| Response::Done).map_err(Into::into)
+            }
+            Request::Resume { queue } => {
+                b.resume(now, &queue).map(|()| Response::Done).map_err(Into::into)
+            }
+            // The worker requests are answered by `on_request`; a new request kind that
+            // lands here was not wired in.
+            other => Err(WireError::new(
+                ErrorCode::UnknownRequest,
+                format!("this server does not serve {other:?}"),
+            )),
+        };
+        Some(result)
+    }
+
+    /// `Search`: takes listing pages from the core here (cheap, no disk), at most
+    /// [`admin::SEARCH_SCAN_JOBS`] jobs, and leaves reading and matching their payloads to
+    /// a blocking task. Pages are a quarter of `limit`, so an answer is at least three
+    /// quarters full when that many matches exist within the scan (see `admin::search`).
+    #[allow(clippy::too_many_arguments)]
+    fn search(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        id: u64,
+        queue: &str,
+        state: Option<JobState>,
+        query: SearchQuery,
+        cursor: Option<&Cursor>,
+        limit: u32,
+    ) -> Option<Result<Response, WireError>> {
+        let mut at = match admin::SearchAt::decode(state, cursor) {
+            Ok(at) => at,
+            Err(e) => return Some(Err(e)),
+        };
+        let limit = admin::page_limit(limit);
+        let page_size = limit.div_ceil(4);
+        let (mut pages, mut scanned) = (Vec::new(), 0);
+        while scanned < admin::SEARCH_SCAN_JOBS && pages.len() < admin::SEARCH_SCAN_PAGES {
+            let page =
+                match self.broker.list_jobs(now, queue, at.state, at.inner.as_deref(), page_size) {
+                    Ok(page) => page,
+                    Err(e) => return Some(Err(e.into())),
+                };
+            scanned += page.items.len();
+            let resume = match page.next {
+                Some(next) => Some(admin::SearchAt { state: at.state, inner: Some(next) }),
+                None => at.next_state(state.is_none()),
+            };
+            let jobs = page.items.into_iter().map(|v| self.row(v)).collect();
+            pages.push(admin::SearchPage { jobs, resume: resume.clone() });
+            match resume {
+                Some(next) => at = next,
+                None => break,
+            }
+        }
+        self.off_task(conn, id, move |reader| Ok(admin::search(&reader, &query, pages, limit)));
+        None
+    }
+
+    /// A job row, with the client name of the connection holding it when active.
+    fn row(&self, view: JobView) -> JobSummary {
+        let worker = view.conn.and_then(|c| self.conns.get(&c)).map(|c| c.name.clone());
+        admin::summary(view, worker)
+    }
+
+    /// Answers request `id` of `conn` from tokio's blocking pool with what `work` computes
+    /// from the store. The engine goes on at once; the reply goes straight to the
+    /// connection. A panic in `work` is answered `Internal`, so the request is not left
+    /// unanswered (which would hold one of the connection's in-flight slots for good).
+    fn off_task<F>(&self, conn: ConnId, id: u64, work: F)
+    where
+        F: FnOnce(StoreReader) -> Result<Response, WireError> + Send + 'static,
+    {
+        let Some(tx) = self.conns.get(&conn).map(|c| c.replies.clone()) else { return };
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| work(reader)))
+                .unwrap_or_else(|_| {
+                    tracing::error!(id, "an admin read panicked; this is a bug in qd");
+                    Err(WireError::new(ErrorCode::Internal, "the server failed to read the job"))
+                });
+            let _ = tx.send(ServerFrame::Response { id, result });
+        });
     }
 
     /// Routes the core's effects of one command. `reply` is that command's answer: held
@@ -387,9 +588,15 @@ impl Engine {
         for effect in effects.drain(..) {
             match effect {
                 Effect::Persist(change) => {
-                    if let Change::Insert(record) = &change {
-                        self.overlay.insert(record.id, record.payload.clone());
-                        self.open.inserted.push(record.id);
+                    match &change {
+                        Change::Insert(record) => {
+                            // The open ticket gets number `next_ticket` when submitted.
+                            self.overlay
+                                .insert(record.id, (record.payload.clone(), self.next_ticket));
+                            self.open.inserted.push(record.id);
+                        }
+                        Change::Fail { id, error, dead, .. } => self.log_failure(*id, error, *dead),
+                        _ => {}
                     }
                     self.open_changes.push(change);
                     persisted = true;
@@ -401,12 +608,37 @@ impl Engine {
             }
         }
         self.effects = effects;
+        let reveal = self.reveal.take();
         if let Some(held) = reply {
-            if persisted {
-                self.open.replies.push(held);
-            } else {
-                self.send(held.conn, held.id, held.result);
+            // Wait for this round's ticket when the request changed something, else for
+            // the ticket of an uncommitted job its answer names, if any.
+            let wait = if persisted { Some(self.next_ticket) } else { reveal };
+            match wait {
+                Some(t) if t == self.next_ticket => self.open.replies.push(held),
+                Some(t) => match self.in_flight.get_mut(&t) {
+                    Some(ticket) => ticket.replies.push(held),
+                    None => self.send(held.conn, held.id, held.result),
+                },
+                None => self.send(held.conn, held.id, held.result),
             }
+        }
+    }
+
+    /// A failed try at debug; a dead-lettering at info, naming the job so an operator can
+    /// find it (`qd job ID`) and retry it.
+    fn log_failure(&self, id: JobId, error: &crate::model::AttemptError, dead: bool) {
+        if dead && tracing::enabled!(tracing::Level::INFO) {
+            let (queue, name) = self.broker.job_view(id).map(|v| (v.queue, v.name)).unzip();
+            tracing::info!(
+                id,
+                queue = queue.as_deref().unwrap_or("?"),
+                name = name.as_deref().unwrap_or("?"),
+                attempt = error.attempt,
+                error = %error.message,
+                "job dead-lettered"
+            );
+        } else if !dead {
+            tracing::debug!(id, attempt = error.attempt, error = %error.message, "try failed");
         }
     }
 
@@ -469,7 +701,7 @@ impl Engine {
             .into_iter()
             .filter_map(|l| {
                 let payload = match self.overlay.get(&l.id) {
-                    Some(p) => p.clone(),
+                    Some((p, _)) => p.clone(),
                     None => match self.reader.get(l.id) {
                         Ok(Some(record)) => record.payload,
                         Ok(None) => {
@@ -498,9 +730,9 @@ impl Engine {
     }
 
     fn send(&self, conn: ConnId, id: u64, result: Result<Response, WireError>) {
-        if let Some(tx) = self.conns.get(&conn) {
+        if let Some(c) = self.conns.get(&conn) {
             // A closed channel means the connection is going away; its Disconnect follows.
-            let _ = tx.send(ServerFrame::Response { id, result });
+            let _ = c.replies.send(ServerFrame::Response { id, result });
         }
     }
 }
@@ -541,7 +773,8 @@ mod tests {
         let shutdown = CancellationToken::new();
         let engine = tokio::spawn(engine.run(rx, shutdown.clone()));
         let (tx, replies) = mpsc::unbounded_channel();
-        commands.send(Command::Connect { conn: 1, replies: tx }).await.unwrap();
+        let connect = Command::Connect { conn: 1, client_name: "test".into(), replies: tx };
+        commands.send(connect).await.unwrap();
         Harness { store, commands, replies, engine, shutdown }
     }
 
@@ -572,6 +805,88 @@ mod tests {
             panic!("expected Reserved");
         };
         assert_eq!(&jobs[0].payload[..], b"hello");
+        h.shutdown.cancel();
+        h.engine.await.unwrap().unwrap();
+    }
+
+    /// Holds the fake store's lock on another thread, so the writer's next commit blocks
+    /// until the returned sender is dropped (or sent to).
+    fn block_commits(store: &Arc<FakeState>) -> std::sync::mpsc::Sender<()> {
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let _guard = store.records.lock().unwrap();
+            locked_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+        });
+        locked_rx.recv().unwrap();
+        release_tx
+    }
+
+    fn request(id: u64, body: Request) -> Command {
+        Command::Request { conn: 1, id, body }
+    }
+
+    async fn next_reply(h: &mut Harness) -> (u64, Result<Response, WireError>) {
+        match tokio::time::timeout(Duration::from_secs(10), h.replies.recv()).await {
+            Ok(Some(ServerFrame::Response { id, result })) => (id, result),
+            other => panic!("expected a response, got {other:?}"),
+        }
+    }
+
+    /// Issue 8 (read-committed delivery): a parked reserve must not get a job while the
+    /// commit holding its add is still running; a crash then would forget a job that a
+    /// worker is already doing.
+    #[tokio::test]
+    async fn a_reserve_never_gets_a_job_whose_add_is_not_committed() {
+        let mut h = harness().await;
+        let reserve = Request::Reserve { queues: vec!["q".into()], max: 1, timeout_ms: 60_000 };
+        h.commands.send(request(1, reserve)).await.unwrap();
+        let release = block_commits(&h.store);
+        h.commands.send(add(2, b"slow")).await.unwrap();
+        // Commands are handled in order: a delivery made at the add would come before this.
+        h.commands.send(request(3, Request::Ping)).await.unwrap();
+        let (id, result) = next_reply(&mut h).await;
+        assert_eq!((id, result), (3, Ok(Response::Pong)), "nothing before the commit");
+
+        drop(release);
+        let mut got = [next_reply(&mut h).await, next_reply(&mut h).await];
+        got.sort_by_key(|r| r.0);
+        assert!(matches!(&got[0], (1, Ok(Response::Reserved { jobs })) if jobs.len() == 1));
+        assert!(matches!(&got[1], (2, Ok(Response::Added { .. }))));
+        h.shutdown.cancel();
+        h.engine.await.unwrap().unwrap();
+    }
+
+    /// Issue 8: an add whose idempotency key matches a job still being committed answers
+    /// with that job's id, so it must wait for that commit as well.
+    #[tokio::test]
+    async fn an_add_naming_an_uncommitted_job_waits_for_its_commit() {
+        let mut h = harness().await;
+        let keyed = |id| {
+            let job = NewJob {
+                name: "x".into(),
+                payload: Bytes::from_static(b"k"),
+                options: JobOptions { key: Some("k1".into()), ..JobOptions::default() },
+            };
+            request(id, Request::Add { queue: "q".into(), jobs: vec![job] })
+        };
+        let release = block_commits(&h.store);
+        h.commands.send(keyed(1)).await.unwrap();
+        h.commands.send(keyed(2)).await.unwrap();
+        h.commands.send(request(3, Request::Job { id: 1 })).await.unwrap();
+        h.commands.send(request(4, Request::Ping)).await.unwrap();
+        let (id, result) = next_reply(&mut h).await;
+        assert_eq!(id, 3, "the uncommitted job is invisible: {result:?}");
+        assert_eq!(result.unwrap_err().code, ErrorCode::NotFound);
+        assert_eq!(next_reply(&mut h).await, (4, Ok(Response::Pong)), "both adds wait");
+
+        drop(release);
+        let mut got = [next_reply(&mut h).await, next_reply(&mut h).await];
+        got.sort_by_key(|r| r.0);
+        assert_eq!(got[0], (1, Ok(Response::Added { ids: vec![1] })));
+        assert_eq!(got[1], (2, Ok(Response::Added { ids: vec![1] })));
         h.shutdown.cancel();
         h.engine.await.unwrap().unwrap();
     }

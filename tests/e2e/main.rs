@@ -4,6 +4,8 @@
 /// Test support: start/kill servers, poll with deadlines.
 mod support;
 
+/// The admin API and `qd` admin commands: listings, retry, purge, remove, promote, pause.
+mod admin;
 /// Garbage bytes, oversized frames, unknown requests, bad names: clear errors, server lives.
 mod bad_input;
 /// add -> reserve -> ack, delays, priorities, bulk add, idempotency keys.

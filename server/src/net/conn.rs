@@ -101,7 +101,15 @@ pub async fn serve(
         // No secrets yet: everyone is Admin (docs/PROTOCOL.md, "Authentication").
         role: qd_protocol::Role::Admin,
     }));
-    if commands.send(Command::Connect { conn, replies: tx.clone() }).await.is_err() {
+    if commands
+        .send(Command::Connect {
+            conn,
+            client_name: hello.client_name.clone(),
+            replies: tx.clone(),
+        })
+        .await
+        .is_err()
+    {
         return;
     }
 

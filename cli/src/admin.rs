@@ -1,0 +1,416 @@
+//! The operator's subcommands of `qd` (issue 8): `queues`, `jobs`, `job`, `search`,
+//! `retry`, `purge`, `remove`, `promote`, `pause`, `resume`. Each connects with the admin
+//! role through the client library, prints a human table by default and one JSON value with
+//! `--json`. docs/OPERATIONS.md describes them; the server side is the engine's admin
+//! answers. `cli.rs` only registers them (`Command::Admin`) and prints errors.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use qd_client::{Client, Cursor, JobDetail, JobId, JobState, JobSummary, SearchQuery};
+use serde_json::{json, Value};
+
+/// How the admin commands reach the server.
+#[derive(Debug, clap::Args)]
+pub struct ConnArgs {
+    /// Address of the qd server.
+    #[arg(long, env = "QD_ADDR", default_value_t = qd_server::config::DEFAULT_LISTEN.to_string())]
+    addr: String,
+    /// Print one JSON value instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The states a listing can ask for, as flags spell them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StateArg {
+    Ready,
+    Delayed,
+    Active,
+    Dead,
+    Completed,
+}
+
+impl From<StateArg> for JobState {
+    fn from(s: StateArg) -> JobState {
+        match s {
+            StateArg::Ready => JobState::Ready,
+            StateArg::Delayed => JobState::Delayed,
+            StateArg::Active => JobState::Active,
+            StateArg::Dead => JobState::Dead,
+            StateArg::Completed => JobState::Completed,
+        }
+    }
+}
+
+/// The admin subcommands, flattened into `qd`'s own.
+#[derive(Debug, clap::Subcommand)]
+pub enum AdminCommand {
+    /// List queues with their counts and whether they are paused.
+    Queues(ConnArgs),
+    /// List one page of a queue's jobs in one state.
+    Jobs {
+        queue: String,
+        #[arg(long, value_enum, default_value = "ready")]
+        state: StateArg,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// The `next` cursor a previous page printed.
+        #[arg(long)]
+        cursor: Option<String>,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Show one job: payload, options and failures.
+    Job {
+        id: JobId,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Move dead jobs back to ready with fresh attempts: the ids given, or `--all`.
+    Retry {
+        queue: String,
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<JobId>,
+        /// Every dead job of the queue.
+        #[arg(long)]
+        all: bool,
+        /// With --all: only jobs of this name.
+        #[arg(long, requires = "all")]
+        name: Option<String>,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Delete a queue's dead jobs (only those dead longer than --older-than, e.g. `7d`).
+    Purge {
+        queue: String,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Option<Duration>,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Delete jobs by id (active jobs are skipped: their worker decides).
+    Remove {
+        #[arg(required = true)]
+        ids: Vec<JobId>,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Make delayed jobs ready now.
+    Promote {
+        #[arg(required = true)]
+        ids: Vec<JobId>,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Stop workers from taking a queue's jobs (adds still go in). Survives restarts.
+    Pause {
+        queue: String,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Undo `qd pause`.
+    Resume {
+        queue: String,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Find a queue's jobs by payload: `--text STR` or `--where path=value` (JSON).
+    Search {
+        queue: String,
+        #[arg(long, value_enum)]
+        state: Option<StateArg>,
+        #[arg(long, required_unless_present = "field", conflicts_with = "field")]
+        text: Option<String>,
+        /// `a.b.c=value`: the payload's JSON value at that path, as text (`42`, `true`, `x`).
+        #[arg(long = "where", id = "field")]
+        field: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        cursor: Option<String>,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+}
+
+/// Runs one admin subcommand.
+pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
+    match cmd {
+        AdminCommand::Queues(conn) => queues(&conn).await,
+        AdminCommand::Jobs { queue, state, limit, cursor, conn } => {
+            let client = connect(&conn).await?;
+            let page = client.jobs(&queue, state.into(), parse_cursor(cursor)?, limit).await?;
+            print_page(&conn, &page.jobs, page.next.as_ref());
+            Ok(())
+        }
+        AdminCommand::Job { id, conn } => {
+            let job = connect(&conn).await?.job(id).await.map_err(|e| {
+                let hint = if e.is_not_found() { "; list jobs with `qd jobs QUEUE`" } else { "" };
+                anyhow::anyhow!("{e}{hint}")
+            })?;
+            print_job(&conn, &job);
+            Ok(())
+        }
+        AdminCommand::Retry { queue, ids, all, name, conn } => {
+            let client = connect(&conn).await?;
+            let n = if all {
+                client.retry_all_dead(&queue, name.as_deref()).await?
+            } else {
+                client.retry_dead(&queue, &ids).await?
+            };
+            print_count(&conn, n, "dead jobs moved back to ready");
+            Ok(())
+        }
+        AdminCommand::Purge { queue, older_than, conn } => {
+            let n = connect(&conn).await?.purge_dead(&queue, older_than).await?;
+            print_count(&conn, n, "dead jobs deleted");
+            Ok(())
+        }
+        AdminCommand::Remove { ids, conn } => {
+            let n = connect(&conn).await?.remove(&ids).await?;
+            print_count(&conn, n, "jobs deleted (active, unknown and uncommitted ids are skipped)");
+            Ok(())
+        }
+        AdminCommand::Promote { ids, conn } => {
+            let n = connect(&conn).await?.promote(&ids).await?;
+            print_count(&conn, n, "delayed jobs made ready");
+            Ok(())
+        }
+        AdminCommand::Pause { queue, conn } => {
+            connect(&conn).await?.pause(&queue).await?;
+            print_done(
+                &conn,
+                &format!("paused {queue}: workers take none of its jobs until `qd resume {queue}`"),
+            );
+            Ok(())
+        }
+        AdminCommand::Resume { queue, conn } => {
+            connect(&conn).await?.resume(&queue).await?;
+            print_done(&conn, &format!("resumed {queue}"));
+            Ok(())
+        }
+        AdminCommand::Search { queue, state, text, field, limit, cursor, conn } => {
+            let query = match (text, field) {
+                (Some(text), _) => SearchQuery::Substring(text),
+                (None, Some(field)) => parse_where(&field)?,
+                (None, None) => bail!("give --text STR or --where path=value"),
+            };
+            let client = connect(&conn).await?;
+            let cursor = parse_cursor(cursor)?;
+            let page = client.search(&queue, state.map(Into::into), query, cursor, limit).await?;
+            print_page(&conn, &page.jobs, page.next.as_ref());
+            Ok(())
+        }
+    }
+}
+
+/// Connects with the admin role and the secret in `QD_SECRET`, if any. The client's
+/// connect error already names the address and what to check, so no context is added.
+async fn connect(conn: &ConnArgs) -> anyhow::Result<Client> {
+    Ok(Client::builder(conn.addr.as_str()).admin().secret_from_env().connect().await?)
+}
+
+/// `path=value` of `--where`.
+fn parse_where(spec: &str) -> anyhow::Result<SearchQuery> {
+    match spec.split_once('=') {
+        Some((path, value)) if !path.is_empty() => {
+            Ok(SearchQuery::Field { path: path.to_owned(), value: value.to_owned() })
+        }
+        _ => bail!("--where takes path=value, e.g. --where user.id=42 (got {spec:?})"),
+    }
+}
+
+/// Cursors are printed and taken as hex.
+fn parse_cursor(cursor: Option<String>) -> anyhow::Result<Option<Cursor>> {
+    let Some(text) = cursor else { return Ok(None) };
+    let bytes = (0..text.len())
+        .step_by(2)
+        .map(|i| text.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .collect::<Option<Vec<u8>>>()
+        .with_context(|| {
+            format!("--cursor {text:?} is not a cursor qd printed; copy the `next:` value of the previous page")
+        })?;
+    Ok(Some(Cursor(bytes)))
+}
+
+fn hex(cursor: &Cursor) -> String {
+    cursor.0.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn queues(conn: &ConnArgs) -> anyhow::Result<()> {
+    let queues = connect(conn).await?.queues().await?;
+    if conn.json {
+        let rows: Vec<Value> = queues
+            .iter()
+            .map(|q| {
+                json!({
+                    "name": q.name, "paused": q.paused, "ready": q.ready, "delayed": q.delayed,
+                    "active": q.active, "dead": q.dead, "completed": q.completed,
+                    "oldest_ready_age_ms": q.oldest_ready_age_ms, "added_total": q.added_total,
+                    "completed_total": q.completed_total, "failed_total": q.failed_total,
+                    "dead_total": q.dead_total,
+                })
+            })
+            .collect();
+        println!("{}", Value::Array(rows));
+        return Ok(());
+    }
+    if queues.is_empty() {
+        println!("no queues yet: add a job with `qd add QUEUE NAME`");
+        return Ok(());
+    }
+    let width = queues.iter().map(|q| q.name.len()).max().unwrap_or(5).max(5);
+    println!(
+        "{:<width$} {:>8} {:>8} {:>8} {:>8} {:>9} {:>10}  state",
+        "queue", "ready", "delayed", "active", "dead", "completed", "oldest"
+    );
+    for q in &queues {
+        let oldest = q.oldest_ready_age_ms.map_or("-".into(), age);
+        let state = if q.paused { "paused" } else { "running" };
+        println!(
+            "{:<width$} {:>8} {:>8} {:>8} {:>8} {:>9} {:>10}  {state}",
+            q.name, q.ready, q.delayed, q.active, q.dead, q.completed, oldest
+        );
+    }
+    Ok(())
+}
+
+fn age(ms: u64) -> String {
+    humantime::format_duration(Duration::from_secs(ms / 1000)).to_string()
+}
+
+fn summary_json(j: &JobSummary) -> Value {
+    json!({
+        "id": j.id, "queue": j.queue, "name": j.name, "state": format!("{:?}", j.state).to_lowercase(),
+        "attempts_used": j.attempts_used, "max_attempts": j.max_attempts, "priority": j.priority,
+        "created_at_ms": j.created_at_ms, "run_at_ms": j.run_at_ms,
+        "lease_deadline_ms": j.lease_deadline_ms, "worker": j.worker,
+        "last_error": j.last_error, "finished_at_ms": j.finished_at_ms,
+    })
+}
+
+fn print_page(conn: &ConnArgs, jobs: &[JobSummary], next: Option<&Cursor>) {
+    if conn.json {
+        let jobs: Vec<Value> = jobs.iter().map(summary_json).collect();
+        println!("{}", json!({ "jobs": jobs, "next": next.map(hex) }));
+        return;
+    }
+    if jobs.is_empty() {
+        println!("no jobs on this page");
+    } else {
+        println!("{:>12} {:<20} {:<9} {:>8}  last error / worker", "id", "name", "state", "tries");
+        for j in jobs {
+            let note = j.worker.as_deref().or(j.last_error.as_deref()).unwrap_or("");
+            let state = format!("{:?}", j.state).to_lowercase();
+            let tries = format!("{}/{}", j.attempts_used, j.max_attempts);
+            println!("{:>12} {:<20} {:<9} {:>8}  {}", j.id, j.name, state, tries, one_line(note));
+        }
+    }
+    if let Some(next) = next {
+        println!("next: {} (pass it as --cursor for the following page)", hex(next));
+    }
+}
+
+fn one_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or("");
+    match line.char_indices().nth(80) {
+        Some((at, _)) => format!("{}…", &line[..at]),
+        None => line.to_owned(),
+    }
+}
+
+fn print_job(conn: &ConnArgs, job: &JobDetail) {
+    let payload = String::from_utf8_lossy(&job.payload);
+    let errors: Vec<Value> = job
+        .errors
+        .iter()
+        .map(|e| json!({ "attempt": e.attempt, "at_ms": e.at_ms, "message": e.message }))
+        .collect();
+    if conn.json {
+        let mut v = summary_json(&job.summary);
+        v["payload"] = Value::String(payload.into_owned());
+        v["errors"] = Value::Array(errors);
+        v["started_at_ms"] = json!(job.started_at_ms);
+        v["key"] = json!(job.options.key);
+        println!("{v}");
+        return;
+    }
+    let s = &job.summary;
+    println!("job {} in {} ({}), {:?}", s.id, s.queue, s.name, s.state);
+    println!("  tries      {}/{}", s.attempts_used, s.max_attempts);
+    println!("  priority   {}", s.priority);
+    if let Some(w) = &s.worker {
+        println!("  worker     {w}");
+    }
+    if let Some(key) = &job.options.key {
+        println!("  key        {key}");
+    }
+    println!("  payload    {payload}");
+    for e in &job.errors {
+        println!("  try {} failed: {}", e.attempt, one_line(&e.message));
+    }
+}
+
+fn print_count(conn: &ConnArgs, n: u64, what: &str) {
+    if conn.json {
+        println!("{}", json!({ "count": n }));
+    } else {
+        println!("{n} {what}");
+    }
+}
+
+fn print_done(conn: &ConnArgs, what: &str) {
+    if conn.json {
+        println!("{}", json!({ "done": true }));
+    } else {
+        println!("{what}");
+    }
+}
+
+/// The error chain as one line, each cause once: a library error that already prints its
+/// source (the client's connect error does) would otherwise show it twice.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn where_and_cursor_flags() {
+        assert_eq!(
+            parse_where("user.id=42").unwrap(),
+            SearchQuery::Field { path: "user.id".into(), value: "42".into() }
+        );
+        assert!(parse_where("=1").is_err());
+        assert!(parse_where("no-equals").is_err());
+        let c = Cursor(vec![0, 0xab, 3]);
+        assert_eq!(parse_cursor(Some(hex(&c))).unwrap(), Some(c));
+        assert!(parse_cursor(Some("xyz".into())).is_err());
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot connect to qd at A: {0}; is it running?")]
+        struct Outer(#[source] std::io::Error);
+        let e = anyhow::Error::new(Outer(std::io::Error::other("connection refused")));
+        let e = e.context("cannot reach qd at A");
+        let text = error_text(&e);
+        assert_eq!(text.matches("connection refused").count(), 1, "{text}");
+        assert!(text.starts_with("cannot reach qd at A: cannot connect"), "{text}");
+    }
+}

@@ -1,0 +1,235 @@
+//! The admin API end to end (issue 8): a real `qd serve`, the client's admin methods and the
+//! `qd` admin subcommands. One test per action, plus what must survive a restart (a pause,
+//! a retry answered OK before a kill -9).
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use qd_client::{Client, Job, JobId, JobState, RetryHint, SearchQuery};
+
+use crate::support::{self, counts, qd_bin, Server};
+
+/// Adds a one-try job and fails it: it is dead with `error` as its last error.
+async fn dead_job(client: &Client, queue: &str, name: &str, payload: &str, error: &str) -> JobId {
+    let id = client.add(queue, Job::new(name, payload.to_owned()).attempts(1)).await.unwrap();
+    let jobs = client.reserve(&[queue], 1, Duration::ZERO).await.unwrap();
+    assert_eq!(jobs.len(), 1, "the job just added is the only ready one");
+    client.nack(&jobs[0], error, RetryHint::Never).await.unwrap();
+    id
+}
+
+#[tokio::test]
+async fn queues_show_counts_and_a_pause_holds_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::start_in(&data, &[]);
+    let client = server.client().await;
+    dead_job(&client, "q", "x", "", "boom").await;
+    for i in 0..3 {
+        client.add("q", Job::new("x", format!("{i}"))).await.unwrap();
+    }
+    client.add("q", Job::new("x", "").delay(Duration::from_secs(3600))).await.unwrap();
+    let q = client.queues().await.unwrap().into_iter().find(|q| q.name == "q").unwrap();
+    assert_eq!((q.ready, q.delayed, q.active, q.dead), (3, 1, 0, 1));
+    assert_eq!((q.added_total, q.dead_total, q.paused), (5, 1, false));
+    assert_eq!(q.minutes.len(), 60);
+
+    client.pause("q").await.unwrap();
+    assert!(client.reserve(&["q"], 10, Duration::ZERO).await.unwrap().is_empty());
+    client.add("q", Job::new("x", "while paused")).await.unwrap();
+    drop(client);
+    assert!(server.terminate().success());
+
+    let server = Server::start_in(&data, &[]);
+    let client = server.client().await;
+    let q = client.queues().await.unwrap().into_iter().find(|q| q.name == "q").unwrap();
+    assert!(q.paused, "the pause survives a restart");
+    assert!(client.reserve(&["q"], 10, Duration::ZERO).await.unwrap().is_empty());
+    client.resume("q").await.unwrap();
+    assert_eq!(client.reserve(&["q"], 10, Duration::ZERO).await.unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn job_listings_page_without_repeats_while_jobs_are_added() {
+    let (server, _dir) = support::start();
+    let client = server.client().await;
+    let first: Vec<Job> = (0..25).map(|i| Job::new("x", format!("{i}"))).collect();
+    let mut want: Vec<JobId> = client.add_bulk("p", first).await.unwrap();
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = client.jobs("p", JobState::Ready, cursor.take(), 10).await.unwrap();
+        assert!(page.jobs.len() <= 10);
+        seen.extend(page.jobs.iter().map(|j| j.id));
+        // Adds between pages land at the end of the ready order: they are listed once.
+        if seen.len() == 10 {
+            want.extend(client.add_bulk("p", vec![Job::new("x", "late"); 5]).await.unwrap());
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, want, "every ready job once, in reserve order");
+    let dead = client.jobs("p", JobState::Dead, None, 0).await.unwrap();
+    assert!(dead.jobs.is_empty() && dead.next.is_none());
+}
+
+#[tokio::test]
+async fn job_detail_has_payload_errors_and_worker() {
+    let (server, _dir) = support::start();
+    let client = server.client().await;
+    let id = dead_job(&client, "d", "mail", "{\"to\":\"ann\"}", "smtp down").await;
+    let job = client.job(id).await.unwrap();
+    assert_eq!(job.summary.state, JobState::Dead);
+    assert_eq!(&job.payload[..], b"{\"to\":\"ann\"}");
+    assert_eq!(job.errors.len(), 1);
+    assert_eq!(job.errors[0].message, "smtp down");
+    assert_eq!(job.summary.last_error.as_deref(), Some("smtp down"));
+    let listed = client.jobs("d", JobState::Dead, None, 10).await.unwrap();
+    assert_eq!(listed.jobs[0].last_error.as_deref(), Some("smtp down"));
+
+    let worker = Client::builder(server.addr.as_str()).name("w-7").connect().await.unwrap();
+    let active_id = client.add("d", Job::new("mail", "")).await.unwrap();
+    worker.reserve(&["d"], 1, Duration::ZERO).await.unwrap();
+    let active = client.job(active_id).await.unwrap();
+    assert_eq!(active.summary.state, JobState::Active);
+    assert_eq!(active.summary.worker.as_deref(), Some("w-7"));
+    assert!(client.job(999_999).await.unwrap_err().is_not_found());
+}
+
+#[tokio::test]
+async fn retry_one_then_all_of_a_name() {
+    let (server, _dir) = support::start();
+    let client = server.client().await;
+    let a1 = dead_job(&client, "r", "a", "", "e").await;
+    dead_job(&client, "r", "a", "", "e").await;
+    dead_job(&client, "r", "b", "", "e").await;
+    assert_eq!(client.retry_dead("r", &[a1, 424_242]).await.unwrap(), 1);
+    assert_eq!(counts(&client, "r").await, (1, 0, 0, 2, 0));
+    let job = client.job(a1).await.unwrap();
+    assert_eq!((job.summary.state, job.summary.attempts_used), (JobState::Ready, 0));
+    assert_eq!(client.retry_all_dead("r", Some("a")).await.unwrap(), 1);
+    assert_eq!(counts(&client, "r").await, (2, 0, 0, 1, 0));
+    assert_eq!(client.retry_all_dead("r", None).await.unwrap(), 1);
+    assert_eq!(counts(&client, "r").await, (3, 0, 0, 0, 0));
+}
+
+#[tokio::test]
+async fn purge_deletes_dead_jobs_by_age() {
+    let (server, _dir) = support::start();
+    let client = server.client().await;
+    dead_job(&client, "g", "x", "", "e").await;
+    dead_job(&client, "g", "x", "", "e").await;
+    assert_eq!(client.purge_dead("g", Some(Duration::from_secs(3600))).await.unwrap(), 0);
+    assert_eq!(client.purge_dead("g", None).await.unwrap(), 2);
+    assert_eq!(counts(&client, "g").await.3, 0);
+}
+
+#[tokio::test]
+async fn remove_skips_active_jobs_and_promote_readies_delayed_ones() {
+    let (server, _dir) = support::start();
+    let client = server.client().await;
+    let later = client.add("m", Job::new("x", "").delay(Duration::from_secs(3600))).await.unwrap();
+    assert_eq!(client.promote(&[later]).await.unwrap(), 1);
+    assert_eq!(counts(&client, "m").await, (1, 0, 0, 0, 0));
+    let held = client.reserve(&["m"], 1, Duration::ZERO).await.unwrap();
+    assert_eq!(client.remove(&[held[0].id]).await.unwrap(), 0, "active: skipped");
+    let ready = client.add("m", Job::new("x", "")).await.unwrap();
+    assert_eq!(client.remove(&[ready, 777_777]).await.unwrap(), 1);
+    assert!(client.job(ready).await.unwrap_err().is_not_found());
+    assert_eq!(counts(&client, "m").await, (0, 0, 1, 0, 0));
+}
+
+#[tokio::test]
+async fn search_by_substring_and_by_json_field() {
+    let (server, _dir) = support::start();
+    let client = server.client().await;
+    let mut want = BTreeSet::new();
+    for i in 0..40u32 {
+        let payload = format!("{{\"user\":{{\"id\":{}}},\"note\":\"n{i}\"}}", i % 4);
+        let id = client.add("s", Job::new("x", payload)).await.unwrap();
+        if i % 4 == 2 {
+            want.insert(id);
+        }
+    }
+    let field = SearchQuery::Field { path: "user.id".into(), value: "2".into() };
+    let mut found = BTreeSet::new();
+    let mut cursor = None;
+    loop {
+        let page = client.search("s", None, field.clone(), cursor.take(), 3).await.unwrap();
+        assert!(page.jobs.len() <= 3);
+        found.extend(page.jobs.iter().map(|j| j.id));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(found, want, "paging a search finds every match once");
+    let text = SearchQuery::Substring("\"n17\"".into());
+    let page = client.search("s", Some(JobState::Ready), text, None, 10).await.unwrap();
+    assert_eq!(page.jobs.len(), 1);
+}
+
+#[tokio::test]
+async fn dead_retention_drops_the_oldest_dead_jobs() {
+    let (server, _dir) = support::start_with(&["--dead-max-jobs", "2"]);
+    let client = server.client().await;
+    let first = dead_job(&client, "t", "x", "", "e").await;
+    dead_job(&client, "t", "x", "", "e").await;
+    dead_job(&client, "t", "x", "", "e").await;
+    assert_eq!(counts(&client, "t").await.3, 2);
+    assert!(client.job(first).await.unwrap_err().is_not_found(), "the oldest went");
+}
+
+/// An admin mutation answered OK is durable: a retried job is ready after a kill -9.
+#[tokio::test]
+async fn a_retry_answered_ok_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::start_in(&data, &[]);
+    let client = server.client().await;
+    let id = dead_job(&client, "k", "x", "p", "e").await;
+    assert_eq!(client.retry_dead("k", &[id]).await.unwrap(), 1);
+    server.kill9();
+    drop(client);
+    let server = Server::start_in(&data, &[]);
+    let client = server.client().await;
+    assert_eq!(counts(&client, "k").await, (1, 0, 0, 0, 0), "ready, not dead");
+}
+
+fn qd(args: &[&str]) -> std::process::Output {
+    Command::new(qd_bin()).args(args).output().expect("run qd")
+}
+
+#[tokio::test]
+async fn the_cli_pauses_lists_and_says_what_to_do_when_unreachable() {
+    let (server, _dir) = support::start();
+    let client = server.client().await;
+    dead_job(&client, "c", "x", "{\"a\":1}", "bad").await;
+    let addr = server.addr.clone();
+    let (pause, queues, jobs, search, unreachable) = tokio::task::spawn_blocking(move || {
+        (
+            qd(&["pause", "c", "--addr", &addr]),
+            qd(&["queues", "--json", "--addr", &addr]),
+            qd(&["jobs", "c", "--state", "dead", "--addr", &addr]),
+            qd(&["search", "c", "--where", "a=1", "--json", "--addr", &addr]),
+            qd(&["queues", "--addr", "127.0.0.1:1"]),
+        )
+    })
+    .await
+    .unwrap();
+    for out in [&pause, &queues, &jobs, &search] {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let queues: serde_json::Value = serde_json::from_slice(&queues.stdout).unwrap();
+    assert_eq!(queues[0]["paused"], true);
+    assert!(String::from_utf8_lossy(&jobs.stdout).contains("bad"), "dead list shows the error");
+    let search: serde_json::Value = serde_json::from_slice(&search.stdout).unwrap();
+    assert_eq!(search["jobs"].as_array().unwrap().len(), 1);
+    assert!(!unreachable.status.success());
+    let err = String::from_utf8_lossy(&unreachable.stderr);
+    assert_eq!(err.matches("refused").count(), 1, "the cause once: {err}");
+    assert!(err.contains("is `qd serve` running"), "{err}");
+}
