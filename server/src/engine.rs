@@ -169,6 +169,7 @@ impl Engine {
         let mut broker = Broker::new(BrokerConfig {
             completed_retention: config.completed_retention,
             token_key,
+            max_reserve: config.max_reserve,
             ..BrokerConfig::default()
         });
         let mut clock = Clock::default();
