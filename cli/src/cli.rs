@@ -145,7 +145,12 @@ struct ServeArgs {
     #[arg(long, env = "QD_SECRET_FILE")]
     secret_file: Option<PathBuf>,
     /// Secret that grants the Admin role (admin requests).
-    #[arg(long, env = "QD_ADMIN_SECRET", hide_env_values = true, conflicts_with = "admin_secret_file")]
+    #[arg(
+        long,
+        env = "QD_ADMIN_SECRET",
+        hide_env_values = true,
+        conflicts_with = "admin_secret_file"
+    )]
     admin_secret: Option<String>,
     /// File holding the admin secret (trimmed).
     #[arg(long, env = "QD_ADMIN_SECRET_FILE")]
@@ -180,7 +185,11 @@ struct ServeArgs {
 }
 
 /// A secret from a flag/variable or from a file (trimmed: files end with a newline).
-fn read_secret(value: Option<String>, file: Option<PathBuf>, flag: &str) -> anyhow::Result<Option<Vec<u8>>> {
+fn read_secret(
+    value: Option<String>,
+    file: Option<PathBuf>,
+    flag: &str,
+) -> anyhow::Result<Option<Vec<u8>>> {
     let secret = match (value, file) {
         (Some(v), _) => v.into_bytes(),
         (None, Some(path)) => std::fs::read_to_string(&path)
@@ -380,7 +389,12 @@ async fn wait_for_signal() {
 }
 
 async fn connect(addr: &str) -> anyhow::Result<qd_client::Client> {
-    qd_client::Client::connect(addr).await.with_context(|| format!("cannot reach qd at {addr}"))
+    // QD_SECRET, when set, is the secret `qd serve` was given: the same variable serves both.
+    qd_client::Client::builder(addr)
+        .secret_from_env()
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach qd at {addr}"))
 }
 
 async fn add(args: AddArgs) -> anyhow::Result<()> {

@@ -152,14 +152,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         throttle: FailureThrottle::default(),
     });
     let conns = TaskTracker::new();
-    let accept = listener.run(
-        config.max_connections,
-        policy,
-        tls,
-        cmd_tx,
-        shutdown.clone(),
-        conns.clone(),
-    );
+    let accept =
+        listener.run(config.max_connections, policy, tls, cmd_tx, shutdown.clone(), conns.clone());
     let task = tokio::spawn(async move {
         accept.await;
         // The accept loop returns only on shutdown. The engine drains and flushes; then the

@@ -52,8 +52,7 @@ impl FailureThrottle {
             peers.retain(|_, (_, last)| now.duration_since(*last) < WINDOW);
             if peers.len() >= MAX_PEERS {
                 // Still full of recent failures: forget the oldest to make room.
-                if let Some(oldest) = peers.iter().min_by_key(|(_, (_, t))| *t).map(|(ip, _)| *ip)
-                {
+                if let Some(oldest) = peers.iter().min_by_key(|(_, (_, t))| *t).map(|(ip, _)| *ip) {
                     peers.remove(&oldest);
                 }
             }

@@ -154,8 +154,8 @@ pub async fn serve<S>(
         return;
     }
 
-    let outcome = read_loop(&mut frames, conn, role, &own_tx, limits, &shared, &commands, &shutdown)
-        .await;
+    let outcome =
+        read_loop(&mut frames, conn, role, &own_tx, limits, &shared, &commands, &shutdown).await;
     tracing::debug!(conn, ?peer, ?outcome, "connection ends");
     if outcome != Outcome::ServerStopping {
         let _ = commands.send(Command::Disconnect { conn }).await;
@@ -362,11 +362,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
             None => return Outcome::Closed,
             Some(Ok(Incoming::Frame(ClientFrame::Request { id, body }))) => (id, body),
             Some(Ok(Incoming::Frame(ClientFrame::Hello(_)))) => {
-                let _ = out.send(goodbye(ErrorCode::BadFrame, "Hello sent twice on one connection")).await;
+                let _ = out
+                    .send(goodbye(ErrorCode::BadFrame, "Hello sent twice on one connection"))
+                    .await;
                 return Outcome::Closed;
             }
             Some(Ok(Incoming::Frame(ClientFrame::Auth { .. }))) => {
-                let _ = out.send(goodbye(ErrorCode::BadFrame, "Auth sent on an open connection")).await;
+                let _ =
+                    out.send(goodbye(ErrorCode::BadFrame, "Auth sent on an open connection")).await;
                 return Outcome::Closed;
             }
             Some(Ok(Incoming::BadRequest { id, error })) => {
@@ -407,7 +410,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 if shutdown.is_cancelled() {
                     return Outcome::ServerStopping;
                 }
-                return if shared.writer_done.is_cancelled() { Outcome::Closed } else { Outcome::Stuck };
+                return if shared.writer_done.is_cancelled() {
+                    Outcome::Closed
+                } else {
+                    Outcome::Stuck
+                };
             }
             *shared.heavy.lock().expect("never poisoned") = Some(id);
         }

@@ -83,7 +83,9 @@ impl Listener {
                             Ok(Ok(stream)) => {
                                 conn::serve(stream, peer, conn, policy, commands, token).await
                             }
-                            Ok(Err(e)) => tracing::debug!(?peer, error = %e, "TLS handshake failed"),
+                            Ok(Err(e)) => {
+                                tracing::debug!(?peer, error = %e, "TLS handshake failed")
+                            }
                             Err(_) => tracing::debug!(?peer, "TLS handshake timed out"),
                         }
                     }
