@@ -97,7 +97,7 @@ fn client_with(server: &Server, secret: Option<&str>, role: Role) -> qd_client::
 async fn without_the_secret_a_client_can_do_nothing() {
     let (server, _dir) = support::start_with(&["--secret", SECRET]);
     // The real client without a secret fails its handshake.
-    let err = qd_client::Client::connect(server.addr.clone()).await.err().expect("refused");
+    let err = qd_client::Client::connect(server.addr.clone()).await.expect_err("refused");
     assert!(err.is_auth(), "{err}");
     // A raw client that skips Auth gets nothing executed.
     let mut raw = Raw::connect(&server);
@@ -127,7 +127,7 @@ async fn worker_role_is_forbidden_admin_requests() {
     let (server, _dir) =
         support::start_with(&["--secret", SECRET, "--admin-secret", "the admin one"]);
     let worker = client_with(&server, Some(SECRET), Role::Worker).connect().await.unwrap();
-    let err = worker.queues().await.err().expect("forbidden");
+    let err = worker.queues().await.expect_err("forbidden");
     assert!(err.to_string().to_lowercase().contains("admin"), "{err}");
     worker.ping().await.expect("the connection stays open");
     let admin = client_with(&server, Some("the admin one"), Role::Admin).connect().await.unwrap();
