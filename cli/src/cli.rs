@@ -139,9 +139,9 @@ struct ServeArgs {
     #[arg(long, env = "QD_COMPLETED_RETENTION", default_value_t = defaults().completed_retention)]
     completed_retention: usize,
     /// Shared secret clients must prove (grants Worker, and Admin when no admin secret).
-    #[arg(long, env = "QD_SECRET", hide_env_values = true, conflicts_with = "secret_file")]
+    #[arg(long, env = "QD_SECRET", hide_env_values = true)]
     secret: Option<String>,
-    /// File holding the secret (trimmed), e.g. a container secret.
+    /// File holding the secret (trimmed), e.g. a container secret; --secret wins over it.
     #[arg(long, env = "QD_SECRET_FILE")]
     secret_file: Option<PathBuf>,
     /// Secret that grants the Admin role (admin requests).
@@ -389,12 +389,17 @@ async fn wait_for_signal() {
 }
 
 async fn connect(addr: &str) -> anyhow::Result<qd_client::Client> {
-    // QD_SECRET, when set, is the secret `qd serve` was given: the same variable serves both.
-    qd_client::Client::builder(addr)
-        .secret_from_env()
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach qd at {addr}"))
+    // QD_SECRET (or QD_SECRET_FILE, as in the container image) is the secret `qd serve`
+    // was given: the same variables serve both, so `qd stats` works as a health check.
+    let mut builder = qd_client::Client::builder(addr).secret_from_env();
+    if std::env::var_os("QD_SECRET").is_none() {
+        if let Some(path) = std::env::var_os("QD_SECRET_FILE") {
+            builder = builder.secret(
+                read_secret(None, Some(path.into()), "QD_SECRET_FILE")?.unwrap_or_default(),
+            );
+        }
+    }
+    builder.connect().await.with_context(|| format!("cannot reach qd at {addr}"))
 }
 
 async fn add(args: AddArgs) -> anyhow::Result<()> {
