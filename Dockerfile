@@ -1,6 +1,9 @@
 # qd in a container: multi-stage build, non-root user, data in a volume, a health check.
 #   docker build -t qd .
-#   docker run -p 7700:7700 -v qd-data:/data qd
+#   docker run -p 7700:7700 -v qd-data:/data \
+#     --mount type=bind,src=./qd-secret,dst=/run/secrets/qd_secret,ro qd
+# It listens on all interfaces, so it needs a secret: by default from the file
+# /run/secrets/qd_secret (a Docker/Compose/Kubernetes secret), or set QD_SECRET.
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY . .
@@ -12,7 +15,8 @@ COPY --from=build /src/target/release/qd /usr/local/bin/qd
 USER qd
 VOLUME /data
 EXPOSE 7700
-ENV QD_LISTEN=0.0.0.0:7700 QD_DATA=/data QD_ADDR=127.0.0.1:7700
+ENV QD_LISTEN=0.0.0.0:7700 QD_DATA=/data QD_ADDR=127.0.0.1:7700 \
+    QD_SECRET_FILE=/run/secrets/qd_secret
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s CMD ["qd", "stats"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["qd"]

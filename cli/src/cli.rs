@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use qd_protocol::Backoff;
-use qd_server::config::{self, ServerConfig};
+use qd_server::config::{self, Secrets, ServerConfig, TlsFiles};
 use qd_server::store::Durability;
 
 const MIB: u64 = 1024 * 1024;
@@ -151,6 +151,71 @@ struct ServeArgs {
     /// Dead jobs are dropped this long after they died, e.g. `30days`.
     #[arg(long, env = "QD_DEAD_MAX_AGE", default_value_t = defaults().dead_max_age.into())]
     dead_max_age: humantime::Duration,
+    /// Shared secret clients must prove (grants Worker, and Admin when no admin secret).
+    #[arg(long, env = "QD_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// File holding the secret (trimmed), e.g. a container secret; --secret wins over it.
+    #[arg(long, env = "QD_SECRET_FILE")]
+    secret_file: Option<PathBuf>,
+    /// Secret that grants the Admin role (admin requests).
+    #[arg(
+        long,
+        env = "QD_ADMIN_SECRET",
+        hide_env_values = true,
+        conflicts_with = "admin_secret_file"
+    )]
+    admin_secret: Option<String>,
+    /// File holding the admin secret (trimmed).
+    #[arg(long, env = "QD_ADMIN_SECRET_FILE")]
+    admin_secret_file: Option<PathBuf>,
+    /// Allow listening beyond loopback without a secret.
+    #[arg(long, env = "QD_INSECURE")]
+    insecure: bool,
+    /// PEM certificate chain: serve the job protocol over TLS (with --tls-key).
+    #[arg(long, env = "QD_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "QD_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Bytes of replies queued for one connection before the server stops reading it.
+    #[arg(long, env = "QD_MAX_CONN_BUFFER", default_value_t = defaults().max_conn_buffer)]
+    max_conn_buffer: usize,
+    /// A connection that stays over --max-conn-buffer this long is closed.
+    #[arg(long, env = "QD_STUCK_TIMEOUT", default_value_t = defaults().stuck_timeout.into())]
+    stuck_timeout: humantime::Duration,
+    /// A connection that sends nothing, with nothing in flight, this long is closed.
+    #[arg(long, env = "QD_IDLE_TIMEOUT", default_value_t = defaults().idle_timeout.into())]
+    idle_timeout: humantime::Duration,
+    /// Most queues named in one reserve.
+    #[arg(long, env = "QD_MAX_RESERVE_QUEUES", default_value_t = defaults().decode_limits.max_queues)]
+    max_reserve_queues: usize,
+    /// Most jobs in one add, and leases or ids in one ack or admin request.
+    #[arg(long, env = "QD_MAX_BATCH", default_value_t = defaults().decode_limits.max_jobs)]
+    max_batch: usize,
+    /// Most jobs one reserve leases (larger requests are clamped).
+    #[arg(long, env = "QD_MAX_RESERVE", default_value_t = defaults().max_reserve)]
+    max_reserve: u32,
+}
+
+/// A secret from a flag/variable or from a file (trimmed: files end with a newline).
+fn read_secret(
+    value: Option<String>,
+    file: Option<PathBuf>,
+    flag: &str,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    let secret = match (value, file) {
+        (Some(v), _) => v.into_bytes(),
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {flag} {}", path.display()))?
+            .trim()
+            .as_bytes()
+            .to_vec(),
+        (None, None) => return Ok(None),
+    };
+    if secret.is_empty() {
+        bail!("{flag} is empty; a secret must have at least one byte (prefer 32 random ones)");
+    }
+    Ok(Some(secret))
 }
 
 #[derive(Debug, clap::Args)]
@@ -280,6 +345,9 @@ fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
     if args.max_connections == 0 || args.max_in_flight == 0 {
         bail!("--max-connections and --max-in-flight must be at least 1");
     }
+    if args.max_reserve_queues == 0 || args.max_batch == 0 || args.max_reserve == 0 {
+        bail!("--max-reserve-queues, --max-batch and --max-reserve must be at least 1");
+    }
     let mut config = ServerConfig::new(args.listen, args.data);
     config.durability = args.durability.into();
     config.flush_interval = args.flush_interval.into();
@@ -292,6 +360,25 @@ fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
     config.completed_retention = args.completed_retention;
     config.dead_max_jobs = args.dead_max_jobs;
     config.dead_max_age = args.dead_max_age.into();
+    config.secrets = Secrets {
+        worker: read_secret(args.secret, args.secret_file, "--secret-file")?,
+        admin: read_secret(args.admin_secret, args.admin_secret_file, "--admin-secret-file")?,
+    };
+    config.insecure = args.insecure;
+    config.tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        _ => None,
+    };
+    // Below one frame a single big answer could never be queued; the server raises it.
+    config.max_conn_buffer = args.max_conn_buffer;
+    config.stuck_timeout = args.stuck_timeout.into();
+    config.idle_timeout = args.idle_timeout.into();
+    config.decode_limits = qd_protocol::DecodeLimits {
+        max_queues: args.max_reserve_queues,
+        max_jobs: args.max_batch,
+        max_ids: args.max_batch,
+    };
+    config.max_reserve = args.max_reserve;
     Ok(config)
 }
 
@@ -325,7 +412,17 @@ async fn wait_for_signal() {
 }
 
 async fn connect(addr: &str) -> anyhow::Result<qd_client::Client> {
-    qd_client::Client::connect(addr).await.with_context(|| format!("cannot reach qd at {addr}"))
+    // QD_SECRET (or QD_SECRET_FILE, as in the container image) is the secret `qd serve`
+    // was given: the same variables serve both, so `qd stats` works as a health check.
+    let mut builder = qd_client::Client::builder(addr).secret_from_env();
+    if std::env::var_os("QD_SECRET").is_none() {
+        if let Some(path) = std::env::var_os("QD_SECRET_FILE") {
+            builder = builder.secret(
+                read_secret(None, Some(path.into()), "QD_SECRET_FILE")?.unwrap_or_default(),
+            );
+        }
+    }
+    builder.connect().await.with_context(|| format!("cannot reach qd at {addr}"))
 }
 
 async fn add(args: AddArgs) -> anyhow::Result<()> {

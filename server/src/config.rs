@@ -5,9 +5,12 @@
 //! ([`crate::store::DEFAULT_CACHE_CAPACITY`], [`crate::store::JournalConfig`]); this file
 //! only refers to them.
 
+use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
+
+use qd_protocol::DecodeLimits;
 
 use crate::store::Durability;
 
@@ -47,6 +50,61 @@ pub struct ServerConfig {
     pub dead_max_jobs: usize,
     /// Dead jobs are dropped this long after they died.
     pub dead_max_age: Duration,
+    /// The secrets clients must prove (none: every client is `Admin`; docs/SECURITY.md).
+    pub secrets: Secrets,
+    /// Allows listening beyond loopback without a secret. Off: [`crate::server::start`]
+    /// refuses, so a server is never open to a network by accident.
+    pub insecure: bool,
+    /// Serve the job protocol over TLS with this certificate and key.
+    pub tls: Option<TlsFiles>,
+    /// Bytes of replies one connection may have queued for a client that does not read;
+    /// past it the server stops reading that connection (at least one `max_frame`).
+    pub max_conn_buffer: usize,
+    /// A connection whose replies stay over `max_conn_buffer` this long is closed.
+    pub stuck_timeout: Duration,
+    /// A handshaken connection with nothing in flight that sends nothing this long is
+    /// closed (clients ping when idle).
+    pub idle_timeout: Duration,
+    /// Elements per request vector: queues per `Reserve`, jobs per `Add`, ids per `Ack`
+    /// and admin request.
+    pub decode_limits: DecodeLimits,
+    /// Most jobs one `Reserve` leases (larger `max` is clamped).
+    pub max_reserve: u32,
+}
+
+/// PEM files of the server's TLS certificate chain and private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The shared secrets of the handshake (docs/PROTOCOL.md §3.1.1). Neither set: no
+/// challenge, every connection is `Admin`. `Debug` never shows them.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secrets {
+    /// Grants `Worker`, and `Admin` too when `admin` is not set.
+    pub worker: Option<Vec<u8>>,
+    /// Grants `Admin` only.
+    pub admin: Option<Vec<u8>>,
+}
+
+impl Secrets {
+    /// Whether connections must prove a secret (a `Challenge` is sent).
+    pub fn required(&self) -> bool {
+        self.worker.is_some() || self.admin.is_some()
+    }
+}
+
+// Secrets never reach a log, not even through `{:?}` of the whole configuration.
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = |s: &Option<Vec<u8>>| if s.is_some() { "<set>" } else { "<none>" };
+        f.debug_struct("Secrets")
+            .field("worker", &shown(&self.worker))
+            .field("admin", &shown(&self.admin))
+            .finish()
+    }
 }
 
 impl ServerConfig {
@@ -72,6 +130,14 @@ impl Default for ServerConfig {
             completed_retention: 1000,
             dead_max_jobs: 10_000,
             dead_max_age: Duration::from_secs(180 * 24 * 3600),
+            secrets: Secrets::default(),
+            insecure: false,
+            tls: None,
+            max_conn_buffer: 8 << 20,
+            stuck_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(5 * 60),
+            decode_limits: DecodeLimits::DEFAULT,
+            max_reserve: 1000,
         }
     }
 }

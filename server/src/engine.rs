@@ -198,6 +198,7 @@ impl Engine {
             token_key,
             dead_max_jobs: config.dead_max_jobs,
             dead_max_age_ms: config.dead_max_age.as_millis().min(u64::MAX as u128) as u64,
+            max_reserve: config.max_reserve,
             ..BrokerConfig::default()
         });
         let mut clock = Clock::default();

@@ -20,8 +20,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ServerConfig;
 use crate::engine::{Engine, EngineError};
-use crate::net::conn::ConnLimits;
+use crate::net::auth::FailureThrottle;
+use crate::net::conn::{ConnLimits, ConnPolicy};
 use crate::net::listener::Listener;
+use crate::net::tls::{self, TlsError};
 
 /// Depth of the engine's command channel, shared by every connection. Bounded, so a flood
 /// of requests waits in the sockets rather than in our memory.
@@ -45,6 +47,18 @@ pub enum ServerError {
         #[source]
         source: io::Error,
     },
+
+    /// Listening beyond loopback with no secret: anyone on the network could do anything.
+    #[error(
+        "refusing to listen on {addr} without a secret: anyone who can reach it could add, \
+         take and delete jobs; set QD_SECRET (or --secret-file), or pass --insecure if the \
+         network is trusted"
+    )]
+    NoSecret { addr: SocketAddr },
+
+    /// The TLS certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 
     /// A task of the server panicked.
     #[error(
@@ -83,6 +97,14 @@ impl RunningServer {
 
 /// Opens the store, recovers, binds, and starts serving in the background.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
+    // Both checks come before the store is opened: a refused start touches nothing.
+    if !config.listen.ip().is_loopback() && !config.secrets.required() && !config.insecure {
+        return Err(ServerError::NoSecret { addr: config.listen });
+    }
+    let tls = match &config.tls {
+        Some(files) => Some(tls::acceptor(&files.cert, &files.key)?),
+        None => None,
+    };
     let started = Instant::now();
     let engine_config = config.clone();
     let (engine, recovered) = tokio::task::spawn_blocking(move || Engine::open(&engine_config))
@@ -115,14 +137,23 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     let shutdown = CancellationToken::new();
     let engine_task = tokio::spawn(engine.run(cmd_rx, shutdown.clone()));
 
-    let limits = Arc::new(ConnLimits {
-        max_frame: config.max_frame,
-        max_in_flight: config.max_in_flight,
-        handshake_timeout: config.handshake_timeout,
+    let policy = Arc::new(ConnPolicy {
+        limits: ConnLimits {
+            max_frame: config.max_frame,
+            max_in_flight: config.max_in_flight,
+            handshake_timeout: config.handshake_timeout,
+            decode_limits: config.decode_limits,
+            // At least one frame, or one big answer could never be sent.
+            max_conn_buffer: config.max_conn_buffer.max(config.max_frame),
+            stuck_timeout: config.stuck_timeout,
+            idle_timeout: config.idle_timeout,
+        },
+        secrets: config.secrets.clone(),
+        throttle: FailureThrottle::default(),
     });
     let conns = TaskTracker::new();
     let accept =
-        listener.run(config.max_connections, limits, cmd_tx, shutdown.clone(), conns.clone());
+        listener.run(config.max_connections, policy, tls, cmd_tx, shutdown.clone(), conns.clone());
     let task = tokio::spawn(async move {
         accept.await;
         // The accept loop returns only on shutdown. The engine drains and flushes; then the
@@ -133,6 +164,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         conns.wait().await;
         engine_result.map_err(ServerError::from)
     });
-    tracing::info!(%addr, durability = ?config.durability, "qd is listening");
+    tracing::info!(
+        %addr,
+        durability = ?config.durability,
+        tls = config.tls.is_some(),
+        auth = config.secrets.required(),
+        "qd is listening"
+    );
     Ok(RunningServer { addr, shutdown, task })
 }

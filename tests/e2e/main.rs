@@ -20,3 +20,5 @@ mod full_disk;
 mod leases;
 /// Retries with backoff, dead-lettering, the Worker's retry path.
 mod retries;
+/// Secrets, roles, TLS, limits: one regression test per finding of the security issue.
+mod security;

@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::engine::Command;
-use crate::net::conn::{self, ConnLimits};
+use crate::net::conn::{self, ConnPolicy};
+use crate::net::tls::TlsAcceptor;
 
 /// A bound protocol listener, not yet accepting.
 #[derive(Debug)]
@@ -34,12 +35,15 @@ impl Listener {
     }
 
     /// Accepts until `shutdown` is cancelled, at most `max_connections` at a time, running
-    /// each connection on `conns` with `limits`. Returns as soon as it stops accepting; the
-    /// connections themselves end when the engine drops their reply channels.
+    /// each connection on `conns` under `policy`, inside TLS when `tls` is given. Returns as
+    /// soon as it stops accepting; the connections themselves end when the engine drops
+    /// their reply channels.
+    #[allow(clippy::too_many_arguments)]
     pub async fn run(
         self,
         max_connections: usize,
-        limits: Arc<ConnLimits>,
+        policy: Arc<ConnPolicy>,
+        tls: Option<TlsAcceptor>,
         commands: mpsc::Sender<Command>,
         shutdown: CancellationToken,
         conns: TaskTracker,
@@ -51,7 +55,7 @@ impl Listener {
                 p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
                 _ = shutdown.cancelled() => return,
             };
-            let (stream, _) = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 r = self.listener.accept() => match r {
                     Ok(s) => s,
                     Err(e) => {
@@ -64,9 +68,28 @@ impl Listener {
                 _ = shutdown.cancelled() => return,
             };
             let conn = next_conn.fetch_add(1, Ordering::Relaxed);
-            let (limits, commands, token) = (limits.clone(), commands.clone(), shutdown.clone());
+            let (policy, commands, token) = (policy.clone(), commands.clone(), shutdown.clone());
+            let tls = tls.clone();
             conns.spawn(async move {
-                conn::serve(stream, conn, limits, commands, token).await;
+                let _ = stream.set_nodelay(true);
+                let peer = Some(peer);
+                match tls {
+                    None => conn::serve(stream, peer, conn, policy, commands, token).await,
+                    Some(tls) => {
+                        // The TLS handshake counts against the protocol's handshake timeout:
+                        // a peer that opens a socket and says nothing holds a slot no longer.
+                        let limit = policy.limits.handshake_timeout;
+                        match tokio::time::timeout(limit, tls.accept(stream)).await {
+                            Ok(Ok(stream)) => {
+                                conn::serve(stream, peer, conn, policy, commands, token).await
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(?peer, error = %e, "TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(?peer, "TLS handshake timed out"),
+                        }
+                    }
+                }
                 drop(permit);
             });
         }
