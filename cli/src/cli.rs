@@ -98,6 +98,8 @@ enum Command {
     Stats(StatsArgs),
     /// Run the benchmark workloads (see docs/PERFORMANCE.md).
     Bench(crate::bench::BenchArgs),
+    /// Check that a server answers (exit 0) or not (exit 1).
+    Health(crate::health::HealthArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -138,6 +140,9 @@ struct ServeArgs {
     /// Completed jobs kept per queue for display.
     #[arg(long, env = "QD_COMPLETED_RETENTION", default_value_t = defaults().completed_retention)]
     completed_retention: usize,
+    /// Address of the dashboard, /metrics, /healthz and /readyz (off when not given).
+    #[arg(long, env = "QD_HTTP")]
+    http: Option<SocketAddr>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -234,6 +239,7 @@ fn main() -> anyhow::Result<()> {
             Command::Add(args) => add(args).await,
             Command::Stats(args) => stats(args).await,
             Command::Bench(args) => crate::bench::run(args).await,
+            Command::Health(args) => crate::health::run(args).await,
         }
     })
 }
@@ -269,6 +275,7 @@ fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
     config.max_frame = args.max_frame;
     config.handshake_timeout = args.handshake_timeout.into();
     config.completed_retention = args.completed_retention;
+    config.http = args.http;
     Ok(config)
 }
 

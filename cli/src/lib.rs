@@ -4,10 +4,12 @@
 //! - [`cli`]: flags and `QD_*` environment in, a [`qd_server::config::ServerConfig`] or a
 //!   client action out, and the process's logging; [`main_exit`] is the whole binary;
 //! - [`bench`](mod@bench): `qd bench`, the benchmark workloads run through the real client;
+//! - [`health`]: `qd health`, a protocol ping for health checks;
 //! - [`child`]: a `qd serve` child process, shared by `qd bench --spawn` and the e2e tests.
 
 pub mod bench;
 pub mod child;
 pub mod cli;
+pub mod health;
 
 pub use cli::main_exit;

@@ -43,6 +43,11 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Completed jobs retained per queue for display.
     pub completed_retention: usize,
+    /// Address of the dashboard, `/metrics`, `/healthz` and `/readyz`; off when `None`.
+    pub http: Option<SocketAddr>,
+    /// The admin secret. When set, the dashboard asks for it before showing anything but
+    /// the health endpoints and `/metrics`.
+    pub admin_secret: Option<Vec<u8>>,
 }
 
 impl ServerConfig {
@@ -66,6 +71,8 @@ impl Default for ServerConfig {
             max_frame: qd_protocol::DEFAULT_MAX_FRAME,
             handshake_timeout: Duration::from_secs(10),
             completed_retention: 1000,
+            http: None,
+            admin_secret: None,
         }
     }
 }
