@@ -129,12 +129,12 @@ fn html_response(
 fn session_for_page(
     d: &Dashboard,
     headers: &HeaderMap,
-) -> Result<(Session, Option<String>), Response> {
+) -> Result<(Session, Option<String>), Box<Response>> {
     if let Some(s) = d.sessions.get(headers) {
         return Ok((s, None));
     }
     if d.secret.is_some() {
-        return Err(Redirect::to("/login").into_response());
+        return Err(Box::new(Redirect::to("/login").into_response()));
     }
     let s = d.sessions.create();
     let cookie = session::set_cookie(&s);
@@ -146,15 +146,15 @@ fn session_for_post(
     d: &Dashboard,
     headers: &HeaderMap,
     form: &HashMap<String, String>,
-) -> Result<Session, Response> {
+) -> Result<Session, Box<Response>> {
     let Some(s) = d.sessions.get(headers) else {
         if d.secret.is_some() {
-            return Err(Redirect::to("/login").into_response());
+            return Err(Box::new(Redirect::to("/login").into_response()));
         }
-        return Err(forbidden("no session: reload the page and try again"));
+        return Err(Box::new(forbidden("no session: reload the page and try again")));
     };
     if !session::csrf_ok(&s, form.get("csrf").map(String::as_str), headers) {
-        return Err(forbidden("the form's token is missing or stale, or the request came from another site: reload the page and try again"));
+        return Err(Box::new(forbidden("the form's token is missing or stale, or the request came from another site: reload the page and try again")));
     }
     Ok(s)
 }
@@ -184,7 +184,7 @@ async fn queues_page(
 ) -> Response {
     let (s, cookie) = match session_for_page(&d, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let body = pages::queues(&d, &s, None).await;
     let page = html::page("Queues", &crumbs(&[]), q.get("notice").map(String::as_str), &body);
@@ -199,7 +199,7 @@ async fn queue_page(
 ) -> Response {
     let (s, cookie) = match session_for_page(&d, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let body = pages::queue(&d, &s, &name, &q).await;
     let page =
@@ -215,7 +215,7 @@ async fn job_page(
 ) -> Response {
     let (s, cookie) = match session_for_page(&d, &headers) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let body = pages::job(&d, &s, id).await;
     let page = html::page(
@@ -250,7 +250,7 @@ async fn queue_action(
 ) -> Response {
     let s = match session_for_post(&d, &headers, &form) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     after_action(actions::on_queue(&d, &s.csrf, &name, &action, &form).await)
 }
@@ -263,7 +263,7 @@ async fn job_action(
 ) -> Response {
     let s = match session_for_post(&d, &headers, &form) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     after_action(actions::on_job(&d, &s.csrf, id, &action, &form).await)
 }

@@ -321,11 +321,11 @@ fn pretty(payload: &[u8]) -> String {
         }
     }
     match std::str::from_utf8(payload) {
-        Ok(s) if s.is_empty() => "(empty)".into(),
+        Ok("") => "(empty)".into(),
         Ok(s) => s.into(),
         Err(_) => {
             let shown = &payload[..payload.len().min(4096)];
-            let hex: Vec<String> = shown.chunks(16).map(|c| to_hex(c)).collect();
+            let hex: Vec<String> = shown.chunks(16).map(to_hex).collect();
             format!("({} bytes, not text)\n{}", payload.len(), hex.join("\n"))
         }
     }
