@@ -30,9 +30,9 @@ fn http() -> reqwest::Client {
     reqwest::Client::builder().redirect(Policy::none()).build().expect("http client")
 }
 
-/// The session cookie and the CSRF token of a fresh page view.
+/// The session cookie and the CSRF token of a fresh view of a queue's page (which has forms).
 async fn session(base: &str) -> (String, String) {
-    let resp = http().get(format!("{base}/")).send().await.expect("GET /");
+    let resp = http().get(format!("{base}/queues/q")).send().await.expect("GET a queue");
     assert_eq!(resp.status(), StatusCode::OK);
     let cookie =
         resp.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
@@ -81,6 +81,15 @@ async fn a_post_without_the_csrf_token_is_refused() {
         .await
         .unwrap();
     assert_eq!(no_session.status(), StatusCode::FORBIDDEN);
+    // The same POST with the session's token gets through the check.
+    let with_token = http()
+        .post(format!("{base}/queues/q/pause"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(with_token.status(), StatusCode::FORBIDDEN);
 }
 
 #[tokio::test]

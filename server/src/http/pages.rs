@@ -99,15 +99,23 @@ pub async fn queue(d: &Dashboard, s: &Session, name: &str, q: &HashMap<String, S
     let state = q.get("state").and_then(|s| html::parse_state(s)).unwrap_or(JobState::Ready);
     let search = q.get("q").map(|s| s.trim()).filter(|s| !s.is_empty());
     let cursor = q.get("cursor").and_then(|c| from_hex(c)).map(Cursor);
-    let info = match all_queues(d).await {
-        Ok(all) => all.into_iter().find(|i| i.name == name),
-        Err(e) => return format!("<p class=error>{}</p>", esc(&e.to_string())),
+    // Without the counts the page still lists jobs and offers the actions.
+    let (info, error) = match all_queues(d).await {
+        Ok(all) => (all.into_iter().find(|i| i.name == name), None),
+        Err(e) => (
+            None,
+            Some(format!(
+                "<p class=error>Cannot read the queue's counts: {}</p>",
+                esc(&e.to_string())
+            )),
+        ),
     };
     let info = info.unwrap_or_else(|| QueueInfo::new(name));
     let base = format!("/queues/{}", url(name));
     let csrf = s.csrf.as_str();
 
-    let mut out = format!("<h1>{}", esc(name));
+    let mut out = error.unwrap_or_default();
+    let _ = write!(out, "<h1>{}", esc(name));
     out.push_str(if info.paused {
         " <span class=\"badge paused\" id=paused>paused</span>"
     } else {
