@@ -157,7 +157,10 @@ async fn pages_show_the_counts_and_a_retry_moves_a_dead_job_to_ready() {
 
     let page = http().get(format!("{base}/")).header("cookie", &cookie).send().await.unwrap();
     let body = page.text().await.unwrap();
-    assert!(body.contains("<td class=\"num dead\">2</td>"), "two dead shown: {body}");
+    assert!(
+        body.contains("<td class=\"num dead\" data-state=dead>2</td>"),
+        "two dead shown: {body}"
+    );
     let dead = http()
         .get(format!("{base}/queues/mail?state=dead"))
         .header("cookie", &cookie)

@@ -132,12 +132,18 @@ pub fn sparkline(minutes: &[MinuteCounts]) -> String {
     let (done, failed): (u64, u64) = minutes
         .iter()
         .fold((0, 0), |(d, f), m| (d + u64::from(m.completed), f + u64::from(m.failed)));
+    // The completed line over a light area, the failed one on top; a baseline so an idle
+    // hour reads as "nothing happened" rather than as a broken chart.
+    let done_line = line(&|m| m.completed);
     format!(
-        "<svg class=spark viewBox=\"0 0 {w} {h}\" width={w} height={h} role=img>\
+        "<span class=sparkwrap><svg class=spark viewBox=\"0 0 {w} {h}\" width=\"{w}\" height=\"{h}\" role=img>\
          <title>last hour: {done} completed, {failed} failed</title>\
-         <polyline class=done points=\"{}\"/><polyline class=failed points=\"{}\"/></svg>",
-        line(&|m| m.completed),
-        line(&|m| m.failed)
+         <line class=base x1=\"0\" y1=\"{y}\" x2=\"{w}\" y2=\"{y}\"/>\
+         <polygon class=area points=\"0,{y} {done_line} {w},{y}\"/>\
+         <polyline class=done points=\"{done_line}\"/><polyline class=failed points=\"{}\"/></svg>\
+         <span class=sparknum><span class=active>{done}</span> · <span class=dead>{failed}</span></span></span>",
+        line(&|m| m.failed),
+        y = h - 1.0,
     )
 }
 
@@ -193,9 +199,12 @@ input[type=search],input[type=password]{font:inherit;padding:4px 8px;border:1px 
 .notice{background:#dafbe1;border:1px solid #aceebb;padding:8px 12px;border-radius:6px}
 .error{background:#ffebe9;border:1px solid #ffcecb;padding:8px 12px;border-radius:6px;color:#82071e}
 pre{background:var(--card);border:1px solid var(--line);border-radius:6px;padding:12px;overflow:auto;max-height:480px;font-size:13px}
-dl{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px;background:var(--card);border:1px solid var(--line);border-radius:6px;padding:12px;margin:0}
+dl{display:grid;grid-template-columns:max-content 1fr max-content 1fr;gap:4px 16px;background:var(--card);border:1px solid var(--line);border-radius:6px;padding:12px;margin:0}
 dt{color:var(--muted)}dd{margin:0}
 svg.spark polyline{fill:none;stroke-width:1.5}svg.spark .done{stroke:var(--active)}svg.spark .failed{stroke:var(--dead)}
+svg.spark{display:block}svg.spark .area{fill:#ddf4ff;stroke:none}svg.spark .base{stroke:var(--line);stroke-width:1}
+.sparkwrap{display:inline-flex;gap:8px;align-items:center}.sparknum{font-size:12px;font-variant-numeric:tabular-nums}
+code.err{white-space:pre-wrap;font-size:13px;color:#82071e}
 .pager{margin:10px 0}.empty{padding:24px;text-align:center;color:var(--muted);background:var(--card);border:1px solid var(--line);border-radius:6px}
 .login{max-width:360px;margin:80px auto;background:var(--card);border:1px solid var(--line);border-radius:6px;padding:24px}
 "#;

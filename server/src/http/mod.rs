@@ -217,10 +217,16 @@ async fn job_page(
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let body = pages::job(&d, &s, id).await;
+    let (body, queue) = pages::job(&d, &s, id).await;
+    let mut trail = Vec::new();
+    if let Some(q) = &queue {
+        trail.push((q.as_str(), Some(format!("/queues/{}", html::url(q)))));
+    }
+    let label = format!("#{id}");
+    trail.push((label.as_str(), None));
     let page = html::page(
         &format!("Job #{id}"),
-        &crumbs(&[(&format!("#{id}"), None)]),
+        &crumbs(&trail),
         q.get("notice").map(String::as_str),
         &body,
     );

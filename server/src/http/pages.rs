@@ -42,7 +42,7 @@ pub async fn all_queues(d: &Dashboard) -> Result<Vec<QueueInfo>, AdminError> {
 
 fn count_cell(n: u64, class: &str) -> String {
     let zero = if n == 0 { " n0" } else { "" };
-    format!("<td class=\"num {class}{zero}\">{n}</td>")
+    format!("<td class=\"num {class}{zero}\" data-state={class}>{n}</td>")
 }
 
 /// `/`: every queue at a glance.
@@ -71,7 +71,7 @@ pub async fn queues(d: &Dashboard, s: &Session, notice: Option<&str>) -> String 
         let _ = write!(
             rows,
             "<tr data-queue=\"{name}\"><td><a href=\"{link}\">{name}</a></td><td>{status}</td>{}{}{}{}{}\
-             <td class=num>{latency}</td><td>{}</td><td class=\"num muted\">{} / {}</td></tr>",
+             <td class=num>{latency}</td><td>{}</td><td class=\"num muted\">{} done · {} failed</td></tr>",
             count_cell(q.ready, "ready"),
             count_cell(q.delayed, "delayed"),
             count_cell(q.active, "active"),
@@ -87,9 +87,10 @@ pub async fn queues(d: &Dashboard, s: &Session, notice: Option<&str>) -> String 
         "<h1>Queues <span class=muted>{}</span></h1><table id=queues><thead><tr><th>Queue</th><th>Status</th>\
          <th class=num>Ready</th><th class=num>Delayed</th><th class=num>Active</th><th class=num>Dead</th>\
          <th class=num>Completed</th><th class=num>Latency</th><th>Last hour</th>\
-         <th class=num>Done / failed since start</th></tr></thead><tbody>{rows}</tbody></table>\
+         <th class=num>Since start</th></tr></thead><tbody>{rows}</tbody></table>\
          <p class=muted>Latency: how long the oldest ready job has waited. Last hour: completed \
-         (blue) and failed (red) per minute.</p>",
+         (blue) and failed tries (red) per minute, with their sums. Since start: completed and \
+         failed tries since the server started.</p>",
         queues.len()
     )
 }
@@ -252,13 +253,16 @@ fn job_table(jobs: &[JobSummary], state: JobState, csrf: &str, back: &str) -> St
 }
 
 /// `/jobs/{id}`: everything about one job.
-pub async fn job(d: &Dashboard, s: &Session, id: u64) -> String {
+/// Also returns the job's queue, for the page's breadcrumbs.
+pub async fn job(d: &Dashboard, s: &Session, id: u64) -> (String, Option<String>) {
     let job: JobDetail = match d.admin.call(Request::Job { id }).await {
         Ok(Response::Job { job }) => *job,
         Ok(other) => {
-            return format!("<p class=error>unexpected answer {}</p>", esc(&format!("{other:?}")))
+            let msg =
+                format!("<p class=error>unexpected answer {}</p>", esc(&format!("{other:?}")));
+            return (msg, None);
         }
-        Err(e) => return format!("<p class=error>Job #{id}: {}</p>", esc(&e.to_string())),
+        Err(e) => return (format!("<p class=error>Job #{id}: {}</p>", esc(&e.to_string())), None),
     };
     let now = now_ms();
     let j = &job.summary;
@@ -306,11 +310,11 @@ pub async fn job(d: &Dashboard, s: &Session, id: u64) -> String {
     if job.errors.is_empty() {
         out.push_str("<p class=muted>No failed tries.</p>");
     } else {
-        out.push_str("<table id=errors><thead><tr><th class=num>Try</th><th>When</th><th>Error</th></tr></thead><tbody>");
+        out.push_str("<table id=errors><thead><tr><th class=num style=\"width:4em\">Try</th><th style=\"width:10em\">When</th><th>Error</th></tr></thead><tbody>");
         for e in &job.errors {
             let _ = write!(
                 out,
-                "<tr><td class=num>{}</td><td>{}</td><td><pre>{}</pre></td></tr>",
+                "<tr><td class=num>{}</td><td>{}</td><td><code class=err>{}</code></td></tr>",
                 e.attempt,
                 when(e.at_ms, now),
                 esc(&e.message)
@@ -318,7 +322,7 @@ pub async fn job(d: &Dashboard, s: &Session, id: u64) -> String {
         }
         out.push_str("</tbody></table>");
     }
-    out
+    (out, Some(job.summary.queue))
 }
 
 /// A payload for reading: indented when it is JSON, as text when UTF-8, else hex.
