@@ -213,3 +213,21 @@ async fn metrics_parse_and_a_counter_moves() {
     .await;
     assert!(text.contains("qd_group_commit_seconds_bucket"), "{text}");
 }
+
+#[tokio::test]
+async fn qd_health_exits_zero_only_when_the_server_answers() {
+    let (mut server, _dir) = start_with(&[]);
+    let health = |addr: &str| {
+        std::process::Command::new(crate::support::qd_bin())
+            .args(["health", "--addr", addr])
+            .output()
+            .expect("run qd health")
+    };
+    let up = health(&server.addr);
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    let addr = server.addr.clone();
+    server.terminate();
+    let down = health(&addr);
+    assert!(!down.status.success(), "a stopped server is not healthy");
+    assert!(String::from_utf8_lossy(&down.stderr).contains("cannot reach qd"));
+}
