@@ -205,10 +205,11 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Connects with the admin role and the secret in `QD_SECRET`, if any. The client's
-/// connect error already names the address and what to check, so no context is added.
+/// Connects with the admin role and the secret from the environment
+/// ([`crate::cli::client_builder`]). The client's connect error already names the address
+/// and what to check, so no context is added.
 async fn connect(conn: &ConnArgs) -> anyhow::Result<Client> {
-    Ok(Client::builder(conn.addr.as_str()).admin().secret_from_env().connect().await?)
+    Ok(crate::cli::client_builder(&conn.addr, qd_protocol::Role::Admin)?.connect().await?)
 }
 
 /// `path=value` of `--where`.

@@ -95,7 +95,7 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the broker.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Add one job and print its id.
     Add(AddArgs),
     /// Print job counts per queue.
@@ -105,6 +105,8 @@ enum Command {
     /// The operator's commands (docs/OPERATIONS.md).
     #[command(flatten)]
     Admin(crate::admin::AdminCommand),
+    /// Check that a server answers (exit 0) or not (exit 1).
+    Health(crate::health::HealthArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -195,6 +197,9 @@ struct ServeArgs {
     /// Most jobs one reserve leases (larger requests are clamped).
     #[arg(long, env = "QD_MAX_RESERVE", default_value_t = defaults().max_reserve)]
     max_reserve: u32,
+    /// Address of the dashboard, /metrics, /healthz and /readyz (off when not given).
+    #[arg(long, env = "QD_HTTP")]
+    http: Option<SocketAddr>,
 }
 
 /// A secret from a flag/variable or from a file (trimmed: files end with a newline).
@@ -310,11 +315,12 @@ fn main() -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::Add(args) => add(args).await,
             Command::Stats(args) => stats(args).await,
             Command::Bench(args) => crate::bench::run(args).await,
             Command::Admin(cmd) => crate::admin::run(cmd).await,
+            Command::Health(args) => crate::health::run(args).await,
         }
     })
 }
@@ -379,6 +385,7 @@ fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
         max_ids: args.max_batch,
     };
     config.max_reserve = args.max_reserve;
+    config.http = args.http;
     Ok(config)
 }
 
@@ -412,17 +419,41 @@ async fn wait_for_signal() {
 }
 
 async fn connect(addr: &str) -> anyhow::Result<qd_client::Client> {
-    // QD_SECRET (or QD_SECRET_FILE, as in the container image) is the secret `qd serve`
-    // was given: the same variables serve both, so `qd stats` works as a health check.
-    let mut builder = qd_client::Client::builder(addr).secret_from_env();
-    if std::env::var_os("QD_SECRET").is_none() {
-        if let Some(path) = std::env::var_os("QD_SECRET_FILE") {
-            builder = builder.secret(
-                read_secret(None, Some(path.into()), "QD_SECRET_FILE")?.unwrap_or_default(),
-            );
+    client_builder(addr, qd_protocol::Role::Worker)?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach qd at {addr}"))
+}
+
+/// A client for the `qd` commands, with the secret `qd serve` was given, read from the same
+/// variables (so the commands work inside the container image, where the secret is a file):
+/// for the Admin role `QD_ADMIN_SECRET` or `QD_ADMIN_SECRET_FILE` first, then for either role
+/// `QD_SECRET` or `QD_SECRET_FILE`. No variable set: no secret.
+pub(crate) fn client_builder(
+    addr: &str,
+    role: qd_protocol::Role,
+) -> anyhow::Result<qd_client::ClientBuilder> {
+    let from_env = |value: &str, file: &str| -> anyhow::Result<Option<Vec<u8>>> {
+        let value = std::env::var(value).ok().filter(|v| !v.is_empty());
+        let file = std::env::var_os(file).filter(|v| !v.is_empty()).map(PathBuf::from);
+        if value.is_none() && file.is_none() {
+            return Ok(None);
         }
+        read_secret(value, file, "the secret file")
+    };
+    let admin = match role {
+        qd_protocol::Role::Admin => from_env("QD_ADMIN_SECRET", "QD_ADMIN_SECRET_FILE")?,
+        _ => None,
+    };
+    let secret = match admin {
+        Some(s) => Some(s),
+        None => from_env("QD_SECRET", "QD_SECRET_FILE")?,
+    };
+    let mut builder = qd_client::Client::builder(addr).role(role);
+    if let Some(secret) = secret {
+        builder = builder.secret(secret);
     }
-    builder.connect().await.with_context(|| format!("cannot reach qd at {addr}"))
+    Ok(builder)
 }
 
 async fn add(args: AddArgs) -> anyhow::Result<()> {
@@ -509,7 +540,7 @@ mod tests {
     fn bare_serve_is_the_servers_defaults() {
         let cli = Cli::try_parse_from(["qd", "serve"]).unwrap();
         let Command::Serve(args) = cli.command else { panic!("parsed as serve") };
-        let config = server_config(args).unwrap();
+        let config = server_config(*args).unwrap();
         assert_eq!(format!("{config:?}"), format!("{:?}", ServerConfig::default()));
     }
 

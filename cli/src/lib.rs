@@ -5,6 +5,7 @@
 //!   client action out, and the process's logging; [`main_exit`] is the whole binary;
 //! - [`bench`](mod@bench): `qd bench`, the benchmark workloads run through the real client;
 //! - [`admin`]: the operator's subcommands (`qd queues`, `qd jobs`, `qd retry`, ...);
+//! - [`health`]: `qd health`, a protocol ping for health checks;
 //! - [`child`]: a `qd serve` child process, shared by `qd bench --spawn` and the e2e tests;
 //! - [`config_file`]: the TOML config file, read into the flags' variables before parsing.
 
@@ -13,5 +14,6 @@ pub mod bench;
 pub mod child;
 pub mod cli;
 pub mod config_file;
+pub mod health;
 
 pub use cli::main_exit;

@@ -70,6 +70,8 @@ pub struct ServerConfig {
     pub decode_limits: DecodeLimits,
     /// Most jobs one `Reserve` leases (larger `max` is clamped).
     pub max_reserve: u32,
+    /// Address of the dashboard, `/metrics`, `/healthz` and `/readyz`; off when `None`.
+    pub http: Option<SocketAddr>,
 }
 
 /// PEM files of the server's TLS certificate chain and private key.
@@ -138,6 +140,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(5 * 60),
             decode_limits: DecodeLimits::DEFAULT,
             max_reserve: 1000,
+            http: None,
         }
     }
 }

@@ -345,9 +345,12 @@ impl Engine {
         match cmd {
             Command::Connect { conn, client_name, replies } => {
                 self.conns.insert(conn, Conn { replies, name: client_name });
+                crate::metrics::connection_opened(conn); // metrics hook
             }
             Command::Disconnect { conn } => {
-                self.conns.remove(&conn);
+                if self.conns.remove(&conn).is_some() {
+                    crate::metrics::connection_closed(conn); // metrics hook
+                }
                 let now = self.clock.now();
                 self.broker.disconnect(now, conn);
                 self.apply_effects(None);
@@ -394,6 +397,11 @@ impl Engine {
                 let failed = leases
                     .into_iter()
                     .filter_map(|lease: LeaseRef| {
+                        // metrics hook: reserve-to-ack, read before the ack ends the try.
+                        crate::metrics::ack_observed(
+                            b.job_view(lease.id).and_then(|v| v.started_at_ms),
+                            now,
+                        );
                         b.ack(now, lease).err().map(|e| (lease.id, WireError::from(e)))
                     })
                     .collect();

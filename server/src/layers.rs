@@ -14,11 +14,13 @@ use std::path::Path;
 const ALLOWED: &[(&str, &[&str])] = &[
     ("model", &[]),
     ("broker", &["model"]),
-    ("store", &["model"]),
+    ("metrics", &[]),
+    ("store", &["model", "metrics"]),
     ("config", &["store"]),
-    ("engine", &["broker", "store", "model", "config"]),
+    ("engine", &["broker", "store", "model", "config", "metrics"]),
     ("net", &["engine", "model", "config"]),
-    ("server", &["net", "engine", "config", "model", "broker", "store"]),
+    ("http", &["engine", "model", "config", "metrics"]),
+    ("server", &["net", "http", "engine", "config", "model", "broker", "store", "metrics"]),
 ];
 
 /// The top-level modules a piece of source names through `crate::`.

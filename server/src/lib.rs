@@ -11,14 +11,18 @@
 //! - [`store`]: persistence, group commit, recovery;
 //! - [`engine`]: the actor that owns the core and drives the store, and opens both;
 //! - [`net`]: listener, connections, limits;
+//! - [`http`]: the dashboard, `/metrics`, `/healthz` and `/readyz`, an admin client of the engine;
+//! - [`metrics`]: the process's own instruments, fed by hooks in the engine and the store;
 //! - [`server`]: the composition root: assembles the layers and shuts them down on one token;
 //! - [`config`]: the validated [`config::ServerConfig`] and every server default.
 
 pub mod broker;
 pub mod config;
 pub mod engine;
+pub mod http;
 #[cfg(test)]
 mod layers;
+pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod server;

@@ -1,7 +1,7 @@
 //! The composition root: the one place that assembles a whole server from its layers and
 //! ties their lifetimes to one shutdown token. [`start`] opens and recovers the engine
-//! ([`Engine::open`]), binds the protocol listener, and runs both; the HTTP listener, when it
-//! comes, starts here too, beside the protocol one. Nothing below this file builds another
+//! ([`Engine::open`]), binds the protocol listener and, when configured, the HTTP one (the
+//! dashboard, `/metrics`, health), and runs them all. Nothing below this file builds another
 //! layer: `net` gets the engine's command channel, the engine gets its store and core.
 //!
 //! Shutdown order matters for the promise "nothing acknowledged is lost": first stop
@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ServerConfig;
 use crate::engine::{Engine, EngineError};
+use crate::http::HttpListener;
 use crate::net::auth::FailureThrottle;
 use crate::net::conn::{ConnLimits, ConnPolicy};
 use crate::net::listener::Listener;
@@ -60,6 +61,14 @@ pub enum ServerError {
     #[error(transparent)]
     Tls(#[from] TlsError),
 
+    /// The HTTP (dashboard) address could not be bound.
+    #[error("cannot listen for HTTP on {addr}: {source}; choose another with --http")]
+    HttpListen {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+
     /// A task of the server panicked.
     #[error(
         "the server's {task} task panicked; this is a bug in qd, please report it with the log"
@@ -71,6 +80,8 @@ pub enum ServerError {
 #[derive(Debug)]
 pub struct RunningServer {
     addr: SocketAddr,
+    /// Where the dashboard listens, when it is on.
+    http_addr: Option<SocketAddr>,
     /// Cancelled by whoever stops the server (a signal handler, a test, a failing engine);
     /// every task of the server watches it.
     shutdown: CancellationToken,
@@ -82,6 +93,11 @@ impl RunningServer {
     /// The address the protocol listens on (useful with port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the dashboard, `/metrics` and the health endpoints, when on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// The token that stops the server when cancelled.
@@ -98,8 +114,12 @@ impl RunningServer {
 /// Opens the store, recovers, binds, and starts serving in the background.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     // Both checks come before the store is opened: a refused start touches nothing.
-    if !config.listen.ip().is_loopback() && !config.secrets.required() && !config.insecure {
-        return Err(ServerError::NoSecret { addr: config.listen });
+    // The dashboard can retry, delete and purge: it is held to the same rule as the protocol.
+    let exposed = std::iter::once(config.listen).chain(config.http);
+    for addr in exposed {
+        if !addr.ip().is_loopback() && !config.secrets.required() && !config.insecure {
+            return Err(ServerError::NoSecret { addr });
+        }
     }
     let tls = match &config.tls {
         Some(files) => Some(tls::acceptor(&files.cert, &files.key)?),
@@ -121,15 +141,28 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         Ok(listener) => listener.local_addr().map(|addr| (listener, addr)),
         Err(e) => Err(e),
     };
-    let (listener, addr) = match bound {
+    let http = match config.http {
+        None => Ok(None),
+        Some(addr) => match HttpListener::bind(addr).await {
+            Ok(l) => l.local_addr().map(|a| Some((l, a))),
+            Err(e) => Err(e),
+        }
+        .map_err(|source| ServerError::HttpListen { addr, source }),
+    };
+    let bound = match (bound, http) {
+        (Ok(bound), Ok(http)) => Ok((bound, http)),
+        (Err(source), _) => Err(ServerError::Listen { addr: config.listen, source }),
+        (_, Err(e)) => Err(e),
+    };
+    let ((listener, addr), http) = match bound {
         Ok(bound) => bound,
-        Err(source) => {
+        Err(error) => {
             // The writer is already running: stop it properly (a final flush) rather than
             // leave it to the process exit.
             if let Err(e) = engine.close().await {
                 tracing::warn!(error = %e, "closing the store after a failed start");
             }
-            return Err(ServerError::Listen { addr: config.listen, source });
+            return Err(error);
         }
     };
 
@@ -152,6 +185,17 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         throttle: FailureThrottle::default(),
     });
     let conns = TaskTracker::new();
+    let http_addr = http.as_ref().map(|(_, a)| *a);
+    if let Some((http, http_addr)) = http {
+        // Stopped by the same token; its in-flight requests get "the server is stopping"
+        // once the engine has drained.
+        conns.spawn(http.run(
+            cmd_tx.clone(),
+            config.secrets.admin.clone().or_else(|| config.secrets.worker.clone()),
+            shutdown.clone(),
+        ));
+        tracing::info!(addr = %http_addr, "qd dashboard is listening");
+    }
     let accept =
         listener.run(config.max_connections, policy, tls, cmd_tx, shutdown.clone(), conns.clone());
     let task = tokio::spawn(async move {
@@ -171,5 +215,5 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         auth = config.secrets.required(),
         "qd is listening"
     );
-    Ok(RunningServer { addr, shutdown, task })
+    Ok(RunningServer { addr, http_addr, shutdown, task })
 }

@@ -110,3 +110,32 @@ fn listening_line(server: &support::Server) -> String {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// The `qd` commands find the server's secret where `qd serve` found it, as in the container
+/// image (`QD_SECRET_FILE`): `qd health` and `qd queues` work with it and fail without it.
+#[test]
+fn commands_read_the_secret_file_like_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "hunter2-but-longer\n").unwrap();
+    let server = support::Server::start_in(
+        &dir.path().join("data"),
+        &["--secret-file", secret.to_str().unwrap()],
+    );
+    let run = |cmd: &str, with_secret: bool| {
+        let mut c = Command::new(qd_bin());
+        c.args([cmd, "--addr", &server.addr]).env_remove("QD_SECRET").env_remove("QD_ADMIN_SECRET");
+        if with_secret {
+            c.env("QD_SECRET_FILE", &secret);
+        } else {
+            c.env_remove("QD_SECRET_FILE");
+        }
+        c.output().unwrap()
+    };
+    for cmd in ["health", "queues"] {
+        let ok = run(cmd, true);
+        assert!(ok.status.success(), "{cmd}: {}", String::from_utf8_lossy(&ok.stderr));
+        let refused = run(cmd, false);
+        assert!(!refused.status.success(), "{cmd} without the secret must fail");
+    }
+}

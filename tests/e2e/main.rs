@@ -16,6 +16,8 @@ mod cli;
 mod crash;
 /// A full disk: refused, never acknowledged, nothing lost.
 mod full_disk;
+/// The dashboard, /metrics and health of `qd serve --http`.
+mod http;
 /// Leases: a vanished worker's jobs come back at once, a late ack is refused.
 mod leases;
 /// Retries with backoff, dead-lettering, the Worker's retry path.

@@ -171,7 +171,9 @@ impl WriterLoop {
             self.stats.record(tickets.len(), changes.len());
             tracing::trace!(batches = tickets.len(), changes = changes.len(), "group commit");
 
+            let started = Instant::now();
             let result = self.guarded(|store| store.commit(&changes, durable));
+            crate::metrics::group_commit(changes.len(), started.elapsed(), result.is_ok()); // metrics hook
             match &result {
                 Ok(()) if self.durability == Durability::Interval && dirty_since.is_none() => {
                     dirty_since = Some(Instant::now());

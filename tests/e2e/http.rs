@@ -1,0 +1,247 @@
+//! The HTTP side of `qd serve --http`: pages, actions with their CSRF check, login with an
+//! admin secret, `/metrics`, `/healthz` and `/readyz`. A real server process (or, where a
+//! flag the CLI does not have yet is needed, the server library in-process) and a real HTTP
+//! client; the dashboard's HTML is checked for the numbers it shows, not its looks (the
+//! browser test in `tests/browser/` looks).
+
+use std::time::Duration;
+
+use qd_client::Job;
+use qd_protocol::RetryHint;
+use reqwest::redirect::Policy;
+use reqwest::StatusCode;
+
+use crate::support::{eventually, start_with, Server};
+
+/// The dashboard's address, from the server's log.
+fn http_addr(server: &Server) -> String {
+    server
+        .log()
+        .lines()
+        .filter(|l| l.contains("qd dashboard is listening"))
+        .find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            v["fields"]["addr"].as_str().map(str::to_owned)
+        })
+        .expect("the server logs the dashboard's address")
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().redirect(Policy::none()).build().expect("http client")
+}
+
+/// The session cookie and the CSRF token of a fresh view of a queue's page (which has forms).
+async fn session(base: &str) -> (String, String) {
+    let resp = http().get(format!("{base}/queues/q")).send().await.expect("GET a queue");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let cookie =
+        resp.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let body = resp.text().await.unwrap();
+    let token =
+        body.split("name=csrf value=\"").nth(1).map(|r| r[..64].to_string()).unwrap_or_default();
+    (cookie, token)
+}
+
+#[tokio::test]
+async fn health_endpoints_answer() {
+    let (server, _dir) = start_with(&["--http", "127.0.0.1:0"]);
+    let base = format!("http://{}", http_addr(&server));
+    let healthz = http().get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(healthz.status(), StatusCode::OK);
+    let readyz = http().get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(readyz.status(), StatusCode::OK, "{}", readyz.text().await.unwrap());
+}
+
+#[tokio::test]
+async fn a_post_without_the_csrf_token_is_refused() {
+    let (server, _dir) = start_with(&["--http", "127.0.0.1:0"]);
+    let base = format!("http://{}", http_addr(&server));
+    let (cookie, token) = session(&base).await;
+    let no_token = http()
+        .post(format!("{base}/queues/q/pause"))
+        .header("cookie", &cookie)
+        .form(&[("back", "/")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_token.status(), StatusCode::FORBIDDEN);
+    let cross_site = http()
+        .post(format!("{base}/queues/q/pause"))
+        .header("cookie", &cookie)
+        .header("sec-fetch-site", "cross-site")
+        .form(&[("csrf", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross_site.status(), StatusCode::FORBIDDEN);
+    let no_session = http()
+        .post(format!("{base}/queues/q/pause"))
+        .form(&[("csrf", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_session.status(), StatusCode::FORBIDDEN);
+    // The same POST with the session's token gets through the check.
+    let with_token = http()
+        .post(format!("{base}/queues/q/pause"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(with_token.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn login_is_required_when_the_server_has_an_admin_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = qd_server::config::ServerConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().join("data"),
+    );
+    config.http = Some("127.0.0.1:0".parse().unwrap());
+    config.secrets.admin = Some(b"s3cret".to_vec());
+    let server = qd_server::server::start(config).await.expect("start");
+    let base = format!("http://{}", server.http_addr().expect("http on"));
+
+    let page = http().get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::SEE_OTHER);
+    assert_eq!(page.headers()["location"], "/login");
+    let wrong =
+        http().post(format!("{base}/login")).form(&[("secret", "nope")]).send().await.unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let right =
+        http().post(format!("{base}/login")).form(&[("secret", "s3cret")]).send().await.unwrap();
+    assert_eq!(right.status(), StatusCode::SEE_OTHER);
+    let cookie = right.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    let page = http().get(format!("{base}/")).header("cookie", cookie).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    // Health stays open: load balancers do not log in.
+    assert_eq!(
+        http().get(format!("{base}/healthz")).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    server.shutdown_token().cancel();
+    server.wait().await.expect("clean stop");
+}
+
+/// Adds `n` jobs to `queue` that die on their first try.
+async fn dead_jobs(server: &Server, queue: &str, n: usize) -> Vec<u64> {
+    let client = server.client().await;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let payload = format!("{{\"user\":{{\"id\":{i}}}}}");
+        ids.push(
+            client.add(queue, Job::new("send", payload.into_bytes()).attempts(1)).await.unwrap(),
+        );
+    }
+    for _ in 0..n {
+        let jobs = client.reserve(&[queue], 1, Duration::from_secs(5)).await.unwrap();
+        for job in &jobs {
+            client.nack(job, "boom: smtp refused", RetryHint::Backoff).await.unwrap();
+        }
+    }
+    ids
+}
+
+#[tokio::test]
+async fn pages_show_the_counts_and_a_retry_moves_a_dead_job_to_ready() {
+    let (server, _dir) = start_with(&["--http", "127.0.0.1:0"]);
+    let base = format!("http://{}", http_addr(&server));
+    let ids = dead_jobs(&server, "mail", 2).await;
+    let (cookie, token) = session(&base).await;
+
+    let page = http().get(format!("{base}/")).header("cookie", &cookie).send().await.unwrap();
+    let body = page.text().await.unwrap();
+    assert!(
+        body.contains("<td class=\"num dead\" data-state=dead>2</td>"),
+        "two dead shown: {body}"
+    );
+    let dead = http()
+        .get(format!("{base}/queues/mail?state=dead"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    let body = dead.text().await.unwrap();
+    assert!(body.contains(&format!("data-job=\"{}\"", ids[0])), "{body}");
+    let job = http()
+        .get(format!("{base}/jobs/{}", ids[0]))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert!(job.text().await.unwrap().contains("boom: smtp refused"));
+
+    let retry = http()
+        .post(format!("{base}/jobs/{}/retry", ids[0]))
+        .header("cookie", &cookie)
+        .form(&[("csrf", token.as_str()), ("queue", "mail"), ("back", "/queues/mail?state=dead")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retry.status(), StatusCode::SEE_OTHER);
+    let client = server.client().await;
+    crate::support::wait_for_count(&client, "mail", 0, 1).await;
+    crate::support::wait_for_count(&client, "mail", 3, 1).await;
+}
+
+#[tokio::test]
+async fn metrics_parse_and_a_counter_moves() {
+    let (server, _dir) = start_with(&["--http", "127.0.0.1:0"]);
+    let base = format!("http://{}", http_addr(&server));
+    let added = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("qd_jobs_added_total{queue=\"m\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+    };
+    let client = server.client().await;
+    client.add("m", Job::new("x", b"1".to_vec())).await.unwrap();
+    let text = http().get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.ends_with("# EOF\n"), "OpenMetrics text: {text}");
+    assert_eq!(added(&text), Some(1), "{text}");
+    client.add("m", Job::new("x", b"2".to_vec())).await.unwrap();
+    eventually(Duration::from_secs(10), "the added counter to reach 2", || async {
+        let text = http().get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
+        (added(&text) == Some(2)).then_some(())
+    })
+    .await;
+    assert!(text.contains("qd_group_commit_seconds_bucket"), "{text}");
+}
+
+#[tokio::test]
+async fn qd_health_exits_zero_only_when_the_server_answers() {
+    let (mut server, _dir) = start_with(&[]);
+    let health = |addr: &str| {
+        std::process::Command::new(crate::support::qd_bin())
+            .args(["health", "--addr", addr])
+            .output()
+            .expect("run qd health")
+    };
+    let up = health(&server.addr);
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    let addr = server.addr.clone();
+    server.terminate();
+    let down = health(&addr);
+    assert!(!down.status.success(), "a stopped server is not healthy");
+    assert!(String::from_utf8_lossy(&down.stderr).contains("cannot reach qd"));
+}
+
+/// The dashboard can retry, delete and purge jobs: like the protocol, it is not served
+/// beyond loopback without a secret (or --insecure), and a refused start touches nothing.
+#[test]
+fn dashboard_beyond_loopback_without_a_secret_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(crate::support::qd_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--http", "0.0.0.0:0", "--data"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("0.0.0.0") && err.contains("QD_SECRET"), "{err}");
+    assert!(!dir.path().join("data").exists(), "a refused start touches nothing");
+}
