@@ -233,3 +233,33 @@ async fn the_cli_pauses_lists_and_says_what_to_do_when_unreachable() {
     assert_eq!(err.matches("refused").count(), 1, "the cause once: {err}");
     assert!(err.contains("is `qd serve` running"), "{err}");
 }
+
+/// Every failed try of a job is in its detail, with its try number, in order. Seen on the
+/// dashboard: a job dead after 3 tries showed one error, "try 1".
+#[tokio::test]
+async fn job_detail_keeps_every_tries_error() {
+    let (server, _dir) = support::start();
+    let client = server.client().await;
+    let job = Job::new("mail", "x")
+        .attempts(3)
+        .backoff(qd_client::Backoff::fixed(Duration::from_millis(1)));
+    let id = client.add("e", job).await.unwrap();
+    for try_no in 1..=3 {
+        let leased = loop {
+            let got = client.reserve(&["e"], 1, Duration::from_secs(5)).await.unwrap();
+            if let Some(j) = got.into_iter().next() {
+                break j;
+            }
+        };
+        assert_eq!(leased.attempt, try_no);
+        client.nack(&leased, format!("fail {try_no}"), RetryHint::Backoff).await.unwrap();
+    }
+    let detail = client.job(id).await.unwrap();
+    assert_eq!(detail.summary.state, JobState::Dead);
+    let tries: Vec<(u32, String)> =
+        detail.errors.iter().map(|e| (e.attempt, e.message.clone())).collect();
+    assert_eq!(
+        tries,
+        vec![(1, "fail 1".to_string()), (2, "fail 2".to_string()), (3, "fail 3".to_string())]
+    );
+}
