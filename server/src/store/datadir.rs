@@ -43,10 +43,13 @@ pub struct DataDirLock {
     _file: File,
 }
 
+/// How long a contended lock is tried again before it counts as held (see `acquire`).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl DataDirLock {
-    /// Creates `dir` (mode 0700) if missing and takes its lock, without waiting: another
-    /// holder (another qd, or another store in this process) is reported as
-    /// [`StoreError::Locked`]. Touches nothing else in the directory (invariant 1).
+    /// Creates `dir` (mode 0700) if missing and takes its lock, waiting at most
+    /// [`LOCK_WAIT`] for a holder that is going away: a holder that stays (another qd, or
+    /// another store in this process) is reported as [`StoreError::Locked`]. Touches nothing else in the directory (invariant 1).
     pub fn acquire(dir: &Path) -> Result<DataDirLock, StoreError> {
         create_private_dir(dir)?;
         let path = dir.join(LOCK_FILE);
@@ -59,12 +62,26 @@ impl DataDirLock {
             .map_err(|e| StoreError::io(format!("cannot open {}", path.display()), e))?;
         // fs2 rather than std's `File::try_lock`: the latter needs Rust 1.89, above the
         // workspace's rust-version. Both are flock(2) on Linux.
-        match file.try_lock_exclusive() {
-            Ok(()) => Ok(DataDirLock { path: dir.to_path_buf(), _file: file }),
-            Err(e) if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() => {
-                Err(StoreError::Locked { path: dir.to_path_buf() })
+        //
+        // A contended lock is tried again for a short while before it counts as held: a
+        // flock lives as long as any copy of its file description, and copies can outlive
+        // their owner briefly. A supervisor restarting qd may start the new process while
+        // the old one's descriptors are still being closed, and a child process forked by
+        // this one (a test harness spawning `qd serve`) holds copies of every descriptor
+        // until it execs, so a store closed and reopened at that moment found its own lock
+        // still held. A second live qd holds the lock for good and is still refused.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match file.try_lock_exclusive() {
+                Ok(()) => return Ok(DataDirLock { path: dir.to_path_buf(), _file: file }),
+                Err(e) if e.raw_os_error() == fs2::lock_contended_error().raw_os_error() => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(StoreError::Locked { path: dir.to_path_buf() });
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(StoreError::io(format!("cannot lock {}", path.display()), e)),
             }
-            Err(e) => Err(StoreError::io(format!("cannot lock {}", path.display()), e)),
         }
     }
 
@@ -163,6 +180,25 @@ mod tests {
         assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
         drop(first);
         DataDirLock::acquire(&data).unwrap();
+    }
+
+    /// Regression: a store closed and reopened while a forked child still held a copy of
+    /// its lock's descriptor found its own lock held (`Locked`, seen in the unit tests that
+    /// run beside the kill -9 loop). A copy that goes away soon must not count as a holder.
+    #[test]
+    fn a_lock_copy_that_goes_away_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let first = DataDirLock::acquire(&data).unwrap();
+        // A copy of the same file description, as a forked child has until it execs.
+        let copy = first._file.try_clone().unwrap();
+        drop(first);
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(copy);
+        });
+        DataDirLock::acquire(&data).expect("the copy went away: the lock is free");
+        holder.join().unwrap();
     }
 
     #[test]
