@@ -145,6 +145,8 @@ impl Clock {
 /// The engine's state. Built by [`Engine::new`], consumed by [`Engine::run`].
 #[derive(Debug)]
 pub struct Engine {
+    /// The largest frame a client accepts from us: pages of queues are cut to fit in it.
+    max_frame: usize,
     broker: Broker,
     reader: StoreReader,
     writer: Option<Writer>,
@@ -217,6 +219,7 @@ impl Engine {
         let writer = Writer::spawn(store, config.durability, config.flush_interval, done_tx);
         let mut engine = Engine::new(broker, reader, writer, done_rx);
         engine.clock = clock;
+        engine.max_frame = config.max_frame;
         Ok((engine, Recovered { jobs: recovered.records }))
     }
 
@@ -228,6 +231,7 @@ impl Engine {
         committed: mpsc::UnboundedReceiver<Committed>,
     ) -> Self {
         Engine {
+            max_frame: qd_protocol::DEFAULT_MAX_FRAME,
             broker,
             reader,
             writer: Some(writer),
@@ -421,8 +425,9 @@ impl Engine {
                 if let Some(after) = &after {
                     queues.retain(|q| q.queue > *after);
                 }
-                let more = queues.len() > limit;
+                let mut more = queues.len() > limit;
                 queues.truncate(limit);
+                more |= admin::fit_frame(&mut queues, self.max_frame);
                 let next = if more { queues.last().map(|q| q.queue.clone()) } else { None };
                 Ok(Response::Stats { queues, next })
             }
@@ -447,7 +452,12 @@ impl Engine {
         let result = match body {
             Request::Queues { after, limit } => {
                 let (views, next) = b.queue_views(now, after.as_deref(), admin::page_limit(limit));
-                let queues = views.into_iter().map(|v| admin::queue_info(now, v)).collect();
+                let mut queues: Vec<_> =
+                    views.into_iter().map(|v| admin::queue_info(now, v)).collect();
+                let next = match admin::fit_frame(&mut queues, self.max_frame) {
+                    true => queues.last().map(|q| q.name.clone()),
+                    false => next,
+                };
                 Ok(Response::Queues { queues, next })
             }
             Request::Jobs { queue, state, cursor, limit } => {

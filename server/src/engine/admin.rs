@@ -19,6 +19,28 @@ use crate::store::StoreReader;
 /// Page size when a request asks for `limit = 0` ("the server's default").
 pub const DEFAULT_PAGE: usize = 100;
 
+/// Room left in a frame for all but a page's items: the frame's tag, request id, `next`.
+const FRAME_SLACK: usize = 1024;
+
+/// Cuts `items` to the longest prefix (at least one item) whose encoding fits in a frame of
+/// `max_frame` bytes, and says whether it cut. A page is cut by count first; this keeps
+/// long queue names or many per-minute buckets from making an answer too big to send, which
+/// once broke `qd stats` for good on a server with many queues.
+pub fn fit_frame<T: serde::Serialize>(items: &mut Vec<T>, max_frame: usize) -> bool {
+    let budget = max_frame.saturating_sub(FRAME_SLACK);
+    let mut used = 0usize;
+    for (i, item) in items.iter().enumerate() {
+        let len = bincode::serde::encode_to_vec(item, qd_protocol::frame::config())
+            .map_or(usize::MAX, |v| v.len());
+        used = used.saturating_add(len);
+        if used > budget && i > 0 {
+            items.truncate(i);
+            return true;
+        }
+    }
+    false
+}
+
 /// Most jobs one `Search` request looks at. A queue of 100,000 jobs is searched in
 /// several requests (each answer carries a cursor even with no match), so no search holds
 /// the engine or a blocking thread for long.
@@ -298,6 +320,19 @@ pub fn search(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn fit_frame_cuts_at_the_budget_and_keeps_one() {
+        let mut names: Vec<String> = (0..100).map(|i| format!("{i:0>120}")).collect();
+        // 121 bytes each (a 1-byte length, 120 bytes): 4096 - 1024 holds 25 of them.
+        assert!(super::fit_frame(&mut names, 4096));
+        assert_eq!(names.len(), 25);
+        let mut one = vec!["x".repeat(5000)];
+        assert!(!super::fit_frame(&mut one, 4096), "a lone item is kept, not cut");
+        let mut small: Vec<String> = vec!["a".into(); 10];
+        assert!(!super::fit_frame(&mut small, 4096));
+        assert_eq!(small.len(), 10);
+    }
+
     use super::*;
 
     fn field(path: &str, value: &str) -> SearchQuery {
