@@ -55,6 +55,24 @@ impl Server {
         self.0.terminate(Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
+    /// Starts the same server again, on the same data dir, address and flags (once this
+    /// one has stopped).
+    pub fn restart(&self) -> Server {
+        Server(self.0.restart().unwrap_or_else(|e| panic!("{e:#}")))
+    }
+
+    /// SIGKILL, then the same server again. Runs off the runtime's threads, so that the
+    /// test's clients see the socket close while it happens, as in a real program.
+    pub async fn kill9_and_restart(self) -> Server {
+        tokio::task::spawn_blocking(move || {
+            let mut dead = self;
+            dead.kill9();
+            dead.restart()
+        })
+        .await
+        .expect("restart task")
+    }
+
     pub async fn client(&self) -> qd_client::Client {
         qd_client::Client::connect(&self.addr).await.expect("connect to qd")
     }
