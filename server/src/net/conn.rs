@@ -17,7 +17,7 @@
 //!    itself, stop too: finding 1 of issue 7); if they stay over it for `stuck_timeout`
 //!    the connection is dropped. The reader's own replies pass through a small bounded
 //!    channel, so they cannot pile up before the writer counts them either.
-//! 3. Requests whose answer may be large (stats and admin views, [`is_heavy`]) go to the
+//! 3. Requests whose answer may be large (stats and admin views, `is_heavy`) go to the
 //!    engine one at a time per connection: pipelining thousands of them cannot make the
 //!    engine build thousands of big answers before the writer has counted the first
 //!    (finding 2).

@@ -48,7 +48,7 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl DataDirLock {
     /// Creates `dir` (mode 0700) if missing and takes its lock, waiting at most
-    /// [`LOCK_WAIT`] for a holder that is going away: a holder that stays (another qd, or
+    /// `LOCK_WAIT` for a holder that is going away: a holder that stays (another qd, or
     /// another store in this process) is reported as [`StoreError::Locked`]. Touches nothing else in the directory (invariant 1).
     pub fn acquire(dir: &Path) -> Result<DataDirLock, StoreError> {
         create_private_dir(dir)?;
