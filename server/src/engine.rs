@@ -402,10 +402,7 @@ impl Engine {
                     .into_iter()
                     .filter_map(|lease: LeaseRef| {
                         // metrics hook: reserve-to-ack, read before the ack ends the try.
-                        crate::metrics::ack_observed(
-                            b.job_view(lease.id).and_then(|v| v.started_at_ms),
-                            now,
-                        );
+                        crate::metrics::ack_observed(b.lease_started(lease.id), now);
                         b.ack(now, lease).err().map(|e| (lease.id, WireError::from(e)))
                     })
                     .collect();

@@ -209,6 +209,13 @@ impl Broker {
         Ok(Page { items: found.into_iter().map(|(_, v)| v).collect(), next })
     }
 
+    /// When the lease on `id` was granted, if the job is active: one hash lookup, for the
+    /// reserve-to-ack metric on the ack path (`job_view` may scan every completed ring,
+    /// which a flood of acks naming unknown ids would turn into work per id).
+    pub fn lease_started(&self, id: JobId) -> Option<Millis> {
+        self.leases.get(id).map(|lease| lease.since)
+    }
+
     /// One job, in whatever state, including the completed jobs still in a ring.
     pub fn job_view(&self, id: JobId) -> Option<JobView> {
         let Some(meta) = self.jobs.get(id) else {

@@ -523,3 +523,17 @@ fn restored_dead_jobs_keep_their_time_of_death() {
     let view = restored.job_view(1).unwrap();
     assert_eq!((view.state, view.finished_at_ms), (JobStateKind::Dead, Some(T0 + 7)));
 }
+
+/// The ack path reads a lease's start through `lease_started` (one lookup): it answers for
+/// active jobs only, never for unknown or finished ones.
+#[test]
+fn lease_started_is_the_active_lease_start() {
+    let mut b = Broker::new(BrokerConfig::default());
+    let ids = add(&mut b, 1_000, "q", vec![job("a")]);
+    assert_eq!(b.lease_started(ids[0]), None, "ready, not leased");
+    let leases = take(&mut b, 2_000, &["q"], 1);
+    assert_eq!(b.lease_started(ids[0]), Some(2_000));
+    b.ack(3_000, LeaseRef { id: ids[0], token: leases[0].token }).unwrap();
+    assert_eq!(b.lease_started(ids[0]), None, "completed");
+    assert_eq!(b.lease_started(424_242), None);
+}
