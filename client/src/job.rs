@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use qd_protocol::message::LeaseRef;
-use qd_protocol::{JobOptions, LeasedJob, NewJob};
+use qd_protocol::{JobOptions, LeasedJob, NewJob, Unique};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -158,6 +158,43 @@ impl Job {
         self
     }
 
+    /// Group (tenant) key: the queue's reserves take turns across groups, so one group's
+    /// backlog cannot starve another's, and the queue may cap each group's concurrency and
+    /// rate.
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.inner.options.group = Some(group.into());
+        self
+    }
+
+    /// How long a worker may run one try before it gives up and the try fails. The
+    /// [`crate::Worker`] cancels the handler then; without it, the worker's own timeout
+    /// applies.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.inner.options.timeout_ms = Some(millis(timeout));
+        self
+    }
+
+    /// Discard the job, instead of running it late, if it has not started within `ttl` of
+    /// being added.
+    pub fn expires_in(mut self, ttl: Duration) -> Self {
+        self.inner.options.expires_in_ms = Some(millis(ttl));
+        self
+    }
+
+    /// With [`Job::key`]: for `window` after a job with this key was added, whatever became
+    /// of it, adding another returns the first one's id and adds nothing (throttle).
+    pub fn unique_for(mut self, window: Duration) -> Self {
+        self.inner.options.unique = Unique::Window { ms: millis(window) };
+        self
+    }
+
+    /// With [`Job::key`]: while a job with this key has not started, adding another replaces
+    /// its payload and restarts its delay from now (debounce), keeping one job.
+    pub fn debounce(mut self) -> Self {
+        self.inner.options.unique = Unique::Debounce;
+        self
+    }
+
     /// The job as it goes on the wire.
     pub fn as_new_job(&self) -> &NewJob {
         &self.inner
@@ -256,17 +293,7 @@ mod tests {
     #[test]
     fn json_round_trip() {
         let job: NewJob = Job::json("w", &serde_json::json!({"a": 1})).unwrap().into();
-        let leased = LeasedJob {
-            id: 1,
-            queue: "q".into(),
-            name: job.name,
-            payload: job.payload,
-            attempt: 1,
-            max_attempts: 3,
-            token: 9,
-            lease_deadline_ms: 0,
-            created_at_ms: 0,
-        };
+        let leased = LeasedJob::new(1, "q", job.name, job.payload, 9, 0);
         let v: serde_json::Value = leased.json().unwrap();
         assert_eq!(v["a"], 1);
         assert!(leased.json::<Vec<u8>>().is_err());

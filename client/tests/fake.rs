@@ -116,17 +116,11 @@ pub async fn answer(wire: &mut Wire, id: u64, result: Result<Response, WireError
 }
 
 pub fn leased(id: u64, lease_ms: u64) -> LeasedJob {
-    LeasedJob {
-        id,
-        queue: "jobs".into(),
-        name: format!("job-{id}"),
-        payload: bytes::Bytes::from(format!("payload-{id}")),
-        attempt: 1,
-        max_attempts: 3,
-        token: id * 100,
-        lease_deadline_ms: now_ms() + lease_ms,
-        created_at_ms: now_ms(),
-    }
+    let payload = bytes::Bytes::from(format!("payload-{id}"));
+    let mut job =
+        LeasedJob::new(id, "jobs", format!("job-{id}"), payload, id * 100, now_ms() + lease_ms);
+    job.created_at_ms = now_ms();
+    job
 }
 
 /// What the client did to a [`FakeQueue`].
@@ -262,7 +256,11 @@ impl FakeQueue {
 
 /// Two pages of stats, one queue each: `a` then `b`.
 fn stats_page(after: Option<String>) -> Response {
-    let row = |q: &str| QueueStats { queue: q.into(), ready: 1, ..Default::default() };
+    let row = |q: &str| {
+        let mut s = QueueStats::new(q);
+        s.ready = 1;
+        s
+    };
     match after.as_deref() {
         None => Response::Stats { queues: vec![row("a")], next: Some("a".into()) },
         _ => Response::Stats { queues: vec![row("b")], next: None },

@@ -19,17 +19,15 @@ fn add_frame(id: u64) -> ClientFrame {
 }
 
 fn reserved_frame(jobs: usize) -> ServerFrame {
-    let job = LeasedJob {
-        id: 123_456,
-        queue: "emails".into(),
-        name: "welcome".into(),
-        payload: Bytes::from(vec![7u8; 128]),
-        attempt: 1,
-        max_attempts: 3,
-        token: 0x1234_5678_9abc_def0,
-        lease_deadline_ms: 1_700_000_030_000,
-        created_at_ms: 1_700_000_000_000,
-    };
+    let mut job = LeasedJob::new(
+        123_456,
+        "emails",
+        "welcome",
+        Bytes::from(vec![7u8; 128]),
+        0x1234_5678_9abc_def0,
+        1_700_000_030_000,
+    );
+    job.created_at_ms = 1_700_000_000_000;
     ServerFrame::Response { id: 9, result: Ok(Response::Reserved { jobs: vec![job; jobs] }) }
 }
 

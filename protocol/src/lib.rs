@@ -34,4 +34,6 @@ pub use types::*;
 ///
 /// 2: challenge-response auth (`Hello` lost its token; `Challenge`, `Auth`, `Welcome.role`),
 /// paged `Stats`, `Ping`, the admin requests, decode limits.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: job options `group`, `timeout_ms`, `expires_in_ms`, `unique`; `LeasedJob.group` and
+/// `timeout_ms`.
+pub const PROTOCOL_VERSION: u32 = 3;

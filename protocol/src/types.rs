@@ -89,8 +89,37 @@ pub struct JobOptions {
     /// How long a worker may hold the job before it is presumed dead, in ms. Default 30 s.
     pub lease_ms: u64,
     /// Idempotency key: adding a job whose key is already pending in the same queue returns
-    /// the existing job's id instead of adding a second one.
+    /// the existing job's id instead of adding a second one. [`JobOptions::unique`] widens
+    /// what "already there" means.
     pub key: Option<String>,
+    /// Group (tenant) key: reserves take turns across a queue's groups, so one group's
+    /// backlog cannot starve another's, and a queue may cap each group's concurrency and
+    /// rate. `None`: the queue's default group.
+    pub group: Option<String>,
+    /// How long a worker may run one try of this job, in ms, before it gives up on it and
+    /// the try fails (`None`: the worker's own default). Sent to the worker with the job.
+    pub timeout_ms: Option<u64>,
+    /// Discard the job, instead of running it late, when it has not started within this many
+    /// ms of being added. Expired jobs are counted, and kept in the dead set with the reason.
+    pub expires_in_ms: Option<u64>,
+    /// What a repeated [`JobOptions::key`] does. Ignored without a key.
+    pub unique: Unique,
+}
+
+/// What adding a job whose [`JobOptions::key`] was seen before does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Unique {
+    /// While a job with the key is waiting, delayed or running, an add with the same key
+    /// returns that job's id and adds nothing (deduplication).
+    #[default]
+    WhilePending,
+    /// For `ms` after a job with the key was added, whatever became of it, an add with the
+    /// same key returns that job's id and adds nothing (throttle).
+    Window { ms: u64 },
+    /// While a job with the key is still waiting (not started), an add with the same key
+    /// replaces that job's payload and restarts its delay from now, and returns its id
+    /// (debounce). Once it runs, the next add makes a new job.
+    Debounce,
 }
 
 impl Default for JobOptions {
@@ -102,6 +131,10 @@ impl Default for JobOptions {
             backoff: Backoff::default(),
             lease_ms: 30_000,
             key: None,
+            group: None,
+            timeout_ms: None,
+            expires_in_ms: None,
+            unique: Unique::WhilePending,
         }
     }
 }
@@ -130,6 +163,45 @@ impl JobOptions {
                     format!("idempotency key is {} bytes; use 1 to {MAX_KEY}", key.len()),
                 ));
             }
+        }
+        if let Some(group) = &self.group {
+            if group.is_empty() || group.len() > MAX_KEY {
+                return Err(WireError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("group key is {} bytes; use 1 to {MAX_KEY}", group.len()),
+                ));
+            }
+        }
+        if let Some(timeout_ms) = self.timeout_ms {
+            if !(MIN_LEASE_MS..=MAX_LEASE_MS).contains(&timeout_ms) {
+                return Err(WireError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("timeout is {timeout_ms} ms; use {MIN_LEASE_MS} to {MAX_LEASE_MS}"),
+                ));
+            }
+        }
+        if self.expires_in_ms == Some(0) {
+            return Err(WireError::new(
+                ErrorCode::InvalidArgument,
+                "expires_in is 0 ms: the job would expire before it could start; leave it unset \
+                 or give it at least 1 ms",
+            ));
+        }
+        match self.unique {
+            Unique::WhilePending => {}
+            Unique::Window { ms: 0 } => {
+                return Err(WireError::new(
+                    ErrorCode::InvalidArgument,
+                    "unique window is 0 ms; give it a length, or use WhilePending",
+                ));
+            }
+            Unique::Window { .. } | Unique::Debounce if self.key.is_none() => {
+                return Err(WireError::new(
+                    ErrorCode::InvalidArgument,
+                    "a unique window or debounce needs a key to compare; set one",
+                ));
+            }
+            Unique::Window { .. } | Unique::Debounce => {}
         }
         self.backoff.validate()
     }
@@ -170,7 +242,11 @@ impl NewJob {
 }
 
 /// A job handed to a worker, with the lease that lets it ack, nack or touch the job.
+///
+/// Fields may be added in later versions: build one with [`LeasedJob::new`] (tests, fakes)
+/// and read the fields.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct LeasedJob {
     pub id: JobId,
     pub queue: String,
@@ -186,6 +262,38 @@ pub struct LeasedJob {
     pub lease_deadline_ms: u64,
     /// Unix ms when the job was added.
     pub created_at_ms: u64,
+    /// The job's group key, if it was added with one.
+    pub group: Option<String>,
+    /// How long the worker may run this try, in ms, if the job says so.
+    pub timeout_ms: Option<u64>,
+}
+
+impl LeasedJob {
+    /// A first try of job `id` of `queue`, leased with `token` until `lease_deadline_ms`;
+    /// the other fields are defaults (attempt 1 of 3, created at 0, no group, no timeout)
+    /// to be set as needed.
+    pub fn new(
+        id: JobId,
+        queue: impl Into<String>,
+        name: impl Into<String>,
+        payload: impl Into<Bytes>,
+        token: u64,
+        lease_deadline_ms: u64,
+    ) -> Self {
+        LeasedJob {
+            id,
+            queue: queue.into(),
+            name: name.into(),
+            payload: payload.into(),
+            attempt: 1,
+            max_attempts: JobOptions::default().attempts,
+            token,
+            lease_deadline_ms,
+            created_at_ms: 0,
+            group: None,
+            timeout_ms: None,
+        }
+    }
 }
 
 /// What a worker asks for when a try failed.
@@ -201,7 +309,10 @@ pub enum RetryHint {
 }
 
 /// Job counts of one queue, by state.
+///
+/// Fields may be added in later versions: start from [`QueueStats::new`] to build one.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct QueueStats {
     pub queue: String,
     pub ready: u64,
@@ -214,6 +325,13 @@ pub struct QueueStats {
     pub completed_total: u64,
     /// Failed tries since the server started (each nack, lease expiry or disconnect).
     pub failed_total: u64,
+}
+
+impl QueueStats {
+    /// All counts zero.
+    pub fn new(queue: impl Into<String>) -> Self {
+        QueueStats { queue: queue.into(), ..Default::default() }
+    }
 }
 
 /// Checks a queue name: 1 to 128 bytes of `[A-Za-z0-9._:-]`.
@@ -263,5 +381,17 @@ mod tests {
         assert!(bad.validate().is_err());
         let bad = JobOptions { key: Some(String::new()), ..Default::default() };
         assert!(bad.validate().is_err());
+        let bad = JobOptions { group: Some(String::new()), ..Default::default() };
+        assert!(bad.validate().is_err());
+        let bad = JobOptions { timeout_ms: Some(1), ..Default::default() };
+        assert!(bad.validate().is_err());
+        let bad = JobOptions { expires_in_ms: Some(0), ..Default::default() };
+        assert!(bad.validate().is_err());
+        let keyless = JobOptions { unique: Unique::Debounce, ..Default::default() };
+        assert!(keyless.validate().is_err());
+        let keyed = JobOptions { key: Some("k".into()), ..keyless };
+        assert!(keyed.validate().is_ok());
+        let empty = JobOptions { unique: Unique::Window { ms: 0 }, ..keyed };
+        assert!(empty.validate().is_err());
     }
 }

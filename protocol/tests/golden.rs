@@ -29,8 +29,8 @@ fn check_server(msg: &ServerFrame, expected: &str) {
 #[test]
 fn hello() {
     check_client(
-        &ClientFrame::Hello(Hello { protocol: 2, client_name: "w1".into() }),
-        "00 00 00 05 00 02 02 77 31",
+        &ClientFrame::Hello(Hello { protocol: 3, client_name: "w1".into() }),
+        "00 00 00 05 00 03 02 77 31",
     );
 }
 
@@ -38,19 +38,19 @@ fn hello() {
 fn welcome() {
     check_server(
         &ServerFrame::Welcome(Welcome {
-            protocol: 2,
+            protocol: 3,
             server: "qd".into(),
             max_frame: 16777216,
             max_in_flight: 4096,
             role: Role::Worker,
         }),
-        "00 00 00 0e 00 02 02 71 64 fc 00 00 00 01 fb 00 10 00",
+        "00 00 00 0e 00 03 02 71 64 fc 00 00 00 01 fb 00 10 00",
     );
 }
 
 #[test]
 fn add() {
-    check_client(&ClientFrame::Request { id: 1, body: Request::Add { queue: "emails".into(), jobs: vec![NewJob { name: "welcome".into(), payload: Bytes::from_static(b"hi"), options: JobOptions { priority: 0, delay_ms: 0, attempts: 3, backoff: Backoff::Exponential { base_ms: 2000, max_ms: 3_600_000, jitter_pct: 0 }, lease_ms: 30_000, key: None } }] } }, "00 00 00 27 01 01 00 06 65 6d 61 69 6c 73 01 07 77 65 6c 63 6f 6d 65 02 68 69 00 00 03 01 fb d0 07 fc 80 ee 36 00 00 fb 30 75 00");
+    check_client(&ClientFrame::Request { id: 1, body: Request::Add { queue: "emails".into(), jobs: vec![NewJob { name: "welcome".into(), payload: Bytes::from_static(b"hi"), options: JobOptions { priority: 0, delay_ms: 0, attempts: 3, backoff: Backoff::Exponential { base_ms: 2000, max_ms: 3_600_000, jitter_pct: 0 }, lease_ms: 30_000, key: None, ..JobOptions::default() } }] } }, "00 00 00 2b 01 01 00 06 65 6d 61 69 6c 73 01 07 77 65 6c 63 6f 6d 65 02 68 69 00 00 03 01 fb d0 07 fc 80 ee 36 00 00 fb 30 75 00 00 00 00 00");
 }
 
 #[test]
@@ -72,9 +72,17 @@ fn reserve() {
     );
 }
 
+/// The job of the `reserved` example: a first try of 3, leased for 30 s.
+fn leased_job() -> LeasedJob {
+    let mut job =
+        LeasedJob::new(1, "emails", "welcome", Bytes::from_static(b"hi"), 1, 1_700_000_030_000);
+    job.created_at_ms = 1_700_000_000_000;
+    job
+}
+
 #[test]
 fn reserved() {
-    check_server(&ServerFrame::Response { id: 2, result: Ok(Response::Reserved { jobs: vec![LeasedJob { id: 1, queue: "emails".into(), name: "welcome".into(), payload: Bytes::from_static(b"hi"), attempt: 1, max_attempts: 3, token: 1, lease_deadline_ms: 1_700_000_030_000, created_at_ms: 1_700_000_000_000 }] }) }, "00 00 00 2d 01 02 00 01 01 01 06 65 6d 61 69 6c 73 07 77 65 6c 63 6f 6d 65 02 68 69 01 03 01 fd 30 dd e5 cf 8b 01 00 00 fd 00 68 e5 cf 8b 01 00 00");
+    check_server(&ServerFrame::Response { id: 2, result: Ok(Response::Reserved { jobs: vec![leased_job()] }) }, "00 00 00 2f 01 02 00 01 01 01 06 65 6d 61 69 6c 73 07 77 65 6c 63 6f 6d 65 02 68 69 01 03 01 fd 30 dd e5 cf 8b 01 00 00 fd 00 68 e5 cf 8b 01 00 00 00 00");
 }
 
 #[test]
@@ -162,7 +170,26 @@ fn goodbye() {
 /// Not printed in docs/PROTOCOL.md; pins a layout the examples there leave out.
 #[test]
 fn add_all_options() {
-    check_client(&ClientFrame::Request { id: 8, body: Request::Add { queue: "q".into(), jobs: vec![NewJob { name: "n".into(), payload: Bytes::from_static(b"p"), options: JobOptions { priority: -3, delay_ms: 1000, attempts: 5, backoff: Backoff::Exponential { base_ms: 100, max_ms: 1000, jitter_pct: 20 }, lease_ms: 500, key: Some("k1".into()) } }, NewJob { name: "m".into(), payload: Bytes::new(), options: JobOptions { backoff: Backoff::Fixed { delay_ms: 10 }, ..JobOptions::default() } }] } }, "00 00 00 28 01 08 00 01 71 02 01 6e 01 70 05 fb e8 03 05 01 64 fb e8 03 14 fb f4 01 01 02 6b 31 01 6d 00 00 00 03 00 0a fb 30 75 00");
+    check_client(&ClientFrame::Request { id: 8, body: Request::Add { queue: "q".into(), jobs: vec![NewJob { name: "n".into(), payload: Bytes::from_static(b"p"), options: JobOptions { priority: -3, delay_ms: 1000, attempts: 5, backoff: Backoff::Exponential { base_ms: 100, max_ms: 1000, jitter_pct: 20 }, lease_ms: 500, key: Some("k1".into()), ..JobOptions::default() } }, NewJob { name: "m".into(), payload: Bytes::new(), options: JobOptions { backoff: Backoff::Fixed { delay_ms: 10 }, ..JobOptions::default() } }] } }, "00 00 00 30 01 08 00 01 71 02 01 6e 01 70 05 fb e8 03 05 01 64 fb e8 03 14 fb f4 01 01 02 6b 31 00 00 00 00 01 6d 00 00 00 03 00 0a fb 30 75 00 00 00 00 00");
+}
+
+/// Not printed in docs/PROTOCOL.md: the options of protocol 3 (group, timeout, expiry,
+/// unique window), and a leased job with a group and a timeout.
+#[test]
+fn add_protocol3_options() {
+    let options = JobOptions {
+        key: Some("k".into()),
+        group: Some("t1".into()),
+        timeout_ms: Some(5000),
+        expires_in_ms: Some(60_000),
+        unique: Unique::Window { ms: 1000 },
+        ..JobOptions::default()
+    };
+    check_client(&ClientFrame::Request { id: 9, body: Request::Add { queue: "q".into(), jobs: vec![NewJob { name: "n".into(), payload: Bytes::new(), options }] } }, "00 00 00 2c 01 09 00 01 71 01 01 6e 00 00 00 03 01 fb e8 03 fc 80 ee 36 00 14 fb 30 75 01 01 6b 01 02 74 31 01 fb 88 13 01 fb 60 ea 01 fb e8 03");
+    let mut job = leased_job();
+    job.group = Some("t1".into());
+    job.timeout_ms = Some(5000);
+    check_server(&ServerFrame::Response { id: 2, result: Ok(Response::Reserved { jobs: vec![job] }) }, "00 00 00 35 01 02 00 01 01 01 06 65 6d 61 69 6c 73 07 77 65 6c 63 6f 6d 65 02 68 69 01 03 01 fd 30 dd e5 cf 8b 01 00 00 fd 00 68 e5 cf 8b 01 00 00 01 02 74 31 01 fb 88 13");
 }
 
 /// Not printed in docs/PROTOCOL.md; pins a layout the examples there leave out.
@@ -228,15 +255,16 @@ fn stats_answer() {
         &ServerFrame::Response {
             id: 6,
             result: Ok(Response::Stats {
-                queues: vec![QueueStats {
-                    queue: "q".into(),
-                    ready: 1,
-                    delayed: 2,
-                    active: 3,
-                    dead: 4,
-                    completed: 5,
-                    completed_total: 300,
-                    failed_total: 7,
+                queues: vec![{
+                    let mut s = QueueStats::new("q");
+                    s.ready = 1;
+                    s.delayed = 2;
+                    s.active = 3;
+                    s.dead = 4;
+                    s.completed = 5;
+                    s.completed_total = 300;
+                    s.failed_total = 7;
+                    s
                 }],
                 next: Some("q".into()),
             }),
@@ -275,13 +303,13 @@ fn auth() {
 fn welcome_admin() {
     check_server(
         &ServerFrame::Welcome(Welcome {
-            protocol: 2,
+            protocol: 3,
             server: "qd".into(),
             max_frame: 1024,
             max_in_flight: 8,
             role: Role::Admin,
         }),
-        "00 00 00 0a 00 02 02 71 64 fb 00 04 08 01",
+        "00 00 00 0a 00 03 02 71 64 fb 00 04 08 01",
     );
 }
 
@@ -399,7 +427,7 @@ fn job_answer() {
     d.started_at_ms = Some(1_700_000_000_000);
     check_server(
         &ServerFrame::Response { id: 11, result: Ok(Response::Job { job: Box::new(d) }) },
-        "00 00 00 51 01 0b 00 09 05 01 71 01 6e 02 01 03 01 fd 00 68 e5 cf 8b 01 00 00 00 01 fd 30 dd e5 cf 8b 01 00 00 01 01 77 00 00 02 68 69 00 00 03 01 fb e8 03 fc 80 ee 36 00 14 fb 30 75 00 01 01 fd e8 6b e5 cf 8b 01 00 00 01 65 01 fd 00 68 e5 cf 8b 01 00 00",
+        "00 00 00 55 01 0b 00 09 05 01 71 01 6e 02 01 03 01 fd 00 68 e5 cf 8b 01 00 00 00 01 fd 30 dd e5 cf 8b 01 00 00 01 01 77 00 00 02 68 69 00 00 03 01 fb e8 03 fc 80 ee 36 00 14 fb 30 75 00 00 00 00 00 01 01 fd e8 6b e5 cf 8b 01 00 00 01 65 01 fd 00 68 e5 cf 8b 01 00 00",
     );
 }
 

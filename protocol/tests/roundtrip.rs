@@ -25,14 +25,43 @@ fn new_job() -> impl Strategy<Value = NewJob> {
         backoff(),
         any::<u64>(),
         proptest::option::of(".{0,10}"),
+        extension(),
     )
-        .prop_map(|(name, payload, priority, delay_ms, attempts, backoff, lease_ms, key)| {
-            NewJob {
-                name,
-                payload: Bytes::from(payload),
-                options: JobOptions { priority, delay_ms, attempts, backoff, lease_ms, key },
-            }
-        })
+        .prop_map(
+            |(name, payload, priority, delay_ms, attempts, backoff, lease_ms, key, ext)| {
+                let (group, timeout_ms, expires_in_ms, unique) = ext;
+                NewJob {
+                    name,
+                    payload: Bytes::from(payload),
+                    options: JobOptions {
+                        priority,
+                        delay_ms,
+                        attempts,
+                        backoff,
+                        lease_ms,
+                        key,
+                        group,
+                        timeout_ms,
+                        expires_in_ms,
+                        unique,
+                    },
+                }
+            },
+        )
+}
+
+/// The options protocol 3 added.
+fn extension() -> impl Strategy<Value = (Option<String>, Option<u64>, Option<u64>, Unique)> {
+    (
+        proptest::option::of(".{0,10}"),
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(any::<u64>()),
+        prop_oneof![
+            Just(Unique::WhilePending),
+            any::<u64>().prop_map(|ms| Unique::Window { ms }),
+            Just(Unique::Debounce),
+        ],
+    )
 }
 
 fn lease() -> impl Strategy<Value = LeaseRef> {
@@ -189,20 +218,20 @@ fn leased_job() -> impl Strategy<Value = LeasedJob> {
         ".{0,8}",
         proptest::collection::vec(any::<u8>(), 0..32),
         any::<(u32, u32, u64, u64, u64)>(),
+        proptest::option::of("[a-z]{1,8}"),
+        proptest::option::of(any::<u64>()),
     )
-        .prop_map(|(id, queue, name, payload, (attempt, max_attempts, token, d, c))| {
-            LeasedJob {
-                id,
-                queue,
-                name,
-                payload: Bytes::from(payload),
-                attempt,
-                max_attempts,
-                token,
-                lease_deadline_ms: d,
-                created_at_ms: c,
-            }
-        })
+        .prop_map(
+            |(id, queue, name, payload, (attempt, max_attempts, token, d, c), group, timeout)| {
+                let mut job = LeasedJob::new(id, queue, name, Bytes::from(payload), token, d);
+                job.attempt = attempt;
+                job.max_attempts = max_attempts;
+                job.created_at_ms = c;
+                job.group = group;
+                job.timeout_ms = timeout;
+                job
+            },
+        )
 }
 
 fn response() -> impl Strategy<Value = Response> {

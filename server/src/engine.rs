@@ -730,17 +730,20 @@ impl Engine {
                         }
                     },
                 };
-                Some(LeasedJob {
-                    id: l.id,
-                    queue: l.queue.to_string(),
-                    name: l.name.to_string(),
+                let mut job = LeasedJob::new(
+                    l.id,
+                    l.queue.to_string(),
+                    l.name.to_string(),
                     payload,
-                    attempt: l.attempt,
-                    max_attempts: l.max_attempts,
-                    token: l.token,
-                    lease_deadline_ms: l.deadline_ms,
-                    created_at_ms: l.created_at_ms,
-                })
+                    l.token,
+                    l.deadline_ms,
+                );
+                job.attempt = l.attempt;
+                job.max_attempts = l.max_attempts;
+                job.created_at_ms = l.created_at_ms;
+                job.group = l.group.as_deref().map(str::to_string);
+                job.timeout_ms = l.timeout_ms;
+                Some(job)
             })
             .collect()
     }

@@ -65,8 +65,9 @@ pub struct JobRecord {
 /// derives: a change to a wire type (`JobOptions`, `Backoff`) cannot change the disk format.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Change {
-    /// A new job (add).
-    Insert(JobRecord),
+    /// A new job (add). Boxed: a record is several times the size of every other change,
+    /// and most changes in flight are acks.
+    Insert(Box<JobRecord>),
     /// The job completed (ack): its record is removed.
     Complete { id: JobId },
     /// A try failed: record the error and when the job runs next, or that it is dead.

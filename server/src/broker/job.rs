@@ -72,6 +72,8 @@ pub(crate) struct Policy {
     pub max_attempts: u32,
     pub lease_ms: u64,
     pub backoff: Backoff,
+    /// How long a worker may run one try (told to the worker; the lease still rules).
+    pub timeout_ms: Option<u64>,
 }
 
 impl Policy {
@@ -80,6 +82,7 @@ impl Policy {
             max_attempts: options.attempts,
             lease_ms: options.lease_ms,
             backoff: options.backoff,
+            timeout_ms: options.timeout_ms,
         }
     }
 }
@@ -89,6 +92,7 @@ impl Hash for Policy {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.max_attempts.hash(state);
         self.lease_ms.hash(state);
+        self.timeout_ms.hash(state);
         match self.backoff {
             Backoff::Fixed { delay_ms } => (0u8, delay_ms).hash(state),
             Backoff::Exponential { base_ms, max_ms, jitter_pct } => {

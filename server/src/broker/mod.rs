@@ -137,6 +137,10 @@ pub struct Lease {
     pub token: u64,
     pub deadline_ms: Millis,
     pub created_at_ms: Millis,
+    /// The job's group key, if it has one.
+    pub group: Option<Arc<str>>,
+    /// How long the worker may run this try, if the job says so.
+    pub timeout_ms: Option<u64>,
 }
 
 /// `(time, queue)` for the earliest entry of each queue's delayed (or dead) set: one timer
@@ -323,7 +327,7 @@ impl Broker {
             let queue_state = &mut self.queues[q as usize];
             queue_state.recount(None, Some(JobState::Uncommitted));
             queue_state.added_total += 1;
-            self.effects.push(Effect::Persist(Change::Insert(JobRecord {
+            self.effects.push(Effect::Persist(Change::Insert(Box::new(JobRecord {
                 id,
                 queue: queue.to_owned(),
                 name: job.name,
@@ -334,7 +338,7 @@ impl Broker {
                 failures: 0,
                 state: PersistedState::Waiting,
                 errors: Vec::new(),
-            })));
+            }))));
             ids.push(id);
         }
         // All keys may have been held: a queue created by this call may be idle.
@@ -569,16 +573,15 @@ impl Broker {
             .values()
             .map(|&q| {
                 let q = &self.queues[q as usize];
-                QueueStats {
-                    queue: q.name.to_string(),
-                    ready: q.count(JobState::Ready) + q.count(JobState::Uncommitted),
-                    delayed: q.count(JobState::Delayed),
-                    active: q.count(JobState::Active),
-                    dead: q.count(JobState::Dead),
-                    completed: q.completed_retained() as u64,
-                    completed_total: q.completed_total,
-                    failed_total: q.failed_total,
-                }
+                let mut s = QueueStats::new(q.name.to_string());
+                s.ready = q.count(JobState::Ready) + q.count(JobState::Uncommitted);
+                s.delayed = q.count(JobState::Delayed);
+                s.active = q.count(JobState::Active);
+                s.dead = q.count(JobState::Dead);
+                s.completed = q.completed_retained() as u64;
+                s.completed_total = q.completed_total;
+                s.failed_total = q.failed_total;
+                s
             })
             .collect();
         stats.sort_by(|a, b| a.queue.cmp(&b.queue));
@@ -824,8 +827,10 @@ impl Broker {
                 let meta = *meta;
                 let queue = &mut self.queues[q as usize];
                 queue.recount(Some(JobState::Ready), Some(JobState::Active));
-                let (max_attempts, lease_ms) =
-                    self.policies.get(meta.policy).map_or((1, 0), |p| (p.max_attempts, p.lease_ms));
+                let (max_attempts, lease_ms, timeout_ms) = self
+                    .policies
+                    .get(meta.policy)
+                    .map_or((1, 0, None), |p| (p.max_attempts, p.lease_ms, p.timeout_ms));
                 let deadline = now.saturating_add(lease_ms);
                 let token = self.leases.grant(id, conn, now, deadline);
                 leases.push(Lease {
@@ -837,6 +842,8 @@ impl Broker {
                     token,
                     deadline_ms: deadline,
                     created_at_ms: meta.created_at_ms,
+                    group: None,
+                    timeout_ms,
                 });
             }
         }

@@ -658,6 +658,7 @@ fn new_job(spec: &JobSpec, invalid: bool) -> NewJob {
             backoff: spec.backoff,
             lease_ms: spec.lease_ms,
             key: spec.key.map(|k| format!("key-{k}")),
+            ..JobOptions::default()
         },
     }
 }
@@ -678,7 +679,7 @@ impl Store {
             match change {
                 Change::Insert(record) => {
                     assert!(record.id < self.floor, "id {} not below the floor", record.id);
-                    assert!(self.jobs.insert(record.id, record).is_none(), "id inserted twice");
+                    assert!(self.jobs.insert(record.id, *record).is_none(), "id inserted twice");
                 }
                 Change::Complete { id } => {
                     assert!(

@@ -23,7 +23,7 @@ pub fn record(id: JobId, payload_len: usize) -> JobRecord {
 }
 
 pub fn insert(id: JobId) -> Change {
-    Change::Insert(record(id, 16))
+    Change::Insert(Box::new(record(id, 16)))
 }
 
 pub fn fail(id: JobId, attempt: u32, dead: bool) -> Change {
@@ -79,7 +79,7 @@ impl Model {
 pub fn apply_to_jobs(jobs: &mut BTreeMap<JobId, JobRecord>, change: &Change) {
     match change {
         Change::Insert(r) => {
-            jobs.insert(r.id, r.clone());
+            jobs.insert(r.id, (**r).clone());
         }
         Change::Complete { id } | Change::Remove { id } => {
             jobs.remove(id);

@@ -95,7 +95,7 @@ pub fn decode(body: &[u8]) -> Option<Change> {
     let change = match r.u8("tag").ok()? {
         INSERT => {
             let id = r.varint("id").ok()?;
-            return record::decode(id, r.rest()).ok().map(Change::Insert);
+            return record::decode(id, r.rest()).ok().map(|r| Change::Insert(Box::new(r)));
         }
         COMPLETE => Change::Complete { id: r.varint("id").ok()? },
         FAIL => {
@@ -202,7 +202,7 @@ mod format3 {
     impl From<Change> for model::Change {
         fn from(c: Change) -> Self {
             match c {
-                Change::Insert(r) => model::Change::Insert(model::JobRecord {
+                Change::Insert(r) => model::Change::Insert(Box::new(model::JobRecord {
                     id: r.id,
                     queue: r.queue,
                     name: r.name,
@@ -219,6 +219,7 @@ mod format3 {
                         },
                         lease_ms: r.options.lease_ms,
                         key: r.options.key,
+                        ..Default::default()
                     },
                     created_at_ms: r.created_at_ms,
                     run_at_ms: r.run_at_ms,
@@ -228,7 +229,7 @@ mod format3 {
                         PersistedState::Dead => model::PersistedState::Dead,
                     },
                     errors: r.errors.into_iter().map(Into::into).collect(),
-                }),
+                })),
                 Change::Complete { id } => model::Change::Complete { id },
                 Change::Fail { id, error, run_at_ms, dead } => {
                     model::Change::Fail { id, error: error.into(), run_at_ms, dead }
@@ -242,7 +243,7 @@ mod format3 {
 mod tests {
     use super::*;
     use crate::model::QueueSettings;
-    use crate::store::testutil::{complete, fail, insert, record};
+    use crate::store::testutil::{complete, fail, record};
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -261,7 +262,7 @@ mod tests {
         let mut insert_body = vec![0x00, 0xac, 0x02];
         insert_body.extend_from_slice(&record::encode(&r).unwrap());
         let cases: Vec<(Change, String)> = vec![
-            (Change::Insert(r.clone()), hex(&insert_body)),
+            (Change::Insert(Box::new(r.clone())), hex(&insert_body)),
             (complete(300), "01ac02".into()),
             (
                 fail(5, 2, true),
@@ -284,6 +285,11 @@ mod tests {
         }
     }
 
+    /// `bincode` of any serializable value, in the standard config format 3 used.
+    fn bincode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+        bincode::serde::encode_to_vec(value, bincode::config::standard()).expect("bincode")
+    }
+
     #[test]
     fn refuses_what_it_did_not_write() {
         let good = encode(&fail(5, 2, true));
@@ -296,17 +302,25 @@ mod tests {
         }
     }
 
-    /// The format-3 decoder reads what that release wrote: bincode of its `Change`, which
-    /// the live types still serialize identically today (checked here so a drift shows).
+    /// The format-3 decoder reads what that release wrote: bincode of its `Change`. The
+    /// live `Complete` and `Fail` still serialize identically (checked here so a drift
+    /// shows); an `Insert` is rebuilt field by field with the options of that release,
+    /// since `JobOptions` has grown since.
     #[test]
     fn reads_format3_bodies() {
-        let mut r = record(7, 3);
-        r.options.key = Some("k".into());
-        r.options.backoff = qd_protocol::Backoff::Fixed { delay_ms: 9 };
-        for change in [Change::Insert(r), complete(300), fail(7, 1, false), insert(1)] {
-            let bytes = bincode::serde::encode_to_vec(&change, bincode::config::standard())
-                .expect("bincode");
-            assert_eq!(decode_format3(&bytes), Some(change));
+        for change in [complete(300), fail(7, 1, false)] {
+            assert_eq!(decode_format3(&bincode(&change)), Some(change));
+        }
+        for mut r in [record(7, 3), record(1, 0)] {
+            r.options.key = Some("k".into());
+            r.options.backoff = qd_protocol::Backoff::Fixed { delay_ms: 9 };
+            let o = &r.options;
+            let options = (o.priority, o.delay_ms, o.attempts, o.backoff, o.lease_ms, &o.key);
+            let body = (&r.queue, &r.name, &r.payload, options, r.created_at_ms, r.run_at_ms);
+            let tail = (r.failures, r.state, &r.errors);
+            let mut bytes = vec![0u8]; // variant 0: Insert
+            bytes.extend(bincode(&(r.id, body, tail)));
+            assert_eq!(decode_format3(&bytes), Some(Change::Insert(Box::new(r))));
         }
         // Pinned: Complete { id: 300 } in format 3.
         assert_eq!(decode_format3(&[0x01, 0xfb, 0x2c, 0x01]), Some(complete(300)));

@@ -210,8 +210,12 @@ impl JournaledStore {
         let mut db = PageDb::open(sled_config)?;
         let journal_dir = sled_config.path.join(JOURNAL_DIR);
         let mut stats = RecoveryStats::default();
-        if db.found_format() < STORE_FORMAT_VERSION {
-            stats.migrated_records = migrate_format3(&mut db, &journal_dir)?;
+        match db.found_format() {
+            3 => stats.migrated_records = migrate_format3(&mut db, &journal_dir)?,
+            // Format 5 only added an optional tail to record bodies: a format-4 dir and its
+            // journal read as they are. Restamped so that an older qd refuses it from now on.
+            4 => db.stamp_current_format()?,
+            _ => {}
         }
         let pages = db.reader();
         stats.sled_open = started.elapsed();
@@ -949,7 +953,7 @@ mod tests {
                 let change = match rng.gen_range(0..16) {
                     0..=4 => {
                         next_id += 1;
-                        Change::Insert(record(next_id - 1, rng.gen_range(0..64)))
+                        Change::Insert(Box::new(record(next_id - 1, rng.gen_range(0..64))))
                     }
                     5..=6 if !live.is_empty() => complete(some_live(&mut rng)),
                     7 if !live.is_empty() => Change::Remove { id: some_live(&mut rng) },

@@ -257,7 +257,7 @@ mod tests {
     fn model_apply(model: &mut Pages, floor: &mut JobId, change: &Change) {
         match change {
             Change::Insert(r) => {
-                model.jobs.insert(r.id, r.clone());
+                model.jobs.insert(r.id, (**r).clone());
                 *floor = (*floor).max(r.id + 1);
             }
             Change::Complete { id } | Change::Remove { id } => {
@@ -321,7 +321,7 @@ mod tests {
             let mut attempt = 0u32;
             raw.into_iter()
                 .map(|(kind, a, b)| match kind {
-                    0 => change(Change::Insert(sample(a, b as usize))),
+                    0 => change(Change::Insert(Box::new(sample(a, b as usize)))),
                     1 => change(Change::Complete { id: a }),
                     2 => change(Change::Remove { id: a }),
                     3 => {
@@ -442,12 +442,12 @@ mod tests {
     fn a_job_added_and_removed_between_freezes_leaves_nothing() {
         let mut fold = Fold::default();
         let none = |_| Ok(None);
-        fold.apply(&Change::Insert(sample(1, 8)), true, none).unwrap();
+        fold.apply(&Change::Insert(Box::new(sample(1, 8))), true, none).unwrap();
         fold.apply(&Change::Remove { id: 1 }, true, none).unwrap();
         assert_eq!(fold.map, PendingMap::default());
         assert_eq!(fold.bytes, 0);
         // Replayed (not fresh), the same pair must leave a `Delete` for the pages' copy.
-        fold.apply(&Change::Insert(sample(2, 8)), false, none).unwrap();
+        fold.apply(&Change::Insert(Box::new(sample(2, 8))), false, none).unwrap();
         fold.apply(&Change::Complete { id: 2 }, false, none).unwrap();
         assert_eq!(fold.map.jobs.get(&2), Some(&Pending::Delete));
     }

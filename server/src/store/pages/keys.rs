@@ -47,8 +47,9 @@ pub const ID_CEILING_KEY: &[u8] = b"id_ceiling";
 /// layout, the record encoding or the journal encoding changes incompatibly, and teach
 /// `PageDb::open` and the journal's open to migrate or refuse. 1: one key per job; 2: pages
 /// of 64 jobs, bincode bodies; 3: the same pages with compact bodies (defaults left out);
-/// 4: the journal in the store's own encoding, queue settings.
-pub const STORE_FORMAT_VERSION: u32 = 4;
+/// 4: the journal in the store's own encoding, queue settings; 5: record bodies may end in an
+/// extension of newer job options (a format-4 dir reads as it is and is restamped).
+pub const STORE_FORMAT_VERSION: u32 = 5;
 
 /// The oldest format this build opens (and migrates to [`STORE_FORMAT_VERSION`]).
 pub const FIRST_READABLE_FORMAT: u32 = 3;

@@ -36,6 +36,15 @@
 //!   failures        varint  (with errors; absent: 0 failures, no errors)
 //!   errors          varint count, then per error: attempt varint, at_ms varint,
 //!                           message str
+//!   then, only when some option below differs from its default (format 5 on):
+//!   ext flags       varint  which of these follow (bit value: field)
+//!                             0x01 group   0x02 timeout_ms   0x04 expires_in_ms
+//!                             0x08 unique
+//!   group           str
+//!   timeout_ms      varint
+//!   expires_in_ms   varint
+//!   unique          u8 variant, 1 Window: ms varint; 2 Debounce
+//!                           (absent: WhilePending, variant 0, never written)
 //! ```
 //!
 //! A flag is set exactly when its field differs from the default, but a decoder accepts a
@@ -45,12 +54,14 @@
 //!
 //! There is no per-record format byte: the store's `format_version` (meta tree) says how
 //! every page and body in the directory is encoded (format 2 stored bodies as bincode of
-//! every field; formats 3 and 4 are this). The golden-bytes tests below pin the encoding.
+//! every field; formats 3 and 4 are this without the extension, which format 5 added: a
+//! format-4 body is a format-5 body without one, so format-4 dirs are read as they are).
+//! The golden-bytes tests below pin the encoding.
 //! The journal carries the same body for an insert (`journal/codec.rs`), so a job record
 //! has one encoding on disk.
 
 use bytes::Bytes;
-use qd_protocol::{Backoff, JobId, JobOptions};
+use qd_protocol::{Backoff, JobId, JobOptions, Unique};
 
 use crate::model::{AttemptError, JobRecord, PersistedState, MAX_ERRORS_KEPT};
 
@@ -70,6 +81,18 @@ const FAILURES: u8 = 0x80;
 /// Backoff variants.
 const FIXED: u8 = 0;
 const EXPONENTIAL: u8 = 1;
+
+/// Extension flag bits (format 5): which newer options follow the format-4 fields.
+const EXT_GROUP: u64 = 0x01;
+const EXT_TIMEOUT: u64 = 0x02;
+const EXT_EXPIRES: u64 = 0x04;
+const EXT_UNIQUE: u64 = 0x08;
+/// Every extension bit this version knows; a body with another is refused.
+const EXT_KNOWN: u64 = EXT_GROUP | EXT_TIMEOUT | EXT_EXPIRES | EXT_UNIQUE;
+
+/// `Unique` variants (`WhilePending`, the default, is never written).
+const UNIQUE_WINDOW: u8 = 1;
+const UNIQUE_DEBOUNCE: u8 = 2;
 
 /// Encodes a record's body (everything but its id), appending to `out`. Never fails today;
 /// the `Result` keeps the store's callers independent of the encoding.
@@ -147,6 +170,74 @@ pub fn encode_into(record: &JobRecord, out: &mut Vec<u8>) -> Result<(), StoreErr
             put_bytes(out, e.message.as_bytes());
         }
     }
+    encode_extension(o, out);
+    Ok(())
+}
+
+/// Appends the format-5 extension when any of its options is set; nothing otherwise, so a
+/// job that uses none of them costs what it did in format 4.
+fn encode_extension(o: &JobOptions, out: &mut Vec<u8>) {
+    let mut ext = 0u64;
+    if o.group.is_some() {
+        ext |= EXT_GROUP;
+    }
+    if o.timeout_ms.is_some() {
+        ext |= EXT_TIMEOUT;
+    }
+    if o.expires_in_ms.is_some() {
+        ext |= EXT_EXPIRES;
+    }
+    if o.unique != Unique::WhilePending {
+        ext |= EXT_UNIQUE;
+    }
+    if ext == 0 {
+        return;
+    }
+    put_varint(out, ext);
+    if let Some(group) = &o.group {
+        put_bytes(out, group.as_bytes());
+    }
+    if let Some(timeout_ms) = o.timeout_ms {
+        put_varint(out, timeout_ms);
+    }
+    if let Some(expires_in_ms) = o.expires_in_ms {
+        put_varint(out, expires_in_ms);
+    }
+    match o.unique {
+        Unique::WhilePending => {}
+        Unique::Window { ms } => {
+            out.push(UNIQUE_WINDOW);
+            put_varint(out, ms);
+        }
+        Unique::Debounce => out.push(UNIQUE_DEBOUNCE),
+    }
+}
+
+/// Reads the format-5 extension into `options`, if the body has one.
+fn decode_extension(r: &mut Reader<'_>, options: &mut JobOptions) -> Result<(), String> {
+    if r.left() == 0 {
+        return Ok(());
+    }
+    let ext = r.varint("extension flags")?;
+    if ext & !EXT_KNOWN != 0 || ext == 0 {
+        return Err(format!("unknown extension flags {ext:#x}"));
+    }
+    if ext & EXT_GROUP != 0 {
+        options.group = Some(r.string("group")?);
+    }
+    if ext & EXT_TIMEOUT != 0 {
+        options.timeout_ms = Some(r.varint("timeout_ms")?);
+    }
+    if ext & EXT_EXPIRES != 0 {
+        options.expires_in_ms = Some(r.varint("expires_in_ms")?);
+    }
+    if ext & EXT_UNIQUE != 0 {
+        options.unique = match r.u8("unique")? {
+            UNIQUE_WINDOW => Unique::Window { ms: r.varint("unique window")? },
+            UNIQUE_DEBOUNCE => Unique::Debounce,
+            other => return Err(format!("unknown unique variant {other}")),
+        };
+    }
     Ok(())
 }
 
@@ -214,6 +305,7 @@ fn decode_body(id: JobId, r: &mut Reader<'_>) -> Result<JobRecord, String> {
             errors.push(AttemptError { attempt, at_ms, message });
         }
     }
+    decode_extension(r, &mut options)?;
     if r.left() != 0 {
         return Err(format!("{} trailing bytes after the record", r.left()));
     }
@@ -266,6 +358,7 @@ mod tests {
                 backoff: Backoff::Fixed { delay_ms: 5 },
                 lease_ms: 1000,
                 key: Some("k".into()),
+                ..JobOptions::default()
             },
             created_at_ms: 7,
             run_at_ms: 8,
@@ -280,6 +373,25 @@ mod tests {
         // lease 1000 (e8 07); key "k"; 1 failure, 1 error: attempt 1, at 9, "x".
         // Format 2 (bincode of every field) took 27 bytes for this record.
         assert_eq!(hex(&bytes), "f90171016e0268690706010005e807016b010101090178");
+        assert_eq!(decode(300, &bytes).unwrap(), r);
+
+        // The same record with every format-5 option: the format-4 bytes, then the
+        // extension: flags 0f; group "g"; timeout 5000 (88 27); expires 60000 (e0 d4 03);
+        // unique Window (01) of 1000 ms (e8 07).
+        r.options.group = Some("g".into());
+        r.options.timeout_ms = Some(5000);
+        r.options.expires_in_ms = Some(60_000);
+        r.options.unique = Unique::Window { ms: 1000 };
+        let bytes = encode(&r).unwrap();
+        assert_eq!(
+            hex(&bytes),
+            "f90171016e0268690706010005e807016b010101090178\
+             0f01678827e0d40301e807"
+        );
+        assert_eq!(decode(300, &bytes).unwrap(), r);
+        r.options.unique = Unique::Debounce;
+        let bytes = encode(&r).unwrap();
+        assert!(hex(&bytes).ends_with("0f01678827e0d40302"), "{}", hex(&bytes));
         assert_eq!(decode(300, &bytes).unwrap(), r);
     }
 
@@ -322,10 +434,20 @@ mod tests {
             for end in 0..good.len() {
                 assert!(decode(1, &good[..end]).is_err(), "{end} of {} bytes", good.len());
             }
+            // A zero byte is no extension (empty extensions are never written); an extension
+            // followed by more bytes is refused as trailing.
             let mut trailing = good.to_vec();
             trailing.push(0);
             let err = decode(1, &trailing).unwrap_err().to_string();
+            assert!(err.contains("extension flags 0x0"), "{err}");
+            let mut trailing = good.to_vec();
+            trailing.extend([EXT_TIMEOUT as u8, 5, 0]);
+            let err = decode(1, &trailing).unwrap_err().to_string();
             assert!(err.contains("trailing"), "{err}");
+            let mut unknown = good.to_vec();
+            unknown.extend([0x10, 0]);
+            let err = decode(1, &unknown).unwrap_err().to_string();
+            assert!(err.contains("extension flags 0x10"), "{err}");
         }
         // flags: backoff; "q" "n" "" created 0, delta 0; backoff variant 2.
         let err = decode(1, &[0x08, 1, b'q', 1, b'n', 0, 0, 0, 2]).unwrap_err().to_string();
@@ -371,10 +493,37 @@ mod tests {
             backoff(),
             prop_oneof![Just(30_000u64), any::<u64>()],
             proptest::option::of(".{0,10}"),
+            extension(),
         )
-            .prop_map(|(priority, delay_ms, attempts, backoff, lease_ms, key)| {
-                JobOptions { priority, delay_ms, attempts, backoff, lease_ms, key }
+            .prop_map(|(priority, delay_ms, attempts, backoff, lease_ms, key, ext)| {
+                let (group, timeout_ms, expires_in_ms, unique) = ext;
+                JobOptions {
+                    priority,
+                    delay_ms,
+                    attempts,
+                    backoff,
+                    lease_ms,
+                    key,
+                    group,
+                    timeout_ms,
+                    expires_in_ms,
+                    unique,
+                }
             })
+    }
+
+    /// The options of the format-5 extension, each often absent.
+    fn extension() -> impl Strategy<Value = (Option<String>, Option<u64>, Option<u64>, Unique)> {
+        (
+            proptest::option::of(".{0,10}"),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u64>()),
+            prop_oneof![
+                Just(Unique::WhilePending),
+                any::<u64>().prop_map(|ms| Unique::Window { ms }),
+                Just(Unique::Debounce),
+            ],
+        )
     }
 
     fn timestamp() -> impl Strategy<Value = u64> {
