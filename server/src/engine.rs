@@ -528,7 +528,8 @@ impl Engine {
             Request::Schedules { after, limit } => {
                 let (mut schedules, more) = b.schedules(after.as_deref(), admin::page_limit(limit));
                 let more = admin::fit_frame(&mut schedules, self.max_frame) || more;
-                let next = if more { schedules.last().map(|s| s.schedule.name.clone()) } else { None };
+                let next =
+                    if more { schedules.last().map(|s| s.schedule.name.clone()) } else { None };
                 Ok(Response::Schedules { schedules, next })
             }
             // The worker requests are answered by `on_request`; a new request kind that

@@ -286,8 +286,7 @@ impl Broker {
             // validation refuses, so an error here means nothing was added.
             let _ = self.add(now, &schedule.queue, vec![job]);
             let name = schedule.name.clone();
-            self.effects
-                .push(Effect::Persist(Change::Schedule { name, schedule: Some(record) }));
+            self.effects.push(Effect::Persist(Change::Schedule { name, schedule: Some(record) }));
         }
     }
 }
@@ -337,10 +336,9 @@ mod tests {
             .into_iter()
             .filter_map(|e| match e {
                 Effect::Persist(Change::Insert(r)) => Some(format!("insert {}", r.options.key?)),
-                Effect::Persist(Change::Schedule { name, schedule }) => Some(format!(
-                    "schedule {name} {:?}",
-                    schedule.and_then(|s| s.last_fire_ms)
-                )),
+                Effect::Persist(Change::Schedule { name, schedule }) => {
+                    Some(format!("schedule {name} {:?}", schedule.and_then(|s| s.last_fire_ms)))
+                }
                 _ => None,
             })
             .collect()
@@ -415,8 +413,7 @@ mod tests {
         b.upsert_schedule(t0, every("s", 10 * SEC)).unwrap();
         let mut effects = vec![];
         b.take_effects(&mut effects);
-        let Some(Effect::Persist(Change::Schedule { schedule: Some(before), .. })) =
-            effects.pop()
+        let Some(Effect::Persist(Change::Schedule { schedule: Some(before), .. })) = effects.pop()
         else {
             panic!("expected the schedule's record")
         };
@@ -574,7 +571,10 @@ mod tests {
         b.restore_schedule(record).unwrap();
         b.handle_timeout(utc(2025, 5, 1, 6, 20, 0));
         let six = utc(2025, 5, 1, 6, 0, 0);
-        assert_eq!(drain(&mut b), [format!("insert schedule:h:{six}"), format!("schedule h Some({six})")]);
+        assert_eq!(
+            drain(&mut b),
+            [format!("insert schedule:h:{six}"), format!("schedule h Some({six})")]
+        );
         assert_eq!(b.poll_timeout(), Some(utc(2025, 5, 1, 7, 0, 0)));
     }
 

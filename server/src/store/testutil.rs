@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use qd_protocol::{JobId, JobOptions};
 
-use crate::model::{AttemptError, Change, JobRecord, PersistedState, QueueSettings, ScheduleRecord};
+use crate::model::{
+    AttemptError, Change, JobRecord, PersistedState, QueueSettings, ScheduleRecord,
+};
 
 /// A waiting job with `payload_len` bytes of payload derived from its id.
 pub fn record(id: JobId, payload_len: usize) -> JobRecord {
@@ -44,7 +46,10 @@ pub fn schedule(n: u64, payload_len: usize, last_fire_ms: Option<u64>) -> Schedu
     ScheduleRecord {
         schedule: qd_protocol::Schedule {
             name: format!("s{n}"),
-            spec: qd_protocol::ScheduleSpec::Cron { expr: "*/5 * * * * *".into(), tz: "UTC".into() },
+            spec: qd_protocol::ScheduleSpec::Cron {
+                expr: "*/5 * * * * *".into(),
+                tz: "UTC".into(),
+            },
             queue: "emails".into(),
             job: qd_protocol::NewJob {
                 name: "digest".into(),

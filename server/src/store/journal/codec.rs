@@ -140,10 +140,12 @@ pub fn decode(body: &[u8]) -> Option<Change> {
             let name = r.string("name").ok()?;
             let schedule = match r.u8("present").ok()? {
                 0 => None,
-                1 => return Some(Change::Schedule {
-                    schedule: Some(schedules::decode(&name, r.rest()).ok()?),
-                    name,
-                }),
+                1 => {
+                    return Some(Change::Schedule {
+                        schedule: Some(schedules::decode(&name, r.rest()).ok()?),
+                        name,
+                    })
+                }
                 _ => return None,
             };
             Change::Schedule { name, schedule }
@@ -338,7 +340,14 @@ mod tests {
         *bad_dead.last_mut().unwrap() = 2;
         let mut trailing = encode(&complete(1));
         trailing.push(0);
-        for body in [vec![], vec![0x09], vec![0x08, 0x01, 0x73, 0x02], good[..good.len() - 1].to_vec(), bad_dead, trailing] {
+        for body in [
+            vec![],
+            vec![0x09],
+            vec![0x08, 0x01, 0x73, 0x02],
+            good[..good.len() - 1].to_vec(),
+            bad_dead,
+            trailing,
+        ] {
             assert_eq!(decode(&body), None, "{body:02x?}");
         }
     }

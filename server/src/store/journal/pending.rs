@@ -65,9 +65,7 @@ pub fn queue_cost(queue: &str) -> u64 {
 /// What the budget counts for a schedule's pending entry: its name and template payload
 /// (the rest is small and bounded).
 pub fn schedule_cost(name: &str, schedule: Option<&ScheduleRecord>) -> u64 {
-    ENTRY_OVERHEAD
-        + name.len() as u64
-        + schedule.map_or(0, |s| s.schedule.job.payload.len() as u64)
+    ENTRY_OVERHEAD + name.len() as u64 + schedule.map_or(0, |s| s.schedule.job.payload.len() as u64)
 }
 
 /// The journal's net effect since a freeze.

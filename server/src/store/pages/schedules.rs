@@ -99,8 +99,7 @@ pub fn decode(name: &str, bytes: &[u8]) -> Result<ScheduleRecord, StoreError> {
     })()
     .map_err(corrupt)?;
     let template = record::decode(0, r.rest())?;
-    let job =
-        NewJob { name: template.name, payload: template.payload, options: template.options };
+    let job = NewJob { name: template.name, payload: template.payload, options: template.options };
     let schedule = Schedule { name: name.to_owned(), spec, queue: template.queue, job };
     Ok(ScheduleRecord { schedule, anchor_ms, last_fire_ms })
 }
@@ -140,10 +139,8 @@ mod tests {
         let template = "010171016a026869e8070001";
         let every = sample(ScheduleSpec::Every { every_ms: 5000 }, None);
         assert_eq!(hex(&encode(&every).unwrap()), format!("00e807008827{template}"));
-        let cron = sample(
-            ScheduleSpec::Cron { expr: "* * * * *".into(), tz: "UTC".into() },
-            Some(2000),
-        );
+        let cron =
+            sample(ScheduleSpec::Cron { expr: "* * * * *".into(), tz: "UTC".into() }, Some(2000));
         assert_eq!(
             hex(&encode(&cron).unwrap()),
             format!("01e807d00f0109{}03{}{template}", hex(b"* * * * *"), hex(b"UTC"))
