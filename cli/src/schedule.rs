@@ -118,8 +118,9 @@ fn spec_text(spec: &ScheduleSpec) -> String {
 /// Unix ms as RFC 3339 UTC, seconds precision.
 fn time(ms: Option<u64>) -> String {
     match ms {
-        Some(ms) => humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms))
-            .to_string(),
+        Some(ms) => {
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+        }
         None => "-".into(),
     }
 }

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qd_protocol::message::{LeaseRef, NackOutcome, Welcome};
+use qd_protocol::schedule::validate_schedule_name;
 use qd_protocol::{
     validate_lease, validate_queue_name, Cursor, JobDetail, JobId, JobState, JobSummary, LeasedJob,
-    QueueInfo, QueueStats, Request, Response, RetryHint, Role, Schedule, ScheduleInfo,
-    SearchQuery, WireError, MAX_ERROR_TEXT,
+    QueueInfo, QueueStats, Request, Response, RetryHint, Role, Schedule, ScheduleInfo, SearchQuery,
+    WireError, MAX_ERROR_TEXT,
 };
-use qd_protocol::schedule::validate_schedule_name;
 use serde::Serialize;
 
 use crate::connection::{Config, Connection, Secret};
