@@ -88,8 +88,9 @@ pub enum Change {
     /// A named schedule was set, fired, or (`None`) removed. Carries the whole record, so
     /// replaying it sets an absolute value. A fire's `Insert` precedes it in the same batch:
     /// after a crash between the two, the fire runs again under the same idempotency key
-    /// and finds the job already there.
-    Schedule { name: String, schedule: Option<ScheduleRecord> },
+    /// and finds the job already there. Boxed: a schedule is large and rare, and every
+    /// `Change` (and `Effect`) would otherwise be as big.
+    Schedule { name: String, schedule: Option<Box<ScheduleRecord>> },
 }
 
 /// A named schedule as it is stored: what the operator set, and where its clock stands.

@@ -224,7 +224,7 @@ impl Broker {
         let info = entry.info();
         self.effects.push(Effect::Persist(Change::Schedule {
             name: name.clone(),
-            schedule: Some(entry.record.clone()),
+            schedule: Some(Box::new(entry.record.clone())),
         }));
         self.schedules.insert(entry);
         Ok(info)
@@ -286,7 +286,8 @@ impl Broker {
             // validation refuses, so an error here means nothing was added.
             let _ = self.add(now, &schedule.queue, vec![job]);
             let name = schedule.name.clone();
-            self.effects.push(Effect::Persist(Change::Schedule { name, schedule: Some(record) }));
+            let schedule = Some(Box::new(record));
+            self.effects.push(Effect::Persist(Change::Schedule { name, schedule }));
         }
     }
 }
@@ -385,7 +386,7 @@ mod tests {
             .into_iter()
             .rev()
             .find_map(|e| match e {
-                Effect::Persist(Change::Schedule { schedule: Some(s), .. }) => Some(s),
+                Effect::Persist(Change::Schedule { schedule: Some(s), .. }) => Some(*s),
                 _ => None,
             })
             .unwrap();
@@ -431,7 +432,7 @@ mod tests {
         let now = t0 + 10 * SEC + 300;
         let mut b = broker();
         b.restore(now, &inserted);
-        b.restore_schedule(before).unwrap();
+        b.restore_schedule(*before).unwrap();
         b.handle_timeout(now);
         let tick = t0 + 10 * SEC;
         assert_eq!(drain(&mut b), [format!("schedule s Some({tick})")], "no second insert");

@@ -87,7 +87,7 @@ impl Model {
             }
             Change::IdFloor { next_id } => self.floor = self.floor.max(*next_id),
             Change::Schedule { name, schedule: Some(s) } => {
-                self.schedules.insert(name.clone(), s.clone());
+                self.schedules.insert(name.clone(), (**s).clone());
             }
             Change::Schedule { name, schedule: None } => {
                 self.schedules.remove(name);

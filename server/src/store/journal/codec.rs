@@ -142,7 +142,7 @@ pub fn decode(body: &[u8]) -> Option<Change> {
                 0 => None,
                 1 => {
                     return Some(Change::Schedule {
-                        schedule: Some(schedules::decode(&name, r.rest()).ok()?),
+                        schedule: Some(Box::new(schedules::decode(&name, r.rest()).ok()?)),
                         name,
                     })
                 }
@@ -320,7 +320,7 @@ mod tests {
             (Change::IdFloor { next_id: 1 << 20 }, "07808040".into()),
             (Change::Schedule { name: "s".into(), schedule: None }, "08017300".into()),
             (
-                Change::Schedule { name: "s".into(), schedule: Some(schedule.clone()) },
+                Change::Schedule { name: "s".into(), schedule: Some(Box::new(schedule.clone())) },
                 // name "s", set; flags 01, anchor 5, last fire 6, Every 1000 ms; the template
                 // body: no flags, "q", "j", empty payload, created_at 5, run_at delta 0.
                 "08017301010506".to_owned() + "00e807" + "000171016a000500",

@@ -1004,7 +1004,11 @@ mod tests {
                         Change::Schedule {
                             name: format!("s{n}"),
                             schedule: rng.gen_bool(0.7).then(|| {
-                                schedule(n, rng.gen_range(0..64), Some(rng.gen_range(0..1000)))
+                                Box::new(schedule(
+                                    n,
+                                    rng.gen_range(0..64),
+                                    Some(rng.gen_range(0..1000)),
+                                ))
                             }),
                         }
                     }

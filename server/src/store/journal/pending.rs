@@ -172,8 +172,9 @@ impl Fold {
                 self.max_id = self.max_id.max(next_id.saturating_sub(1));
             }
             Change::Schedule { name, schedule } => {
+                let schedule = schedule.as_deref().cloned();
                 self.bytes += schedule_cost(name, schedule.as_ref());
-                let old = self.map.schedules.insert(name.clone(), schedule.clone());
+                let old = self.map.schedules.insert(name.clone(), schedule);
                 self.bytes -= old.map_or(0, |old| schedule_cost(name, old.as_ref()));
             }
         }
@@ -321,7 +322,9 @@ mod tests {
                 }
             }
             Change::IdFloor { next_id } => *floor = (*floor).max(*next_id),
-            Change::Schedule { name, schedule } => set_schedule(model, name, schedule),
+            Change::Schedule { name, schedule } => {
+                set_schedule(model, name, &schedule.as_deref().cloned())
+            }
         }
     }
 
@@ -384,7 +387,7 @@ mod tests {
                     8 => Op::Freeze,
                     10 => change(Change::Schedule {
                         name: format!("s{a}"),
-                        schedule: (b > 0).then(|| sample_schedule(a, b)),
+                        schedule: (b > 0).then(|| Box::new(sample_schedule(a, b))),
                     }),
                     _ => Op::Land,
                 })
