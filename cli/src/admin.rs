@@ -18,7 +18,7 @@ pub struct ConnArgs {
     addr: String,
     /// Print one JSON value instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// The states a listing can ask for, as flags spell them.
@@ -208,7 +208,7 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
 /// Connects with the admin role and the secret from the environment
 /// ([`crate::cli::client_builder`]). The client's connect error already names the address
 /// and what to check, so no context is added.
-async fn connect(conn: &ConnArgs) -> anyhow::Result<Client> {
+pub(crate) async fn connect(conn: &ConnArgs) -> anyhow::Result<Client> {
     Ok(crate::cli::client_builder(&conn.addr, qd_protocol::Role::Admin)?.connect().await?)
 }
 

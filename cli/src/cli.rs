@@ -107,6 +107,9 @@ enum Command {
     Admin(crate::admin::AdminCommand),
     /// Check that a server answers (exit 0) or not (exit 1).
     Health(crate::health::HealthArgs),
+    /// Named cron and interval schedules that add jobs (docs/SCHEDULES.md).
+    #[command(subcommand)]
+    Schedule(crate::schedule::ScheduleCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -321,6 +324,7 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(args) => crate::bench::run(args).await,
             Command::Admin(cmd) => crate::admin::run(cmd).await,
             Command::Health(args) => crate::health::run(args).await,
+            Command::Schedule(cmd) => crate::schedule::run(cmd).await,
         }
     })
 }

@@ -6,6 +6,7 @@
 //! - [`bench`](mod@bench): `qd bench`, the benchmark workloads run through the real client;
 //! - [`admin`]: the operator's subcommands (`qd queues`, `qd jobs`, `qd retry`, ...);
 //! - [`health`]: `qd health`, a protocol ping for health checks;
+//! - [`schedule`](mod@schedule): `qd schedule set|rm|ls`, named cron and interval schedules;
 //! - [`child`]: a `qd serve` child process, shared by `qd bench --spawn` and the e2e tests;
 //! - [`config_file`]: the TOML config file, read into the flags' variables before parsing.
 
@@ -15,5 +16,6 @@ pub mod child;
 pub mod cli;
 pub mod config_file;
 pub mod health;
+pub mod schedule;
 
 pub use cli::main_exit;

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qd_protocol::message::{LeaseRef, NackOutcome, Welcome};
+use qd_protocol::schedule::validate_schedule_name;
 use qd_protocol::{
     validate_lease, validate_queue_name, Cursor, JobDetail, JobId, JobState, JobSummary, LeasedJob,
-    QueueInfo, QueueStats, Request, Response, RetryHint, Role, SearchQuery, WireError,
-    MAX_ERROR_TEXT,
+    QueueInfo, QueueStats, Request, Response, RetryHint, Role, Schedule, ScheduleInfo, SearchQuery,
+    WireError, MAX_ERROR_TEXT,
 };
 use serde::Serialize;
 
@@ -420,6 +421,44 @@ impl Client {
     pub async fn resume(&self, queue: &str) -> Result<(), Error> {
         validate_queue_name(queue).map_err(Error::invalid)?;
         self.done(Request::Resume { queue: queue.to_owned() }).await
+    }
+
+    /// Creates or replaces the named schedule (its spec, queue and job template) and
+    /// returns it as stored, with its next fire time. Re-setting the same spec keeps the
+    /// schedule's clock (its anchor and last fire), so it is safe to call at every start.
+    pub async fn upsert_schedule(&self, schedule: Schedule) -> Result<ScheduleInfo, Error> {
+        schedule.validate().map_err(Error::invalid)?;
+        match self.conn.call(Request::ScheduleUpsert { schedule }, Duration::ZERO).await? {
+            Response::Schedules { mut schedules, .. } if schedules.len() == 1 => {
+                Ok(schedules.remove(0))
+            }
+            other => Err(unexpected("Schedules", &other)),
+        }
+    }
+
+    /// Deletes the named schedule (jobs it already added stay); returns whether it existed.
+    pub async fn remove_schedule(&self, name: &str) -> Result<bool, Error> {
+        validate_schedule_name(name).map_err(Error::invalid)?;
+        Ok(self.count(Request::ScheduleRemove { name: name.to_owned() }).await? > 0)
+    }
+
+    /// Every schedule, in name order (fetched a page at a time).
+    pub async fn schedules(&self) -> Result<Vec<ScheduleInfo>, Error> {
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let body = Request::Schedules { after: after.take(), limit: PAGE };
+            match self.conn.call(body, Duration::ZERO).await? {
+                Response::Schedules { schedules, next } => {
+                    all.extend(schedules);
+                    match next {
+                        Some(n) => after = Some(n),
+                        None => return Ok(all),
+                    }
+                }
+                other => return Err(unexpected("Schedules", &other)),
+            }
+        }
     }
 
     async fn job_page(&self, body: Request) -> Result<JobPage, Error> {

@@ -99,6 +99,7 @@ pub use crate::worker::{permanent, Permanent, Worker};
 pub use qd_protocol::message::{LeaseRef, NackOutcome, Welcome};
 pub use qd_protocol::{
     Cursor, ErrorCode, JobDetail, JobFailure, JobId, JobState, JobSummary, LeasedJob, MinuteCounts,
-    QueueInfo, QueueStats, RetryHint, Role, SearchQuery, WireError,
+    NewJob, QueueInfo, QueueStats, RetryHint, Role, Schedule, ScheduleInfo, ScheduleSpec,
+    SearchQuery, WireError,
 };
 pub use tokio_util::sync::CancellationToken;

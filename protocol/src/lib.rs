@@ -3,7 +3,8 @@
 //! This crate owns the bytes: how a frame is laid out ([`frame`]), which messages exist
 //! ([`message`]), the job vocabulary they carry ([`types`]), and the error codes every
 //! failure maps to ([`error`]), how a connection proves a secret ([`auth`]), how much a
-//! request may carry ([`limits`]), and what the admin requests speak of ([`admin`]). It never touches a socket or a runtime; the optional
+//! request may carry ([`limits`]), what the admin requests speak of ([`admin`]), and named
+//! schedules ([`schedule`]). It never touches a socket or a runtime; the optional
 //! [`codec`] module adapts it to `tokio_util::codec` for those who do.
 //!
 //! The byte-level specification lives in `docs/PROTOCOL.md`; the golden tests in
@@ -15,6 +16,7 @@ pub mod error;
 pub mod frame;
 pub mod limits;
 pub mod message;
+pub mod schedule;
 pub mod types;
 
 #[cfg(feature = "codec")]
@@ -28,6 +30,7 @@ pub use error::{DecodeError, ErrorCode, WireError};
 pub use frame::{FrameDecoder, DEFAULT_MAX_FRAME, HARD_MAX_FRAME, MAX_HANDSHAKE_FRAME};
 pub use limits::DecodeLimits;
 pub use message::{ClientFrame, Request, Response, ServerFrame};
+pub use schedule::{Schedule, ScheduleInfo, ScheduleSpec};
 pub use types::*;
 
 /// Protocol version spoken by this crate. A server refuses a `Hello` with any other number.

@@ -20,6 +20,7 @@ pub use crate::auth::Role;
 use crate::auth::NONCE_LEN;
 use crate::error::WireError;
 use crate::limits::de;
+use crate::schedule::{Schedule, ScheduleInfo};
 use crate::types::{JobId, LeasedJob, NewJob, QueueStats, RetryHint};
 
 /// First frame from a client.
@@ -163,6 +164,15 @@ pub enum Request {
     Pause { queue: String },
     /// Undoes `Pause`. Answered `Done`.
     Resume { queue: String },
+    /// Creates or replaces the named schedule. Answered `Schedules` with that one schedule
+    /// (its next fire time filled in).
+    ScheduleUpsert { schedule: Schedule },
+    /// Deletes the named schedule; jobs it already added stay. Answered `Count` (1 if it
+    /// existed, else 0).
+    ScheduleRemove { name: String },
+    /// The schedules, a page at a time: up to `limit` whose names sort after `after`, in
+    /// name order. Answered `Schedules`.
+    Schedules { after: Option<String>, limit: u32 },
 }
 
 impl Request {
@@ -186,7 +196,10 @@ impl Request {
             | Request::Remove { .. }
             | Request::Promote { .. }
             | Request::Pause { .. }
-            | Request::Resume { .. } => true,
+            | Request::Resume { .. }
+            | Request::ScheduleUpsert { .. }
+            | Request::ScheduleRemove { .. }
+            | Request::Schedules { .. } => true,
         }
     }
 }
@@ -247,4 +260,9 @@ pub enum Response {
     },
     /// The admin request was carried out.
     Done,
+    /// One page of schedules; `next` as in `Stats`.
+    Schedules {
+        schedules: Vec<ScheduleInfo>,
+        next: Option<String>,
+    },
 }

@@ -533,3 +533,51 @@ fn count_done() {
         "00 00 00 04 01 13 00 0b",
     );
 }
+
+fn schedule(spec: ScheduleSpec) -> Schedule {
+    Schedule {
+        name: "n".into(),
+        spec,
+        queue: "q".into(),
+        job: NewJob { name: "j".into(), payload: Bytes::new(), options: JobOptions::default() },
+    }
+}
+
+#[test]
+fn schedule_upsert() {
+    let cron = schedule(ScheduleSpec::Cron { expr: "0 3 * * *".into(), tz: "UTC".into() });
+    check_client(
+        &ClientFrame::Request { id: 21, body: Request::ScheduleUpsert { schedule: cron } },
+        "00 00 00 2a 01 15 12 01 6e 00 09 30 20 33 20 2a 20 2a 20 2a 03 55 54 43 01 71 01 6a 00 00 00 03 01 fb e8 03 fc 80 ee 36 00 14 fb 30 75 00",
+    );
+    let every = schedule(ScheduleSpec::Every { every_ms: 1000 });
+    check_client(
+        &ClientFrame::Request { id: 21, body: Request::ScheduleUpsert { schedule: every } },
+        "00 00 00 1f 01 15 12 01 6e 01 fb e8 03 01 71 01 6a 00 00 00 03 01 fb e8 03 fc 80 ee 36 00 14 fb 30 75 00",
+    );
+}
+
+#[test]
+fn schedule_remove_list() {
+    check_client(
+        &ClientFrame::Request { id: 22, body: Request::ScheduleRemove { name: "n".into() } },
+        "00 00 00 05 01 16 13 01 6e",
+    );
+    check_client(
+        &ClientFrame::Request { id: 23, body: Request::Schedules { after: None, limit: 10 } },
+        "00 00 00 05 01 17 14 00 0a",
+    );
+}
+
+#[test]
+fn schedules_answer() {
+    let info =
+        ScheduleInfo::new(schedule(ScheduleSpec::Every { every_ms: 1000 }), 1000, None, Some(2000));
+    check_server(
+        &ServerFrame::Response {
+            id: 23,
+            result: Ok(Response::Schedules { schedules: vec![info], next: None }),
+        },
+        "00 00 00 2a 01 17 00 0c 01 01 6e 01 fb e8 03 01 71 01 6a 00 00 00 03 01 fb e8 03 fc 80 ee 36 00 14 fb 30 75 00 fb e8 03 00 01 fb d0 07 00",
+    );
+}

@@ -152,7 +152,24 @@ fn admin_request() -> impl Strategy<Value = Request> {
         ids().prop_map(|ids| Request::Promote { ids }),
         q().prop_map(|queue| Request::Pause { queue }),
         q().prop_map(|queue| Request::Resume { queue }),
+        schedule().prop_map(|schedule| Request::ScheduleUpsert { schedule }),
+        q().prop_map(|name| Request::ScheduleRemove { name }),
+        (proptest::option::of(q()), any::<u32>())
+            .prop_map(|(after, limit)| Request::Schedules { after, limit }),
     ]
+}
+
+fn schedule() -> impl Strategy<Value = Schedule> {
+    let spec = prop_oneof![
+        any::<u64>().prop_map(|every_ms| ScheduleSpec::Every { every_ms }),
+        (".{0,16}", ".{0,16}").prop_map(|(expr, tz)| ScheduleSpec::Cron { expr, tz }),
+    ];
+    ("[a-z]{1,8}", spec, "[a-z]{1,8}", new_job()).prop_map(|(name, spec, queue, job)| Schedule {
+        name,
+        spec,
+        queue,
+        job,
+    })
 }
 
 fn summary() -> impl Strategy<Value = JobSummary> {
@@ -203,6 +220,16 @@ fn admin_response() -> impl Strategy<Value = Response> {
                 q.dead_total = n;
                 q.minutes = vec![MinuteCounts::new(n, m, m)];
                 Response::Queues { queues: vec![q], next }
+            }),
+        (
+            schedule(),
+            any::<u64>(),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of("[a-z]{1,8}")
+        )
+            .prop_map(|(schedule, anchor, at, next)| Response::Schedules {
+                schedules: vec![ScheduleInfo::new(schedule, anchor, at, at)],
+                next,
             }),
     ]
 }

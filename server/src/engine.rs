@@ -213,6 +213,12 @@ impl Engine {
         for (queue, settings) in &recovered.queues {
             broker.restore_settings(queue, settings.clone());
         }
+        // Due schedules (ticks missed while down) fire once at the first timer round.
+        for schedule in recovered.schedules {
+            if let Err(e) = broker.restore_schedule(schedule) {
+                tracing::warn!(error = %e, "schedule not restored to firing");
+            }
+        }
 
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let reader = store.reader();
@@ -513,6 +519,18 @@ impl Engine {
             }
             Request::Resume { queue } => {
                 b.resume(now, &queue).map(|()| Response::Done).map_err(Into::into)
+            }
+            Request::ScheduleUpsert { schedule } => b
+                .upsert_schedule(now, schedule)
+                .map(|info| Response::Schedules { schedules: vec![info], next: None })
+                .map_err(Into::into),
+            Request::ScheduleRemove { name } => count(u64::from(b.remove_schedule(&name))),
+            Request::Schedules { after, limit } => {
+                let (mut schedules, more) = b.schedules(after.as_deref(), admin::page_limit(limit));
+                let more = admin::fit_frame(&mut schedules, self.max_frame) || more;
+                let next =
+                    if more { schedules.last().map(|s| s.schedule.name.clone()) } else { None };
+                Ok(Response::Schedules { schedules, next })
             }
             // The worker requests are answered by `on_request`; a new request kind that
             // lands here was not wired in.

@@ -6,7 +6,7 @@
 //! does I/O or reads the clock.
 
 use bytes::Bytes;
-use qd_protocol::{JobId, JobOptions};
+use qd_protocol::{JobId, JobOptions, Schedule};
 use serde::{Deserialize, Serialize};
 
 /// Wall-clock time as unix milliseconds. The engine reads the clock; the core is given it.
@@ -86,6 +86,23 @@ pub enum Change {
     /// Ids below `next_id` are used or promised: after any crash, ids are assigned from at
     /// least here, so an id handed out once is never given to another job.
     IdFloor { next_id: JobId },
+    /// A named schedule was set, fired, or (`None`) removed. Carries the whole record, so
+    /// replaying it sets an absolute value. A fire's `Insert` precedes it in the same batch:
+    /// after a crash between the two, the fire runs again under the same idempotency key
+    /// and finds the job already there. Boxed: a schedule is large and rare, and every
+    /// `Change` (and `Effect`) would otherwise be as big.
+    Schedule { name: String, schedule: Option<Box<ScheduleRecord>> },
+}
+
+/// A named schedule as it is stored: what the operator set, and where its clock stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleRecord {
+    pub schedule: Schedule,
+    /// When the current spec was set: an interval counts from here, and no tick before it
+    /// fires.
+    pub anchor_ms: Millis,
+    /// The tick last fired, if any: ticks after it and up to now are due.
+    pub last_fire_ms: Option<Millis>,
 }
 
 /// What an operator set on a queue; persisted, survives restarts.

@@ -22,5 +22,7 @@ mod http;
 mod leases;
 /// Retries with backoff, dead-lettering, the Worker's retry path.
 mod retries;
+/// Named schedules: an interval adds jobs; update, list, remove; kill -9 fires no tick twice.
+mod schedules;
 /// Secrets, roles, TLS, limits: one regression test per finding of the security issue.
 mod security;

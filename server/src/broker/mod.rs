@@ -12,7 +12,8 @@
 //! names and policies; `lease.rs` active leases and their tokens; `waiters.rs` parked
 //! reserves; `backoff.rs` retry delays (pure, shared with other backends); `operations.rs`
 //! what an operator does (pause, list, retry, purge, remove, promote) and `admin.rs` the
-//! plain types it answers with; `effects.rs` and `error.rs` the outputs.
+//! plain types it answers with; `schedules.rs` named cron and interval schedules, which
+//! fire from `handle_timeout`; `effects.rs` and `error.rs` the outputs.
 //!
 //! Hash maps here use std's randomly seeded hasher (keys and names come from clients, so a
 //! fixed hasher would invite collision attacks). That and the lease-token key are the only
@@ -45,6 +46,7 @@ mod job;
 mod lease;
 mod operations;
 mod queue;
+mod schedules;
 mod waiters;
 
 #[cfg(test)]
@@ -68,11 +70,13 @@ pub use admin::{JobStateKind, JobView, MinuteCounts, Page, QueueView};
 pub use effects::Effect;
 pub use error::BrokerError;
 pub use operations::MAX_PAGE;
+pub use schedules::{fire_key, MAX_SCHEDULES};
 
 use intern::Interner;
 use job::{JobMeta, JobState, JobTable, Policy};
 use lease::LeaseTable;
 use queue::{CompletedJob, Queue};
+use schedules::Schedules;
 use waiters::{Waiter, WaiterTable};
 
 /// Error text recorded when a lease runs out.
@@ -184,6 +188,8 @@ pub struct Broker {
     /// Ids below this are promised durable by an `IdFloor` change; assigning `id_floor`
     /// itself first raises it (see `assign_id`).
     id_floor: JobId,
+    /// Named schedules and when each fires next (`schedules.rs`).
+    schedules: Schedules,
 }
 
 impl Broker {
@@ -208,6 +214,7 @@ impl Broker {
             touched: Vec::new(),
             next_id: 1,
             id_floor: 1,
+            schedules: Schedules::default(),
         }
     }
 
@@ -507,12 +514,14 @@ impl Broker {
         }
     }
 
-    /// Does everything due at `now`: due delayed jobs become ready (and go to waiters),
+    /// Does everything due at `now`: due schedules fire (adding their jobs, uncommitted
+    /// like any add), due delayed jobs become ready (and go to waiters),
     /// expired leases fail with "lease expired", dead jobs past `dead_max_age_ms` are
     /// dropped, waiters past their deadline get an empty `Deliver`. Jobs are handed out
     /// before waiters expire, so a job that becomes ready at the very instant a wait ends
     /// is not missed.
     pub fn handle_timeout(&mut self, now: Millis) {
+        self.fire_schedules(now);
         while let Some(&(run_at, q)) = self.delayed_heads.first() {
             if run_at > now {
                 break;
@@ -554,7 +563,8 @@ impl Broker {
         let delayed = self.delayed_heads.first().map(|&(at, _)| at);
         let dead =
             self.dead_heads.first().map(|&(at, _)| at.saturating_add(self.config.dead_max_age_ms));
-        [delayed, dead, self.leases.next_deadline(), self.waiters.next_deadline()]
+        let schedule = self.schedules.next_fire();
+        [delayed, dead, self.leases.next_deadline(), self.waiters.next_deadline(), schedule]
             .into_iter()
             .flatten()
             .min()

@@ -73,6 +73,8 @@ pub struct RecoveredMeta {
     /// Every queue with settings other than the default, in name order (few: one entry per
     /// queue an operator configured).
     pub queues: Vec<(String, QueueSettings)>,
+    /// Every named schedule, in name order.
+    pub schedules: Vec<crate::model::ScheduleRecord>,
 }
 
 /// A persistence engine for job records. One owner (the writer thread) calls the mutating
@@ -82,7 +84,7 @@ pub trait Store: Send + 'static {
     /// collecting them (a million records must not cost a million records of memory at
     /// once). Returns the first id never used (the largest of the persisted id ceiling, the
     /// highest id ever journaled or promised by an `IdFloor` + 1 and the highest record id
-    /// + 1; at least 1), and the queues' settings.
+    /// + 1; at least 1), the queues' settings and the schedules.
     fn recover(&mut self, visit: &mut dyn FnMut(JobRecord)) -> Result<RecoveredMeta, StoreError>;
 
     /// Applies all changes as ONE atomic batch, in order. With `durable`, returns only after

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use qd_protocol::{JobId, JobOptions};
 
-use crate::model::{AttemptError, Change, JobRecord, PersistedState, QueueSettings};
+use crate::model::{
+    AttemptError, Change, JobRecord, PersistedState, QueueSettings, ScheduleRecord,
+};
 
 /// A waiting job with `payload_len` bytes of payload derived from its id.
 pub fn record(id: JobId, payload_len: usize) -> JobRecord {
@@ -39,11 +41,33 @@ pub fn complete(id: JobId) -> Change {
     Change::Complete { id }
 }
 
+/// A schedule named `s<n>` whose template payload has `payload_len` bytes.
+pub fn schedule(n: u64, payload_len: usize, last_fire_ms: Option<u64>) -> ScheduleRecord {
+    ScheduleRecord {
+        schedule: qd_protocol::Schedule {
+            name: format!("s{n}"),
+            spec: qd_protocol::ScheduleSpec::Cron {
+                expr: "*/5 * * * * *".into(),
+                tz: "UTC".into(),
+            },
+            queue: "emails".into(),
+            job: qd_protocol::NewJob {
+                name: "digest".into(),
+                payload: vec![7; payload_len].into(),
+                options: JobOptions::default(),
+            },
+        },
+        anchor_ms: 1_700_000_000_000,
+        last_fire_ms,
+    }
+}
+
 /// The naive meaning of a sequence of changes: what the store's tests compare against.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Model {
     pub jobs: BTreeMap<JobId, JobRecord>,
     pub queues: BTreeMap<String, QueueSettings>,
+    pub schedules: BTreeMap<String, ScheduleRecord>,
     /// Ids below this were inserted or promised by an `IdFloor`.
     pub floor: JobId,
 }
@@ -62,6 +86,12 @@ impl Model {
                 }
             }
             Change::IdFloor { next_id } => self.floor = self.floor.max(*next_id),
+            Change::Schedule { name, schedule: Some(s) } => {
+                self.schedules.insert(name.clone(), (**s).clone());
+            }
+            Change::Schedule { name, schedule: None } => {
+                self.schedules.remove(name);
+            }
             _ => {}
         }
     }
@@ -72,6 +102,10 @@ impl Model {
 
     pub fn queue_list(&self) -> Vec<(String, QueueSettings)> {
         self.queues.iter().map(|(q, s)| (q.clone(), s.clone())).collect()
+    }
+
+    pub fn schedule_list(&self) -> Vec<ScheduleRecord> {
+        self.schedules.values().cloned().collect()
     }
 }
 
@@ -99,7 +133,7 @@ pub fn apply_to_jobs(jobs: &mut BTreeMap<JobId, JobRecord>, change: &Change) {
                 r.run_at_ms = *run_at_ms;
             }
         }
-        Change::Settings { .. } | Change::IdFloor { .. } => {}
+        Change::Settings { .. } | Change::IdFloor { .. } | Change::Schedule { .. } => {}
     }
 }
 
@@ -109,6 +143,7 @@ pub struct Recovered {
     pub records: Vec<JobRecord>,
     pub next_id: JobId,
     pub queues: Vec<(String, QueueSettings)>,
+    pub schedules: Vec<ScheduleRecord>,
 }
 
 /// Runs [`super::Store::recover`] and collects what it visits, checking the count it
@@ -118,7 +153,7 @@ pub fn recover_all(store: &mut dyn super::Store) -> Recovered {
     let meta = store.recover(&mut |r| records.push(r)).expect("recover");
     assert_eq!(meta.records, records.len() as u64, "recover miscounted");
     assert!(records.windows(2).all(|w| w[0].id < w[1].id), "recover is not in id order");
-    Recovered { records, next_id: meta.next_id, queues: meta.queues }
+    Recovered { records, next_id: meta.next_id, queues: meta.queues, schedules: meta.schedules }
 }
 
 /// What a [`FakeStore`] holds and how it misbehaves, shared with the test that made it.
@@ -154,7 +189,12 @@ impl super::Store for FakeStore {
         let records = self.0.records.lock().unwrap();
         records.values().cloned().for_each(&mut *visit);
         let next_id = records.keys().next_back().map_or(1, |id| id + 1);
-        Ok(super::RecoveredMeta { next_id, records: records.len() as u64, queues: vec![] })
+        Ok(super::RecoveredMeta {
+            next_id,
+            records: records.len() as u64,
+            queues: vec![],
+            schedules: vec![],
+        })
     }
 
     fn commit(&mut self, changes: &[Change], _durable: bool) -> Result<(), super::StoreError> {

@@ -398,7 +398,7 @@ mod tests {
             &mut self,
             _visit: &mut dyn FnMut(crate::model::JobRecord),
         ) -> Result<RecoveredMeta, StoreError> {
-            Ok(RecoveredMeta { next_id: 1, records: 0, queues: vec![] })
+            Ok(RecoveredMeta { next_id: 1, records: 0, queues: vec![], schedules: vec![] })
         }
         fn commit(&mut self, changes: &[Change], _durable: bool) -> Result<(), StoreError> {
             self.started.send(changes.to_vec()).unwrap();

@@ -113,6 +113,7 @@ fn apply(
     let pages = {
         let mut db = lock(db);
         let pages = db.apply_checkpoint(&jobs, &queues, job.max_id)?;
+        db.apply_schedules(&job.map.sorted_schedules())?;
         db.sync()?;
         pages
     };

@@ -17,6 +17,8 @@
 //!   0x05 Remove      id varint
 //!   0x06 Settings    queue str, then the settings (pages/queues.rs) to the end of the body
 //!   0x07 IdFloor     next_id varint
+//!   0x08 Schedule    name str, present u8 (0 removed, 1 set), then when set the schedule
+//!                    (pages/schedules.rs) to the end of the body
 //! ```
 //!
 //! Anything else is refused: an unknown tag, a body that ends early or has bytes left over.
@@ -28,7 +30,7 @@
 //! ones, for the one migration of a format-3 data dir (`journal/mod.rs`).
 
 use crate::model::{AttemptError, Change};
-use crate::store::pages::{queues, record};
+use crate::store::pages::{queues, record, schedules};
 use crate::store::varint::{put_bytes, put_varint, Reader};
 use crate::store::StoreError;
 
@@ -40,6 +42,7 @@ const RESCHEDULE: u8 = 0x04;
 const REMOVE: u8 = 0x05;
 const SETTINGS: u8 = 0x06;
 const ID_FLOOR: u8 = 0x07;
+const SCHEDULE: u8 = 0x08;
 
 /// Appends the body of `change` to `out`.
 pub fn encode_into(change: &Change, out: &mut Vec<u8>) -> Result<(), StoreError> {
@@ -85,6 +88,17 @@ pub fn encode_into(change: &Change, out: &mut Vec<u8>) -> Result<(), StoreError>
             out.push(ID_FLOOR);
             put_varint(out, *next_id);
         }
+        Change::Schedule { name, schedule } => {
+            out.push(SCHEDULE);
+            put_bytes(out, name.as_bytes());
+            match schedule {
+                Some(s) => {
+                    out.push(1);
+                    schedules::encode_into(s, out)?;
+                }
+                None => out.push(0),
+            }
+        }
     }
     Ok(())
 }
@@ -122,6 +136,20 @@ pub fn decode(body: &[u8]) -> Option<Change> {
             return Some(Change::Settings { queue, settings });
         }
         ID_FLOOR => Change::IdFloor { next_id: r.varint("next_id").ok()? },
+        SCHEDULE => {
+            let name = r.string("name").ok()?;
+            let schedule = match r.u8("present").ok()? {
+                0 => None,
+                1 => {
+                    return Some(Change::Schedule {
+                        schedule: Some(Box::new(schedules::decode(&name, r.rest()).ok()?)),
+                        name,
+                    })
+                }
+                _ => return None,
+            };
+            Change::Schedule { name, schedule }
+        }
         _ => return None,
     };
     (r.left() == 0).then_some(change)
@@ -259,6 +287,20 @@ mod tests {
     #[test]
     fn golden_bodies() {
         let r = record(300, 2);
+        let schedule = crate::model::ScheduleRecord {
+            schedule: qd_protocol::Schedule {
+                name: "s".into(),
+                spec: qd_protocol::ScheduleSpec::Every { every_ms: 1000 },
+                queue: "q".into(),
+                job: qd_protocol::NewJob {
+                    name: "j".into(),
+                    payload: bytes::Bytes::new(),
+                    options: qd_protocol::JobOptions::default(),
+                },
+            },
+            anchor_ms: 5,
+            last_fire_ms: Some(6),
+        };
         let mut insert_body = vec![0x00, 0xac, 0x02];
         insert_body.extend_from_slice(&record::encode(&r).unwrap());
         let cases: Vec<(Change, String)> = vec![
@@ -277,6 +319,13 @@ mod tests {
                 "06017101".into(),
             ),
             (Change::IdFloor { next_id: 1 << 20 }, "07808040".into()),
+            (Change::Schedule { name: "s".into(), schedule: None }, "08017300".into()),
+            (
+                Change::Schedule { name: "s".into(), schedule: Some(Box::new(schedule.clone())) },
+                // name "s", set; flags 01, anchor 5, last fire 6, Every 1000 ms; the template
+                // body: no flags, "q", "j", empty payload, created_at 5, run_at delta 0.
+                "08017301010506".to_owned() + "00e807" + "000171016a000500",
+            ),
         ];
         for (change, expected) in cases {
             let body = encode(&change);
@@ -297,7 +346,14 @@ mod tests {
         *bad_dead.last_mut().unwrap() = 2;
         let mut trailing = encode(&complete(1));
         trailing.push(0);
-        for body in [vec![], vec![0x08], good[..good.len() - 1].to_vec(), bad_dead, trailing] {
+        for body in [
+            vec![],
+            vec![0x09],
+            vec![0x08, 0x01, 0x73, 0x02],
+            good[..good.len() - 1].to_vec(),
+            bad_dead,
+            trailing,
+        ] {
             assert_eq!(decode(&body), None, "{body:02x?}");
         }
     }

@@ -68,7 +68,7 @@ use self::segment::{remove_segments_before, Journal, JOURNAL_DIR};
 use super::pages::keys::STORE_FORMAT_VERSION;
 use super::pages::{record, PageDb, PageReader, SledConfig};
 use super::{JobLookup, RecoveredMeta, Store, StoreError, StoreReader};
-use crate::model::{Change, JobRecord, QueueSettings};
+use crate::model::{Change, JobRecord, QueueSettings, ScheduleRecord};
 
 /// The writer waits for a running checkpoint once the current map holds this many times
 /// the checkpoint budget.
@@ -228,7 +228,8 @@ impl JournaledStore {
         })?;
         stats.journal_segments = replayed.segments;
         stats.journal_records = replayed.records;
-        stats.journal_entries = fold.map.jobs.len() + fold.map.queues.len();
+        stats.journal_entries =
+            fold.map.jobs.len() + fold.map.queues.len() + fold.map.schedules.len();
         stats.torn_tail_bytes = replayed.truncated;
         stats.journal_replay = replay_started.elapsed();
 
@@ -362,6 +363,7 @@ fn migrate_format3(db: &mut PageDb, journal_dir: &Path) -> Result<u64, StoreErro
         fold.apply(&change, false, |id| pages.get(id))
     })?;
     db.apply_checkpoint(&fold.map.sorted_jobs(), &fold.map.sorted_queues(), fold.max_id)?;
+    db.apply_schedules(&fold.map.sorted_schedules())?;
     db.sync()?;
     remove_segments_before(journal_dir, u64::MAX)?;
     std::fs::File::open(journal_dir)
@@ -449,7 +451,7 @@ impl Store for JournaledStore {
     /// effect, bounded by the budget): an id a map holds is taken from the map (or skipped
     /// if deleted), and the map's inserts that the pages do not have yet are emitted in
     /// their place in the order. Only one page and one record are decoded at a time. Queue
-    /// settings: the pages' overlaid with the maps' the same way.
+    /// settings and schedules: the pages' overlaid with the maps' the same way.
     fn recover(&mut self, visit: &mut dyn FnMut(JobRecord)) -> Result<RecoveredMeta, StoreError> {
         let started = Instant::now();
         let max_id = lock(&self.shared.ctl).max_id;
@@ -480,6 +482,21 @@ impl Store for JournaledStore {
                 } else {
                     queues.insert(queue.clone(), settings.clone());
                 }
+            }
+        }
+        let mut schedules: BTreeMap<String, ScheduleRecord> = self
+            .shared
+            .pages
+            .schedules()?
+            .into_iter()
+            .map(|s| (s.schedule.name.clone(), s))
+            .collect();
+        for map in views.frozen.iter().map(|f| &**f).chain([&views.current]) {
+            for (name, schedule) in &map.schedules {
+                match schedule {
+                    Some(s) => schedules.insert(name.clone(), s.clone()),
+                    None => schedules.remove(name),
+                };
             }
         }
 
@@ -516,11 +533,17 @@ impl Store for JournaledStore {
             from_pages,
             from_journal = out.records - from_pages,
             queues_with_settings = queues.len(),
+            schedules = schedules.len(),
             next_id,
             ms = started.elapsed().as_millis() as u64,
             "recovered the store"
         );
-        Ok(RecoveredMeta { next_id, records: out.records, queues: queues.into_iter().collect() })
+        Ok(RecoveredMeta {
+            next_id,
+            records: out.records,
+            queues: queues.into_iter().collect(),
+            schedules: schedules.into_values().collect(),
+        })
     }
 
     fn commit(&mut self, changes: &[Change], durable: bool) -> Result<(), StoreError> {
@@ -683,17 +706,20 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
-    use self::pending::{queue_cost, Pending, ENTRY_OVERHEAD};
+    use self::pending::{queue_cost, schedule_cost, Pending, ENTRY_OVERHEAD};
     use super::*;
     use crate::model::PersistedState;
     use crate::model::QueueSettings;
     use crate::store::pages::page;
-    use crate::store::testutil::{complete, fail, insert, record, recover_all, Model, Recovered};
+    use crate::store::testutil::{
+        complete, fail, insert, record, recover_all, schedule, Model, Recovered,
+    };
 
     /// What the budget counts for `map` (invariant 6), recomputed.
     fn cost(map: &PendingMap) -> u64 {
         map.jobs.values().map(Pending::cost).sum::<u64>()
             + map.queues.keys().map(|q| queue_cost(q)).sum::<u64>()
+            + map.schedules.iter().map(|(n, s)| schedule_cost(n, s.as_ref())).sum::<u64>()
     }
 
     /// A budget no test reaches by accident: checkpoints happen when the test says.
@@ -797,7 +823,7 @@ mod tests {
             let mut store = open(dir.path(), manual());
             assert_eq!(
                 recover_all(&mut store),
-                Recovered { records: vec![], next_id: 1, queues: vec![] }
+                Recovered { records: vec![], next_id: 1, queues: vec![], schedules: vec![] }
             );
             store.commit(&(1..=10).map(insert).collect::<Vec<_>>(), true).unwrap();
             store.checkpoint_now().unwrap();
@@ -976,6 +1002,20 @@ mod tests {
                     13 => Change::IdFloor { next_id: next_id + rng.gen_range(0..100) },
                     // A change on a job that is gone is skipped.
                     14 => Change::Retry { id: next_id + 500, run_at_ms: 1 },
+                    // Schedules set (fired) and removed.
+                    15 => {
+                        let n = rng.gen_range(0..3);
+                        Change::Schedule {
+                            name: format!("s{n}"),
+                            schedule: rng.gen_bool(0.7).then(|| {
+                                Box::new(schedule(
+                                    n,
+                                    rng.gen_range(0..64),
+                                    Some(rng.gen_range(0..1000)),
+                                ))
+                            }),
+                        }
+                    }
                     _ => continue,
                 };
                 model.apply(&change);
@@ -1011,6 +1051,7 @@ mod tests {
                     let rec = recover_all(&mut store);
                     assert_eq!(rec.records, model.records(), "round {round}");
                     assert_eq!(rec.queues, model.queue_list(), "round {round}");
+                    assert_eq!(rec.schedules, model.schedule_list(), "round {round}");
                     assert!(rec.next_id >= model.floor.max(next_id), "round {round}");
                 }
                 _ => {}
@@ -1021,12 +1062,14 @@ mod tests {
         let expected = model.records();
         let rec = recover_all(&mut store);
         assert_eq!((&rec.records, &rec.queues), (&expected, &model.queue_list()));
+        assert_eq!(rec.schedules, model.schedule_list());
         assert!(rec.next_id >= model.floor);
         store.close().unwrap();
         drop(store);
         let mut store = open(dir.path(), tiny);
         let rec = recover_all(&mut store);
         assert_eq!((&rec.records, &rec.queues), (&expected, &model.queue_list()));
+        assert_eq!(rec.schedules, model.schedule_list());
         assert!(rec.next_id >= model.floor);
         // Empty pages are removed: sled holds exactly the pages of the live jobs.
         let live_pages: BTreeSet<u64> = expected.iter().map(|r| page::page_no(r.id)).collect();

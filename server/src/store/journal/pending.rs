@@ -12,17 +12,19 @@
 //!    fresh (the pages may already hold them).
 //! 4. Folding journal changes onto pages that already hold some of their effect gives the
 //!    same state as folding them onto pages that hold none: `Insert` overwrites,
-//!    `Complete`/`Remove` delete, `Retry`/`Reschedule`/`Settings` set absolute values, and
+//!    `Complete`/`Remove` delete, `Retry`/`Reschedule`/`Settings`/`Schedule` set absolute
+//!    values, and
 //!    `Fail` is idempotent (`JobRecord::apply_failure`), as long as the changes come in
 //!    order. The property test below checks it.
 //! 6. [`Fold::bytes`] is the sum of [`Pending::cost`] over the jobs plus
-//!    [`queue_cost`] over the queues: the budget counts what the map holds.
+//!    [`queue_cost`] over the queues and [`schedule_cost`] over the schedules: the budget
+//!    counts what the map holds.
 
 use std::collections::HashMap;
 
 use qd_protocol::JobId;
 
-use crate::model::{Change, JobRecord, QueueSettings};
+use crate::model::{Change, JobRecord, QueueSettings, ScheduleRecord};
 use crate::store::pages::record;
 use crate::store::StoreError;
 
@@ -60,12 +62,20 @@ pub fn queue_cost(queue: &str) -> u64 {
     ENTRY_OVERHEAD + queue.len() as u64
 }
 
+/// What the budget counts for a schedule's pending entry: its name and template payload
+/// (the rest is small and bounded).
+pub fn schedule_cost(name: &str, schedule: Option<&ScheduleRecord>) -> u64 {
+    ENTRY_OVERHEAD + name.len() as u64 + schedule.map_or(0, |s| s.schedule.job.payload.len() as u64)
+}
+
 /// The journal's net effect since a freeze.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PendingMap {
     pub jobs: HashMap<JobId, Pending>,
     /// Each queue's settings as last set; the default ones mean "remove the entry".
     pub queues: HashMap<String, QueueSettings>,
+    /// Each schedule as last set, or `None`: removed.
+    pub schedules: HashMap<String, Option<ScheduleRecord>>,
 }
 
 impl PendingMap {
@@ -75,6 +85,7 @@ impl PendingMap {
         PendingMap {
             jobs: HashMap::with_capacity(like.jobs.len().min(1 << 20)),
             queues: HashMap::new(),
+            schedules: HashMap::new(),
         }
     }
 
@@ -92,6 +103,14 @@ impl PendingMap {
             self.queues.iter().map(|(q, s)| (q.as_str(), s)).collect();
         queues.sort_unstable_by_key(|(q, _)| *q);
         queues
+    }
+
+    /// The schedules, in name order.
+    pub fn sorted_schedules(&self) -> Vec<(&str, Option<&ScheduleRecord>)> {
+        let mut out: Vec<(&str, Option<&ScheduleRecord>)> =
+            self.schedules.iter().map(|(n, s)| (n.as_str(), s.as_ref())).collect();
+        out.sort_unstable_by_key(|(n, _)| *n);
+        out
     }
 }
 
@@ -151,6 +170,12 @@ impl Fold {
             }
             Change::IdFloor { next_id } => {
                 self.max_id = self.max_id.max(next_id.saturating_sub(1));
+            }
+            Change::Schedule { name, schedule } => {
+                let schedule = schedule.as_deref().cloned();
+                self.bytes += schedule_cost(name, schedule.as_ref());
+                let old = self.map.schedules.insert(name.clone(), schedule);
+                self.bytes -= old.map_or(0, |old| schedule_cost(name, old.as_ref()));
             }
         }
         Ok(())
@@ -228,6 +253,7 @@ mod tests {
     struct Pages {
         jobs: BTreeMap<JobId, JobRecord>,
         queues: BTreeMap<String, QueueSettings>,
+        schedules: BTreeMap<String, ScheduleRecord>,
     }
 
     impl Pages {
@@ -250,7 +276,17 @@ mod tests {
                     self.queues.insert(queue.clone(), settings.clone());
                 }
             }
+            for (name, schedule) in &map.schedules {
+                set_schedule(self, name, schedule);
+            }
         }
+    }
+
+    fn set_schedule(pages: &mut Pages, name: &str, schedule: &Option<ScheduleRecord>) {
+        match schedule {
+            Some(s) => pages.schedules.insert(name.to_owned(), s.clone()),
+            None => pages.schedules.remove(name),
+        };
     }
 
     /// The naive meaning of a change.
@@ -286,6 +322,9 @@ mod tests {
                 }
             }
             Change::IdFloor { next_id } => *floor = (*floor).max(*next_id),
+            Change::Schedule { name, schedule } => {
+                set_schedule(model, name, &schedule.as_deref().cloned())
+            }
         }
     }
 
@@ -316,6 +355,7 @@ mod tests {
             1 => (0..40u64).prop_map(|n| (7, n, 0)),
             1 => Just((8, 0, 0)),
             1 => Just((9, 0, 0)),
+            1 => (0..3u64, 0..4u64).prop_map(|(n, at)| (10, n, at)),
         ];
         proptest::collection::vec(op, 1..80).prop_map(|raw| {
             let mut attempt = 0u32;
@@ -345,10 +385,32 @@ mod tests {
                     }),
                     7 => change(Change::IdFloor { next_id: a }),
                     8 => Op::Freeze,
+                    10 => change(Change::Schedule {
+                        name: format!("s{a}"),
+                        schedule: (b > 0).then(|| Box::new(sample_schedule(a, b))),
+                    }),
                     _ => Op::Land,
                 })
                 .collect()
         })
+    }
+
+    /// A schedule whose payload (and so cost) and last fire vary with `b`.
+    fn sample_schedule(a: u64, b: u64) -> ScheduleRecord {
+        ScheduleRecord {
+            schedule: qd_protocol::Schedule {
+                name: format!("s{a}"),
+                spec: qd_protocol::ScheduleSpec::Every { every_ms: 1000 },
+                queue: "q".into(),
+                job: qd_protocol::NewJob {
+                    name: "j".into(),
+                    payload: bytes::Bytes::from(vec![0; b as usize * 10]),
+                    options: qd_protocol::JobOptions::default(),
+                },
+            },
+            anchor_ms: 0,
+            last_fire_ms: Some(b),
+        }
     }
 
     /// What readers see: the current map over the frozen one over the pages.
@@ -364,6 +426,7 @@ mod tests {
     fn cost(map: &PendingMap) -> u64 {
         map.jobs.values().map(Pending::cost).sum::<u64>()
             + map.queues.keys().map(|q| queue_cost(q)).sum::<u64>()
+            + map.schedules.iter().map(|(n, s)| schedule_cost(n, s.as_ref())).sum::<u64>()
     }
 
     fn fold_onto(

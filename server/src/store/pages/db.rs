@@ -27,11 +27,11 @@ use qd_protocol::JobId;
 
 use super::keys::{
     page_key, page_of_key, FIRST_READABLE_FORMAT, FORMAT_VERSION_KEY, ID_CEILING_KEY,
-    ID_CEILING_STEP, META_TREE, PAGES_TREE, QUEUES_TREE, STORE_FORMAT_VERSION,
+    ID_CEILING_STEP, META_TREE, PAGES_TREE, QUEUES_TREE, SCHEDULES_TREE, STORE_FORMAT_VERSION,
 };
 use super::page::{self, Page};
-use super::{queues, record};
-use crate::model::{JobRecord, QueueSettings};
+use super::{queues, record, schedules};
+use crate::model::{JobRecord, QueueSettings, ScheduleRecord};
 use crate::store::datadir::{self, DataDirLock};
 use crate::store::StoreError;
 
@@ -65,6 +65,7 @@ pub struct PageDb {
     pages: sled::Tree,
     meta: sled::Tree,
     queues: sled::Tree,
+    schedules: sled::Tree,
     /// The format the directory was stamped with when opened (see `keys.rs`): older ones
     /// are accepted for the journal's migration, which then calls
     /// [`PageDb::stamp_current_format`].
@@ -115,6 +116,9 @@ impl PageDb {
             db.open_tree(PAGES_TREE).map_err(|e| StoreError::sled(ctx("opening pages"), e))?;
         let queues =
             db.open_tree(QUEUES_TREE).map_err(|e| StoreError::sled(ctx("opening queues"), e))?;
+        let schedules = db
+            .open_tree(SCHEDULES_TREE)
+            .map_err(|e| StoreError::sled(ctx("opening schedules"), e))?;
 
         let db_file = match File::open(path.join("db")) {
             Ok(f) => Some(f),
@@ -134,6 +138,7 @@ impl PageDb {
             pages,
             meta,
             queues,
+            schedules,
             found_format: STORE_FORMAT_VERSION,
             id_ceiling: 0,
             db_file,
@@ -168,6 +173,7 @@ impl PageDb {
             pages: self.pages.clone(),
             meta: self.meta.clone(),
             queues: self.queues.clone(),
+            schedules: self.schedules.clone(),
         }
     }
 
@@ -250,6 +256,25 @@ impl PageDb {
             self.id_ceiling = ceiling;
         }
         Ok(())
+    }
+
+    /// Applies a checkpoint's schedules: each name's record (`Some`) or its removal. Called
+    /// with [`PageDb::apply_checkpoint`], before the same [`PageDb::sync`].
+    pub fn apply_schedules(
+        &mut self,
+        entries: &[(&str, Option<&ScheduleRecord>)],
+    ) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for (name, schedule) in entries {
+            match schedule {
+                Some(s) => batch.insert(name.as_bytes(), schedules::encode(s)?),
+                None => batch.remove(name.as_bytes()),
+            }
+        }
+        self.schedules.apply_batch(batch).map_err(|e| StoreError::sled("writing schedules", e))
     }
 
     /// Applies the net effect of many groups, as a journal checkpoint has it: per id, the
@@ -391,6 +416,7 @@ pub struct PageReader {
     pages: sled::Tree,
     meta: sled::Tree,
     queues: sled::Tree,
+    schedules: sled::Tree,
 }
 
 impl std::fmt::Debug for PageReader {
@@ -447,6 +473,20 @@ impl PageReader {
             })?;
             let settings = queues::decode(&name, &value)?;
             out.push((name, settings));
+        }
+        Ok(out)
+    }
+
+    /// Every stored schedule, in name order.
+    pub fn schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError> {
+        let mut out = vec![];
+        for item in self.schedules.iter() {
+            let (key, value) = item.map_err(|e| StoreError::sled("reading schedules", e))?;
+            let name = String::from_utf8(key.to_vec()).map_err(|_| StoreError::Corrupt {
+                what: "a schedule name in the schedules tree is not UTF-8".into(),
+                hint: "the data dir is damaged; restore it from a backup".into(),
+            })?;
+            out.push(schedules::decode(&name, &value)?);
         }
         Ok(out)
     }

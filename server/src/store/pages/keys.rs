@@ -11,6 +11,8 @@
 //! tree "queues" key   = the queue name's UTF-8 bytes
 //!               value = its settings (see queues.rs); a queue at the default settings has
 //!                       no entry
+//! tree "schedules" key   = the schedule name's UTF-8 bytes
+//!                  value = the schedule (see schedules.rs)
 //! ```
 //!
 //! Big-endian so that sled's byte-wise key order is numeric order: the recovery scan comes
@@ -36,6 +38,9 @@
 pub const PAGES_TREE: &str = "pages";
 /// The tree holding each queue's persisted settings.
 pub const QUEUES_TREE: &str = "queues";
+/// The tree holding the named schedules. Added within format 4: an older qd of that format
+/// ignores the tree (and refuses the journal's `Schedule` entries, rule 4 of the journal).
+pub const SCHEDULES_TREE: &str = "schedules";
 /// The tree holding the directory's format version and id ceiling.
 pub const META_TREE: &str = "meta";
 /// Meta key: the store format version, u32 big-endian.

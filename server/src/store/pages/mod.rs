@@ -1,5 +1,5 @@
 //! The page database: the store of record. Jobs live in sled, 64 record bodies to a key,
-//! next to the directory's meta data and each queue's settings. Nothing here knows about
+//! next to the directory's meta data, each queue's settings and the named schedules. Nothing here knows about
 //! the journal; the journal (`store/journal/`) hands over the net effect of many groups in
 //! checkpoints, and reads pages through a [`PageReader`].
 //!
@@ -8,11 +8,13 @@
 //! - `page.rs`: the bytes of one page of 64 slots.
 //! - `record.rs`: the bytes of one job record (also what the journal carries for an insert).
 //! - `queues.rs`: the bytes of one queue's settings.
+//! - `schedules.rs`: the bytes of one named schedule.
 
 mod db;
 pub mod keys;
 pub mod page;
 pub mod queues;
 pub mod record;
+pub mod schedules;
 
 pub use db::{PageDb, PageReader, PagesWritten, SledConfig, DEFAULT_CACHE_CAPACITY};
