@@ -548,12 +548,12 @@ fn schedule_upsert() {
     let cron = schedule(ScheduleSpec::Cron { expr: "0 3 * * *".into(), tz: "UTC".into() });
     check_client(
         &ClientFrame::Request { id: 21, body: Request::ScheduleUpsert { schedule: cron } },
-        "00 00 00 2a 01 15 12 01 6e 00 09 30 20 33 20 2a 20 2a 20 2a 03 55 54 43 01 71 01 6a 00 00 00 03 01 fb e8 03 fc 80 ee 36 00 14 fb 30 75 00",
+        "00 00 00 2e 01 15 12 01 6e 00 09 30 20 33 20 2a 20 2a 20 2a 03 55 54 43 01 71 01 6a 00 00 00 03 01 fb e8 03 fc 80 ee 36 00 14 fb 30 75 00 00 00 00 00",
     );
     let every = schedule(ScheduleSpec::Every { every_ms: 1000 });
     check_client(
         &ClientFrame::Request { id: 21, body: Request::ScheduleUpsert { schedule: every } },
-        "00 00 00 1f 01 15 12 01 6e 01 fb e8 03 01 71 01 6a 00 00 00 03 01 fb e8 03 fc 80 ee 36 00 14 fb 30 75 00",
+        "00 00 00 23 01 15 12 01 6e 01 fb e8 03 01 71 01 6a 00 00 00 03 01 fb e8 03 fc 80 ee 36 00 14 fb 30 75 00 00 00 00 00",
     );
 }
 
@@ -578,6 +578,6 @@ fn schedules_answer() {
             id: 23,
             result: Ok(Response::Schedules { schedules: vec![info], next: None }),
         },
-        "00 00 00 2a 01 17 00 0c 01 01 6e 01 fb e8 03 01 71 01 6a 00 00 00 03 01 fb e8 03 fc 80 ee 36 00 14 fb 30 75 00 fb e8 03 00 01 fb d0 07 00",
+        "00 00 00 2e 01 17 00 0c 01 01 6e 01 fb e8 03 01 71 01 6a 00 00 00 03 01 fb e8 03 fc 80 ee 36 00 14 fb 30 75 00 00 00 00 00 fb e8 03 00 01 fb d0 07 00",
     );
 }

@@ -38,8 +38,8 @@
 pub const PAGES_TREE: &str = "pages";
 /// The tree holding each queue's persisted settings.
 pub const QUEUES_TREE: &str = "queues";
-/// The tree holding the named schedules. Added within format 4: an older qd of that format
-/// ignores the tree (and refuses the journal's `Schedule` entries, rule 4 of the journal).
+/// The tree holding the named schedules (format 5; a format-4 qd refuses the dir by its
+/// version stamp).
 pub const SCHEDULES_TREE: &str = "schedules";
 /// The tree holding the directory's format version and id ceiling.
 pub const META_TREE: &str = "meta";
