@@ -203,6 +203,10 @@ struct ServeArgs {
     /// Address of the dashboard, /metrics, /healthz and /readyz (off when not given).
     #[arg(long, env = "QD_HTTP")]
     http: Option<SocketAddr>,
+    /// Also speak Faktory's work protocol on this address, so Faktory clients in any
+    /// language can push and work jobs (off when not given; conventionally port 7419).
+    #[arg(long, env = "QD_FAKTORY")]
+    faktory: Option<SocketAddr>,
 }
 
 /// A secret from a flag/variable or from a file (trimmed: files end with a newline).
@@ -390,6 +394,7 @@ fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
     };
     config.max_reserve = args.max_reserve;
     config.http = args.http;
+    config.faktory = args.faktory;
     Ok(config)
 }
 

@@ -72,6 +72,8 @@ pub struct ServerConfig {
     pub max_reserve: u32,
     /// Address of the dashboard, `/metrics`, `/healthz` and `/readyz`; off when `None`.
     pub http: Option<SocketAddr>,
+    /// Address of the Faktory work protocol (docs/FAKTORY.md); off when `None`.
+    pub faktory: Option<SocketAddr>,
 }
 
 /// PEM files of the server's TLS certificate chain and private key.
@@ -141,6 +143,7 @@ impl Default for ServerConfig {
             decode_limits: DecodeLimits::DEFAULT,
             max_reserve: 1000,
             http: None,
+            faktory: None,
         }
     }
 }

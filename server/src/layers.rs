@@ -20,7 +20,11 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("engine", &["broker", "store", "model", "config", "metrics"]),
     ("net", &["engine", "model", "config"]),
     ("http", &["engine", "model", "config", "metrics"]),
-    ("server", &["net", "http", "engine", "config", "model", "broker", "store", "metrics"]),
+    ("faktory", &["engine", "model", "config"]),
+    (
+        "server",
+        &["net", "http", "faktory", "engine", "config", "model", "broker", "store", "metrics"],
+    ),
 ];
 
 /// The top-level modules a piece of source names through `crate::`.

@@ -11,6 +11,7 @@
 //! - [`store`]: persistence, group commit, recovery;
 //! - [`engine`]: the actor that owns the core and drives the store, and opens both;
 //! - [`net`]: listener, connections, limits;
+//! - [`faktory`]: Faktory's work protocol on a second port, a client of the engine like `http`;
 //! - [`http`]: the dashboard, `/metrics`, `/healthz` and `/readyz`, an admin client of the engine;
 //! - [`metrics`]: the process's own instruments, fed by hooks in the engine and the store;
 //! - [`server`]: the composition root: assembles the layers and shuts them down on one token;
@@ -19,6 +20,7 @@
 pub mod broker;
 pub mod config;
 pub mod engine;
+pub mod faktory;
 pub mod http;
 #[cfg(test)]
 mod layers;

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ServerConfig;
 use crate::engine::{Engine, EngineError};
+use crate::faktory::{FaktoryConfig, FaktoryListener};
 use crate::http::HttpListener;
 use crate::net::auth::FailureThrottle;
 use crate::net::conn::{ConnLimits, ConnPolicy};
@@ -61,6 +62,16 @@ pub enum ServerError {
     #[error(transparent)]
     Tls(#[from] TlsError),
 
+    /// The Faktory protocol address could not be bound.
+    #[error(
+        "cannot listen for Faktory clients on {addr}: {source}; choose another with --faktory"
+    )]
+    FaktoryListen {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+
     /// The HTTP (dashboard) address could not be bound.
     #[error("cannot listen for HTTP on {addr}: {source}; choose another with --http")]
     HttpListen {
@@ -82,6 +93,8 @@ pub struct RunningServer {
     addr: SocketAddr,
     /// Where the dashboard listens, when it is on.
     http_addr: Option<SocketAddr>,
+    /// Where the Faktory protocol listens, when it is on.
+    faktory_addr: Option<SocketAddr>,
     /// Cancelled by whoever stops the server (a signal handler, a test, a failing engine);
     /// every task of the server watches it.
     shutdown: CancellationToken,
@@ -100,6 +113,11 @@ impl RunningServer {
         self.http_addr
     }
 
+    /// The address of the Faktory work protocol, when on.
+    pub fn faktory_addr(&self) -> Option<SocketAddr> {
+        self.faktory_addr
+    }
+
     /// The token that stops the server when cancelled.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
@@ -115,7 +133,7 @@ impl RunningServer {
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     // Both checks come before the store is opened: a refused start touches nothing.
     // The dashboard can retry, delete and purge: it is held to the same rule as the protocol.
-    let exposed = std::iter::once(config.listen).chain(config.http);
+    let exposed = std::iter::once(config.listen).chain(config.http).chain(config.faktory);
     for addr in exposed {
         if !addr.ip().is_loopback() && !config.secrets.required() && !config.insecure {
             return Err(ServerError::NoSecret { addr });
@@ -149,12 +167,20 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         }
         .map_err(|source| ServerError::HttpListen { addr, source }),
     };
-    let bound = match (bound, http) {
-        (Ok(bound), Ok(http)) => Ok((bound, http)),
-        (Err(source), _) => Err(ServerError::Listen { addr: config.listen, source }),
-        (_, Err(e)) => Err(e),
+    let faktory = match config.faktory {
+        None => Ok(None),
+        Some(addr) => match FaktoryListener::bind(addr).await {
+            Ok(l) => l.local_addr().map(|a| Some((l, a))),
+            Err(e) => Err(e),
+        }
+        .map_err(|source| ServerError::FaktoryListen { addr, source }),
     };
-    let ((listener, addr), http) = match bound {
+    let bound = match (bound, http, faktory) {
+        (Ok(bound), Ok(http), Ok(faktory)) => Ok((bound, http, faktory)),
+        (Err(source), _, _) => Err(ServerError::Listen { addr: config.listen, source }),
+        (_, Err(e), _) | (_, _, Err(e)) => Err(e),
+    };
+    let ((listener, addr), http, faktory) = match bound {
         Ok(bound) => bound,
         Err(error) => {
             // The writer is already running: stop it properly (a final flush) rather than
@@ -196,6 +222,18 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         ));
         tracing::info!(addr = %http_addr, "qd dashboard is listening");
     }
+    let faktory_addr = faktory.as_ref().map(|(_, a)| *a);
+    if let Some((faktory, faktory_addr)) = faktory {
+        let faktory_config = FaktoryConfig {
+            // One secret guards both ports: the worker secret, or the admin one alone.
+            password: config.secrets.worker.clone().or_else(|| config.secrets.admin.clone()),
+            max_line: config.max_frame,
+            handshake_timeout: config.handshake_timeout,
+            max_connections: config.max_connections,
+        };
+        conns.spawn(faktory.run(faktory_config, cmd_tx.clone(), shutdown.clone(), conns.clone()));
+        tracing::info!(addr = %faktory_addr, "faktory is listening");
+    }
     let accept =
         listener.run(config.max_connections, policy, tls, cmd_tx, shutdown.clone(), conns.clone());
     let task = tokio::spawn(async move {
@@ -215,5 +253,5 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         auth = config.secrets.required(),
         "qd is listening"
     );
-    Ok(RunningServer { addr, http_addr, shutdown, task })
+    Ok(RunningServer { addr, http_addr, faktory_addr, shutdown, task })
 }

@@ -14,6 +14,8 @@ mod basics;
 mod cli;
 /// kill -9 and SIGTERM of the server process: nothing acknowledged is lost.
 mod crash;
+/// `qd serve --faktory`: Faktory's protocol in raw lines, kill -9, and the `faktory` crate.
+mod faktory;
 /// A full disk: refused, never acknowledged, nothing lost.
 mod full_disk;
 /// The dashboard, /metrics and health of `qd serve --http`.
