@@ -145,11 +145,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             "W7" => {
                 let victim = spawned.take().expect("W7 runs only with --spawn");
-                scale::w7_scale(client.clone(), &queue, scale_jobs, victim).await.map(|p| {
-                    let figures = p.figures();
-                    points.push(p);
-                    figures
-                })
+                match scale::w7_scale(client.clone(), &queue, scale_jobs, victim).await {
+                    Ok(p) => {
+                        let figures = p.figures();
+                        let failed = p.drain_error.clone().map(|e| (p.duplicated, e));
+                        points.push(p);
+                        match failed {
+                            // Print what was measured, then fail the workload.
+                            Some((dups, e)) => {
+                                for f in &figures {
+                                    println!("{w} {}={}", f.name, format_value(f.value));
+                                }
+                                Err(anyhow::anyhow!("the drain after the restart failed ({dups} jobs duplicated by recovery): {e}"))
+                            }
+                            None if p_dups(&points) > 0 => Err(anyhow::anyhow!(
+                                "{} jobs were recovered twice after kill -9",
+                                p_dups(&points)
+                            )),
+                            None => Ok(figures),
+                        }
+                    }
+                    Err(e) => Err(e),
+                }
             }
             _ => unreachable!("validated above"),
         };
@@ -204,6 +221,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("a workload failed its check: {f}");
     }
     Ok(())
+}
+
+/// Duplicates found by the last W7 point.
+fn p_dups(points: &[scale::ScalePoint]) -> u64 {
+    points.last().map_or(0, |p| p.duplicated)
 }
 
 fn format_value(v: f64) -> String {

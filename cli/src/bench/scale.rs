@@ -30,6 +30,9 @@ const DRAIN_TARGET_JOBS_PER_S: f64 = 100_000.0;
 const FIRST_RESERVE_TARGET_S: f64 = 5.0;
 const DATA_DIR_TARGET: f64 = 2.0;
 
+const TARGET: RGBColor = RGBColor(230, 120, 0);
+const DARK_GREEN: RGBColor = RGBColor(0, 150, 0);
+
 /// What one W7 run measured.
 #[derive(Debug, Clone)]
 pub struct ScalePoint {
@@ -47,6 +50,10 @@ pub struct ScalePoint {
     /// Peak RSS of the restarted server during the drain.
     pub draining_rss_mib: f64,
     pub lost: u64,
+    /// Jobs present after the restart beyond those added (a job recovered twice).
+    pub duplicated: u64,
+    /// Why the drain failed, if it did: the figures before it still count.
+    pub drain_error: Option<String>,
     /// Both server processes, start to end (fill, recovery, drain).
     pub server_cpu_s: f64,
 }
@@ -64,12 +71,15 @@ impl ScalePoint {
             fig("drain_jobs_per_s", self.drain_jobs_per_s),
             fig("draining_peak_rss_mib", self.draining_rss_mib),
             fig("lost", self.lost as f64),
+            fig("duplicated", self.duplicated as f64),
             fig("server_cpu_s", self.server_cpu_s),
         ]
     }
 }
 
-/// W7 at `n` jobs on the spawned server `victim`, which it kills.
+/// W7 at `n` jobs on the spawned server `victim`, which it kills. A failed drain still
+/// returns the point (drain figures NaN, `drain_error` set): the fill and recovery figures
+/// are what the scaling table is for.
 pub async fn w7_scale(
     client: Client,
     queue: &str,
@@ -105,13 +115,21 @@ pub async fn w7_scale(
     let (present, _) = queue_counts(&client, queue).await?;
     // The acked job is no longer present.
     let lost = n.saturating_sub(present + 1);
+    let duplicated = (present + 1).saturating_sub(n);
     ensure!(lost == 0, "{lost} of {n} acknowledged jobs lost after kill -9");
 
     restarted.reset_peak_rss()?;
-    let drain_jobs_per_s = workloads::drain(&client, queue, n, "W7 drain").await?;
+    let drained = async {
+        let rate = workloads::drain(&client, queue, n, "W7 drain").await?;
+        let (left, _) = queue_counts(&client, queue).await?;
+        ensure!(left == 0, "{left} jobs still queued or active after draining all {n}");
+        Ok(rate)
+    };
+    let (drain_jobs_per_s, drain_error) = match drained.await {
+        Ok(rate) => (rate, None),
+        Err(e) => (f64::NAN, Some(format!("{e:#}"))),
+    };
     let draining_rss_mib = restarted.peak_rss_mib().context("cannot read the server's RSS")?;
-    let (left, _) = queue_counts(&client, queue).await?;
-    ensure!(left == 0, "{left} jobs still queued or active after draining all {n}");
     let server_cpu_s = first_cpu + restarted.cpu_seconds().unwrap_or(0.0);
     Ok(ScalePoint {
         jobs: n,
@@ -124,6 +142,8 @@ pub async fn w7_scale(
         drain_jobs_per_s,
         draining_rss_mib,
         lost,
+        duplicated,
+        drain_error,
         server_cpu_s,
     })
 }
@@ -148,7 +168,7 @@ pub fn table(points: &[ScalePoint]) -> String {
     );
     for p in points {
         t.push_str(&format!(
-            "| {} | {:.0} | {:.0} MiB | {:.0} MiB | {:.0} MiB | {:.0} MiB | {:.2}x | {:.2} s | {:.0} | {:.1} s | {} |\n",
+            "| {} | {:.0} | {:.0} MiB | {:.0} MiB | {:.0} MiB | {:.0} MiB | {:.2}x | {:.2} s | {} | {:.1} s | {} |\n",
             jobs_label(p.jobs as f64),
             p.enqueue_jobs_per_s,
             p.queued_rss_mib,
@@ -157,10 +177,18 @@ pub fn table(points: &[ScalePoint]) -> String {
             p.data_dir_mib,
             p.data_dir_per_payload_byte,
             p.first_reserve_s,
-            p.drain_jobs_per_s,
+            match &p.drain_error {
+                None => format!("{:.0}", p.drain_jobs_per_s),
+                Some(_) => "failed (see below)".into(),
+            },
             p.server_cpu_s,
             p.lost,
         ));
+    }
+    for p in points {
+        if let Some(e) = &p.drain_error {
+            t.push_str(&format!("\n{}: the drain failed: {e}\n", jobs_label(p.jobs as f64)));
+        }
     }
     t
 }
@@ -184,7 +212,7 @@ pub fn plot(points: &[ScalePoint], title: &str, path: &Path) -> anyhow::Result<(
             vec![
                 ("queued", BLUE, Box::new(|p: &ScalePoint| p.queued_rss_mib)),
                 ("recovering", RED, Box::new(|p: &ScalePoint| p.recovering_rss_mib)),
-                ("draining", GREEN, Box::new(|p: &ScalePoint| p.draining_rss_mib)),
+                ("draining", DARK_GREEN, Box::new(|p: &ScalePoint| p.draining_rss_mib)),
             ],
         ),
         (
@@ -193,7 +221,7 @@ pub fn plot(points: &[ScalePoint], title: &str, path: &Path) -> anyhow::Result<(
             DRAIN_TARGET_JOBS_PER_S / 1e3,
             vec![
                 ("enqueue (bulk)", BLUE, Box::new(|p: &ScalePoint| p.enqueue_jobs_per_s / 1e3)),
-                ("drain", GREEN, Box::new(|p: &ScalePoint| p.drain_jobs_per_s / 1e3)),
+                ("drain", DARK_GREEN, Box::new(|p: &ScalePoint| p.drain_jobs_per_s / 1e3)),
             ],
         ),
         (
@@ -216,6 +244,7 @@ pub fn plot(points: &[ScalePoint], title: &str, path: &Path) -> anyhow::Result<(
         let top = points
             .iter()
             .flat_map(|p| series.iter().map(move |(_, _, f)| f(p)))
+            .filter(|v| v.is_finite())
             .fold(target, f64::max)
             * 1.15;
         let mut chart = ChartBuilder::on(area)
@@ -229,20 +258,30 @@ pub fn plot(points: &[ScalePoint], title: &str, path: &Path) -> anyhow::Result<(
             .x_desc("jobs queued")
             .y_desc(unit)
             .x_label_formatter(&|x| jobs_label(*x))
+            .y_label_formatter(&|y| format!("{y}"))
             .draw()?;
-        let grey = RGBColor(150, 150, 150);
         chart
-            .draw_series(LineSeries::new([(x_lo, target), (x_hi, target)], grey.stroke_width(1)))?
-            .label("target")
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], grey));
+            .draw_series(DashedLineSeries::new(
+                [(x_lo, target), (x_hi, target)],
+                6,
+                4,
+                TARGET.stroke_width(2),
+            ))?
+            .label("target (issue 10)")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], TARGET.stroke_width(2)));
         for (name, colour, value) in &series {
             let colour = *colour;
-            let line = points.iter().map(|p| (p.jobs as f64, value(p)));
+            // A failed drain has no rate: its point is left out, not drawn at zero.
+            let line = points
+                .iter()
+                .map(|p| (p.jobs as f64, value(p)))
+                .filter(|(_, v)| v.is_finite())
+                .collect::<Vec<_>>();
             chart
-                .draw_series(LineSeries::new(line.clone(), colour.stroke_width(2)))?
+                .draw_series(LineSeries::new(line.iter().copied(), colour.stroke_width(2)))?
                 .label(*name)
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], colour));
-            chart.draw_series(line.map(|c| Circle::new(c, 3, colour.filled())))?;
+            chart.draw_series(line.iter().map(|&c| Circle::new(c, 3, colour.filled())))?;
         }
         chart
             .configure_series_labels()

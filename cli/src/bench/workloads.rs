@@ -125,6 +125,10 @@ pub async fn w1b_bulk(client: &Client, queue: &str, n: u64) -> anyhow::Result<Ve
     Ok(vec![fig("bulk_enqueue_jobs_per_s", rate)])
 }
 
+/// A drain that completes nothing for this long has failed (the W7 drains after a restart
+/// of 5M jobs once stalled for good); a benchmark that hangs reports nothing.
+const STALL: Duration = Duration::from_secs(60);
+
 /// Waits until `queue` has completed `target` jobs in total, polling stats.
 async fn wait_completed(
     client: &Client,
@@ -132,6 +136,7 @@ async fn wait_completed(
     target: u64,
     done: &AtomicU64,
 ) -> anyhow::Result<()> {
+    let (mut last, mut moved) = (0, Instant::now());
     loop {
         let stats = client.stats().await?;
         let q = stats.iter().find(|q| q.queue == queue);
@@ -140,6 +145,15 @@ async fn wait_completed(
         if completed >= target {
             return Ok(());
         }
+        if completed != last {
+            (last, moved) = (completed, Instant::now());
+        }
+        ensure!(
+            moved.elapsed() < STALL,
+            "stalled: {completed} of {target} jobs completed and none in the last {}s; \
+             the server log (run it by hand) says why",
+            STALL.as_secs()
+        );
         if let Some(q) = q {
             ensure!(q.dead == 0, "{} jobs died during a no-op drain", q.dead);
         }
