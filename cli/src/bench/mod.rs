@@ -145,28 +145,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             "W7" => {
                 let victim = spawned.take().expect("W7 runs only with --spawn");
-                match scale::w7_scale(client.clone(), &queue, scale_jobs, victim).await {
-                    Ok(p) => {
-                        let figures = p.figures();
-                        let failed = p.drain_error.clone().map(|e| (p.duplicated, e));
-                        points.push(p);
-                        match failed {
-                            // Print what was measured, then fail the workload.
-                            Some((dups, e)) => {
-                                for f in &figures {
-                                    println!("{w} {}={}", f.name, format_value(f.value));
-                                }
-                                Err(anyhow::anyhow!("the drain after the restart failed ({dups} jobs duplicated by recovery): {e}"))
-                            }
-                            None if p_dups(&points) > 0 => Err(anyhow::anyhow!(
-                                "{} jobs were recovered twice after kill -9",
-                                p_dups(&points)
-                            )),
-                            None => Ok(figures),
+                let point = scale::w7_scale(client.clone(), &queue, scale_jobs, victim).await;
+                point.and_then(|p| {
+                    let figures = p.figures();
+                    let verdict = p.verdict();
+                    points.push(p);
+                    if verdict.is_err() {
+                        // What was measured still goes out before the failure.
+                        for f in &figures {
+                            println!("{w} {}={}", f.name, format_value(f.value));
                         }
                     }
-                    Err(e) => Err(e),
-                }
+                    verdict.map(|()| figures)
+                })
             }
             _ => unreachable!("validated above"),
         };
@@ -203,7 +194,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     summary(&outcomes, &args);
     if points.len() > 1 || (!points.is_empty() && args.plot.is_some()) {
         let table = scale::table(&points);
-        eprintln!("\nW7 scaling ({} points, jobs of {} bytes):\n{table}", points.len(), scale::PAYLOAD);
+        eprintln!(
+            "\nW7 scaling ({} points, jobs of {} bytes):\n{table}",
+            points.len(),
+            scale::PAYLOAD
+        );
         if let Some(path) = &args.plot {
             let title = format!(
                 "qd W7: jobs of {} bytes queued in bulk, kill -9, restart, drain (durability {})",
@@ -221,11 +216,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("a workload failed its check: {f}");
     }
     Ok(())
-}
-
-/// Duplicates found by the last W7 point.
-fn p_dups(points: &[scale::ScalePoint]) -> u64 {
-    points.last().map_or(0, |p| p.duplicated)
 }
 
 fn format_value(v: f64) -> String {

@@ -59,6 +59,19 @@ pub struct ScalePoint {
 }
 
 impl ScalePoint {
+    /// Whether the point passed W7's checks (nothing lost was checked before the drain).
+    pub fn verdict(&self) -> anyhow::Result<()> {
+        if let Some(e) = &self.drain_error {
+            anyhow::bail!("the drain after the restart failed: {e}");
+        }
+        ensure!(
+            self.duplicated == 0,
+            "{} jobs were recovered twice after kill -9",
+            self.duplicated
+        );
+        Ok(())
+    }
+
     pub fn figures(&self) -> Vec<Figure> {
         vec![
             fig("jobs", self.jobs as f64),
@@ -86,8 +99,7 @@ pub async fn w7_scale(
     n: u64,
     mut victim: QdProcess,
 ) -> anyhow::Result<ScalePoint> {
-    let enqueue_jobs_per_s =
-        workloads::bulk_fill(&client, queue, n, PAYLOAD, "W7 enqueue").await?;
+    let enqueue_jobs_per_s = workloads::bulk_fill(&client, queue, n, PAYLOAD, "W7 enqueue").await?;
     drop(client);
     let queued_rss_mib = victim.peak_rss_mib().context("cannot read the server's RSS")?;
     let bytes = dir_size(&victim.data);
@@ -292,4 +304,56 @@ pub fn plot(points: &[ScalePoint], title: &str, path: &Path) -> anyhow::Result<(
     }
     root.present().with_context(|| format!("cannot write the plot to {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(jobs: u64, drain_error: Option<&str>) -> ScalePoint {
+        ScalePoint {
+            jobs,
+            enqueue_jobs_per_s: 200_000.0,
+            queued_rss_mib: 80.0,
+            data_dir_mib: 43.0,
+            data_dir_per_payload_byte: 2.26,
+            first_reserve_s: 0.42,
+            recovering_rss_mib: 84.0,
+            drain_jobs_per_s: if drain_error.is_some() { f64::NAN } else { 37_581.0 },
+            draining_rss_mib: 97.0,
+            lost: 0,
+            duplicated: 0,
+            drain_error: drain_error.map(str::to_owned),
+            server_cpu_s: 1.2,
+        }
+    }
+
+    #[test]
+    fn a_failed_drain_is_a_failed_point_and_says_why_in_the_table() {
+        let points = [point(100_000, None), point(10_000_000, Some("stalled"))];
+        assert!(points[0].verdict().is_ok());
+        assert!(points[1].verdict().is_err());
+        let t = table(&points);
+        assert!(t.contains("| 100k | 200000 | 80 MiB |"), "{t}");
+        assert!(t.contains("| 10M |") && t.contains("failed (see below)"), "{t}");
+        assert!(t.contains("10M: the drain failed: stalled"), "{t}");
+    }
+
+    #[test]
+    fn the_plot_is_an_svg_without_the_missing_drain_rate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scaling.svg");
+        plot(&[point(100_000, None), point(1_000_000, Some("stalled"))], "test", &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.starts_with("<svg"), "{}", &svg[..80.min(svg.len())]);
+        assert!(svg.contains("target (issue 10)") && svg.contains("1M"));
+        assert!(!svg.contains("NaN"), "a NaN rate was drawn");
+    }
+
+    #[test]
+    fn job_counts_read_as_people_say_them() {
+        assert_eq!(jobs_label(100_000.0), "100k");
+        assert_eq!(jobs_label(10_000_000.0), "10M");
+        assert_eq!(jobs_label(2_500_000.0), "2.5M");
+    }
 }
