@@ -127,21 +127,39 @@ impl QdProcess {
 
     /// User + system CPU seconds used so far.
     pub fn cpu_seconds(&self) -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
-        // Fields after the command name (which may hold spaces) start after the last ')'.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-        Some(ticks / clock_ticks())
+        cpu_seconds_of(&self.pid().to_string())
     }
 
-    /// Peak resident set size in MiB (VmHWM).
+    /// Peak resident set size in MiB (VmHWM) since start or the last [`Self::reset_peak_rss`].
     pub fn peak_rss_mib(&self) -> Option<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib / 1024.0)
+        status_mib(&self.pid().to_string(), "VmHWM:")
     }
+
+    /// Starts a new peak-RSS window: writing 5 to `clear_refs` resets VmHWM to the current
+    /// RSS (Linux 4.0+), so one process's phases (queued, draining) get a peak each.
+    pub fn reset_peak_rss(&self) -> anyhow::Result<()> {
+        let path = format!("/proc/{}/clear_refs", self.pid());
+        std::fs::write(&path, "5").with_context(|| format!("cannot reset the peak RSS ({path})"))
+    }
+}
+
+/// User + system CPU seconds a process (`self` for this one) has used so far, from
+/// `/proc/PID/stat`.
+pub fn cpu_seconds_of(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / clock_ticks())
+}
+
+/// A `kB` line of `/proc/PID/status` (`VmHWM:`, `VmRSS:`), in MiB.
+fn status_mib(pid: &str, key: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 impl Drop for QdProcess {

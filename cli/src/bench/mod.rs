@@ -1,10 +1,13 @@
 //! `qd bench`: runs the benchmark workloads through the real client against a running
 //! server (`--addr`) or a throwaway one it starts itself (`--spawn`), prints one
 //! machine-readable line per figure (`W2 drain_jobs_per_s=41234`) and a summary table, and
-//! exits non-zero when a workload's correctness check fails.
+//! exits non-zero when a workload's correctness check fails. Every workload also reports what
+//! it cost: the client's CPU seconds (this process) and, with `--spawn`, the server's, each
+//! also per job in microseconds, over the whole workload (fills included).
 //!
 //! Benchmarks are not tests: nothing here is run by `cargo test`. See docs/PERFORMANCE.md.
 
+mod scale;
 mod workloads;
 
 use std::time::{Duration, Instant};
@@ -12,12 +15,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use qd_client::Client;
 
-use crate::child::QdProcess;
+use crate::child::{cpu_seconds_of, QdProcess};
 use crate::cli::DurabilityArg;
 use workloads::{fig, Figure};
 
 /// Every workload, in the order `all` runs them.
-pub const ALL: [&str; 7] = ["W1", "W1b", "W2", "W3", "W4", "W5", "W6"];
+pub const ALL: [&str; 8] = ["W1", "W1b", "W2", "W3", "W4", "W5", "W6", "W7"];
 
 /// Options of `qd bench`.
 #[derive(Debug, clap::Args)]
@@ -31,7 +34,7 @@ pub struct BenchArgs {
     /// Durability of the spawned server (default: the server's).
     #[arg(long, value_enum, default_value_t = qd_server::config::ServerConfig::default().durability.into())]
     pub durability: DurabilityArg,
-    /// Workloads to run, comma-separated (W1,W1b,W2,W3,W4,W5,W6) or `all`.
+    /// Workloads to run, comma-separated (W1,W1b,W2,W3,W4,W5,W6,W7) or `all`.
     #[arg(long, default_value = "W1,W1b,W2,W3,W4")]
     pub workloads: String,
     /// Jobs in W1, W1b and W2.
@@ -49,6 +52,14 @@ pub struct BenchArgs {
     /// W3's duration, seconds.
     #[arg(long, default_value_t = 15)]
     pub seconds: u64,
+    /// Jobs in W7, comma-separated: W7 runs once per count, each on a fresh server
+    /// (`100000,1000000,5000000,10000000` gives the scaling points).
+    #[arg(long, value_delimiter = ',', default_value = "10000000")]
+    pub scale_jobs: Vec<u64>,
+    /// Write W7's points as an SVG plot to this file, and as a markdown table beside it
+    /// (same name, `.md`).
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
 }
 
 /// What one workload produced.
@@ -56,6 +67,17 @@ pub struct BenchArgs {
 struct Outcome {
     workload: &'static str,
     figures: Vec<Figure>,
+}
+
+/// How many jobs a workload handles, the divisor of its CPU per job.
+fn jobs_of(workload: &str, args: &BenchArgs, scale_jobs: u64) -> u64 {
+    match workload {
+        "W1" | "W1b" | "W2" => args.jobs,
+        "W3" => args.rate * args.seconds,
+        "W4" => args.retry_jobs,
+        "W5" | "W6" => args.big_jobs,
+        _ => scale_jobs,
+    }
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -76,15 +98,27 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "say where to run: --addr HOST:PORT for a running qd, or --spawn for a throwaway one"
         );
     }
-    if !args.spawn && chosen.contains(&"W6") {
-        bail!("W6 kills the server with SIGKILL; it needs --spawn");
+    for w in ["W6", "W7"] {
+        if !args.spawn && chosen.contains(&w) {
+            bail!("{w} kills the server with SIGKILL; it needs --spawn");
+        }
     }
+    ensure!(!args.scale_jobs.contains(&0), "--scale-jobs takes job counts above 0");
+    // W7 runs once per job count; everything else once.
+    let runs: Vec<(&'static str, u64)> = chosen
+        .iter()
+        .flat_map(|&w| {
+            let counts = if w == "W7" { args.scale_jobs.clone() } else { vec![0] };
+            counts.into_iter().map(move |n| (w, n))
+        })
+        .collect();
     let tmp = tempfile::tempdir().context("cannot create a temporary data dir")?;
     let exe = std::env::current_exe().context("cannot find the qd binary to spawn")?;
     let server_args = vec!["--durability".to_string(), args.durability.name().to_string()];
     let mut outcomes = Vec::new();
+    let mut points = Vec::new();
     let mut failed = None;
-    for (i, w) in chosen.iter().enumerate() {
+    for (i, &(w, scale_jobs)) in runs.iter().enumerate() {
         eprintln!("== {w}");
         let queue = format!("bench-{}-{}", w.to_lowercase(), std::process::id());
         let mut spawned = if args.spawn {
@@ -97,7 +131,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let client =
             Client::connect(&addr).await.with_context(|| format!("cannot reach qd at {addr}"))?;
         let cpu0 = spawned.as_ref().and_then(QdProcess::cpu_seconds);
-        let result = match *w {
+        let client_cpu0 = cpu_seconds_of("self");
+        let result = match w {
             "W1" => workloads::w1_enqueue(&client, &queue, args.jobs).await,
             "W1b" => workloads::w1b_bulk(&client, &queue, args.jobs).await,
             "W2" => workloads::w2_drain(&client, &queue, args.jobs).await,
@@ -107,6 +142,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "W6" => {
                 let victim = spawned.take().expect("W6 runs only with --spawn");
                 w6_restart(client.clone(), &queue, args.big_jobs, victim).await
+            }
+            "W7" => {
+                let victim = spawned.take().expect("W7 runs only with --spawn");
+                let point = scale::w7_scale(client.clone(), &queue, scale_jobs, victim).await;
+                point.and_then(|p| {
+                    let figures = p.figures();
+                    let verdict = p.verdict();
+                    points.push(p);
+                    if verdict.is_err() {
+                        // What was measured still goes out before the failure.
+                        for f in &figures {
+                            println!("{w} {}={}", f.name, format_value(f.value));
+                        }
+                    }
+                    verdict.map(|()| figures)
+                })
             }
             _ => unreachable!("validated above"),
         };
@@ -118,6 +169,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 continue;
             }
         };
+        // W6 and W7 kill the spawned server and count both processes' CPU themselves.
         if let Some(s) = &spawned {
             if let (Some(c0), Some(c1)) = (cpu0, s.cpu_seconds()) {
                 figures.push(fig("server_cpu_s", c1 - c0));
@@ -126,12 +178,40 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 figures.push(fig("server_peak_rss_mib", rss));
             }
         }
+        let jobs = jobs_of(w, &args, scale_jobs) as f64;
+        if let (Some(c0), Some(c1)) = (client_cpu0, cpu_seconds_of("self")) {
+            figures.push(fig("client_cpu_s", c1 - c0));
+            figures.push(fig("client_cpu_us_per_job", (c1 - c0) * 1e6 / jobs));
+        }
+        if let Some(server) = figures.iter().find(|f| f.name == "server_cpu_s") {
+            figures.push(fig("server_cpu_us_per_job", server.value * 1e6 / jobs));
+        }
         for f in &figures {
             println!("{w} {}={}", f.name, format_value(f.value));
         }
         outcomes.push(Outcome { workload: w, figures });
     }
     summary(&outcomes, &args);
+    if points.len() > 1 || (!points.is_empty() && args.plot.is_some()) {
+        let table = scale::table(&points);
+        eprintln!(
+            "\nW7 scaling ({} points, jobs of {} bytes):\n{table}",
+            points.len(),
+            scale::PAYLOAD
+        );
+        if let Some(path) = &args.plot {
+            let title = format!(
+                "qd W7: jobs of {} bytes queued in bulk, kill -9, restart, drain (durability {})",
+                scale::PAYLOAD,
+                args.durability.name()
+            );
+            scale::plot(&points, &title, path)?;
+            let md = path.with_extension("md");
+            std::fs::write(&md, &table)
+                .with_context(|| format!("cannot write the table to {}", md.display()))?;
+            eprintln!("wrote {} and {}", path.display(), md.display());
+        }
+    }
     if let Some(f) = failed {
         bail!("a workload failed its check: {f}");
     }
@@ -167,7 +247,7 @@ async fn w5_big_queue(
     n: u64,
     spawned: Option<&QdProcess>,
 ) -> anyhow::Result<Vec<Figure>> {
-    let enqueue = workloads::bulk_fill(client, queue, n, "W5 enqueue").await?;
+    let enqueue = workloads::bulk_fill(client, queue, n, workloads::PAYLOAD, "W5 enqueue").await?;
     let mut figures = vec![fig("enqueue_jobs_per_s", enqueue)];
     if let Some(s) = spawned {
         if let Some(rss) = s.peak_rss_mib() {
@@ -193,8 +273,9 @@ async fn w6_restart(
     n: u64,
     mut victim: QdProcess,
 ) -> anyhow::Result<Vec<Figure>> {
-    workloads::bulk_fill(&client, queue, n, "W6 fill").await?;
+    workloads::bulk_fill(&client, queue, n, workloads::PAYLOAD, "W6 fill").await?;
     drop(client);
+    let first_cpu = victim.cpu_seconds().unwrap_or(0.0);
     victim.kill9();
     eprintln!("  W6: killed the server with SIGKILL; restarting");
     let killed = Instant::now();
@@ -210,16 +291,23 @@ async fn w6_restart(
             "no job could be reserved within 10 minutes"
         );
     };
-    let stats = client.stats().await?;
-    let q = stats.iter().find(|q| q.queue == queue).context("queue missing after restart")?;
-    let present = q.ready + q.delayed + q.active;
+    let (present, _) = queue_counts(&client, queue).await?;
     let lost = n.saturating_sub(present);
     let mut figures = vec![fig("first_reserve_s", first), fig("lost", lost as f64)];
     if let Some(rss) = restarted.peak_rss_mib() {
         figures.push(fig("restarted_peak_rss_mib", rss));
     }
+    // Both processes from their start: the fill, and the recovery up to the first reserve.
+    figures.push(fig("server_cpu_s", first_cpu + restarted.cpu_seconds().unwrap_or(0.0)));
     ensure!(lost == 0, "{lost} of {n} acknowledged jobs lost after kill -9");
     Ok(figures)
+}
+
+/// A queue's jobs still present (ready + delayed + active) and its `completed_total`.
+async fn queue_counts(client: &Client, queue: &str) -> anyhow::Result<(u64, u64)> {
+    let stats = client.stats().await?;
+    let q = stats.iter().find(|q| q.queue == queue).context("queue missing after restart")?;
+    Ok((q.ready + q.delayed + q.active, q.completed_total))
 }
 
 /// Total size of the files under `dir`, in bytes.

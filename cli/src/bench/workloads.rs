@@ -1,5 +1,5 @@
-//! The workloads of the benchmark (W1 ... W6, defined in the project's WORKLOADS notes), each
-//! driven through the real client crate. Each returns the figures it measured; the caller
+//! The small workloads of the benchmark (W1 ... W4, defined in the project's WORKLOADS notes;
+//! W5 and W6 are in `mod.rs`, W7 in `scale.rs`), each driven through the real client crate. Each returns the figures it measured; the caller
 //! prints them. Correctness is checked as we go: a workload whose check fails returns an
 //! error and `qd bench` exits non-zero.
 
@@ -31,7 +31,12 @@ pub fn fig(name: &'static str, value: f64) -> Figure {
 
 /// 128 random bytes; the first 8 may be overwritten with a timestamp.
 pub fn payload() -> Vec<u8> {
-    let mut p = vec![0u8; PAYLOAD];
+    payload_of(PAYLOAD)
+}
+
+/// `len` random bytes.
+pub fn payload_of(len: usize) -> Vec<u8> {
+    let mut p = vec![0u8; len];
     rand::thread_rng().fill_bytes(&mut p);
     p
 }
@@ -89,9 +94,15 @@ pub async fn w1_enqueue(client: &Client, queue: &str, n: u64) -> anyhow::Result<
     Ok(vec![fig("enqueue_jobs_per_s", n as f64 / secs)])
 }
 
-/// Adds `n` jobs in bulk requests of 1,000, a few requests in flight.
-pub async fn bulk_fill(client: &Client, queue: &str, n: u64, label: &str) -> anyhow::Result<f64> {
-    let body = Bytes::from(payload());
+/// Adds `n` jobs of `len`-byte payloads in bulk requests of 1,000, a few requests in flight.
+pub async fn bulk_fill(
+    client: &Client,
+    queue: &str,
+    n: u64,
+    len: usize,
+    label: &str,
+) -> anyhow::Result<f64> {
+    let body = Bytes::from(payload_of(len));
     let (done, _progress) = Progress::start(label, n);
     let started = Instant::now();
     let batches = n.div_ceil(1000);
@@ -110,9 +121,13 @@ pub async fn bulk_fill(client: &Client, queue: &str, n: u64, label: &str) -> any
 
 /// W1b: 100,000 jobs in bulk requests of 1,000.
 pub async fn w1b_bulk(client: &Client, queue: &str, n: u64) -> anyhow::Result<Vec<Figure>> {
-    let rate = bulk_fill(client, queue, n, "W1b bulk enqueue").await?;
+    let rate = bulk_fill(client, queue, n, PAYLOAD, "W1b bulk enqueue").await?;
     Ok(vec![fig("bulk_enqueue_jobs_per_s", rate)])
 }
+
+/// A drain that completes nothing for this long has failed (the W7 drains after a restart
+/// of 5M jobs once stalled for good); a benchmark that hangs reports nothing.
+const STALL: Duration = Duration::from_secs(60);
 
 /// Waits until `queue` has completed `target` jobs in total, polling stats.
 async fn wait_completed(
@@ -121,6 +136,7 @@ async fn wait_completed(
     target: u64,
     done: &AtomicU64,
 ) -> anyhow::Result<()> {
+    let (mut last, mut moved) = (0, Instant::now());
     loop {
         let stats = client.stats().await?;
         let q = stats.iter().find(|q| q.queue == queue);
@@ -129,6 +145,15 @@ async fn wait_completed(
         if completed >= target {
             return Ok(());
         }
+        if completed != last {
+            (last, moved) = (completed, Instant::now());
+        }
+        ensure!(
+            moved.elapsed() < STALL,
+            "stalled: {completed} of {target} jobs completed and none in the last {}s; \
+             the server log (run it by hand) says why",
+            STALL.as_secs()
+        );
         if let Some(q) = q {
             ensure!(q.dead == 0, "{} jobs died during a no-op drain", q.dead);
         }
@@ -155,7 +180,7 @@ pub async fn drain(client: &Client, queue: &str, n: u64, label: &str) -> anyhow:
 
 /// W2: 100,000 queued jobs, drained by one worker with concurrency 64.
 pub async fn w2_drain(client: &Client, queue: &str, n: u64) -> anyhow::Result<Vec<Figure>> {
-    bulk_fill(client, queue, n, "W2 fill").await?;
+    bulk_fill(client, queue, n, PAYLOAD, "W2 fill").await?;
     let rate = drain(client, queue, n, "W2 drain").await?;
     Ok(vec![fig("drain_jobs_per_s", rate)])
 }
