@@ -428,7 +428,11 @@ impl Client {
     /// schedule's clock (its anchor and last fire), so it is safe to call at every start.
     pub async fn upsert_schedule(&self, schedule: Schedule) -> Result<ScheduleInfo, Error> {
         schedule.validate().map_err(Error::invalid)?;
-        match self.conn.call(Request::ScheduleUpsert { schedule }, Duration::ZERO).await? {
+        match self
+            .conn
+            .call(Request::ScheduleUpsert { schedule: Box::new(schedule) }, Duration::ZERO)
+            .await?
+        {
             Response::Schedules { mut schedules, .. } if schedules.len() == 1 => {
                 Ok(schedules.remove(0))
             }

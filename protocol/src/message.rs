@@ -166,7 +166,7 @@ pub enum Request {
     Resume { queue: String },
     /// Creates or replaces the named schedule. Answered `Schedules` with that one schedule
     /// (its next fire time filled in).
-    ScheduleUpsert { schedule: Schedule },
+    ScheduleUpsert { schedule: Box<Schedule> },
     /// Deletes the named schedule; jobs it already added stay. Answered `Count` (1 if it
     /// existed, else 0).
     ScheduleRemove { name: String },

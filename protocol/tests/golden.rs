@@ -547,12 +547,12 @@ fn schedule(spec: ScheduleSpec) -> Schedule {
 fn schedule_upsert() {
     let cron = schedule(ScheduleSpec::Cron { expr: "0 3 * * *".into(), tz: "UTC".into() });
     check_client(
-        &ClientFrame::Request { id: 21, body: Request::ScheduleUpsert { schedule: cron } },
+        &ClientFrame::Request { id: 21, body: Request::ScheduleUpsert { schedule: Box::new(cron) } },
         "00 00 00 2e 01 15 12 01 6e 00 09 30 20 33 20 2a 20 2a 20 2a 03 55 54 43 01 71 01 6a 00 00 00 03 01 fb e8 03 fc 80 ee 36 00 14 fb 30 75 00 00 00 00 00",
     );
     let every = schedule(ScheduleSpec::Every { every_ms: 1000 });
     check_client(
-        &ClientFrame::Request { id: 21, body: Request::ScheduleUpsert { schedule: every } },
+        &ClientFrame::Request { id: 21, body: Request::ScheduleUpsert { schedule: Box::new(every) } },
         "00 00 00 23 01 15 12 01 6e 01 fb e8 03 01 71 01 6a 00 00 00 03 01 fb e8 03 fc 80 ee 36 00 14 fb 30 75 00 00 00 00 00",
     );
 }

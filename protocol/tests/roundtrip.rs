@@ -152,7 +152,7 @@ fn admin_request() -> impl Strategy<Value = Request> {
         ids().prop_map(|ids| Request::Promote { ids }),
         q().prop_map(|queue| Request::Pause { queue }),
         q().prop_map(|queue| Request::Resume { queue }),
-        schedule().prop_map(|schedule| Request::ScheduleUpsert { schedule }),
+        schedule().prop_map(|schedule| Request::ScheduleUpsert { schedule: Box::new(schedule) }),
         q().prop_map(|name| Request::ScheduleRemove { name }),
         (proptest::option::of(q()), any::<u32>())
             .prop_map(|(after, limit)| Request::Schedules { after, limit }),

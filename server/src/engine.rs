@@ -521,7 +521,7 @@ impl Engine {
                 b.resume(now, &queue).map(|()| Response::Done).map_err(Into::into)
             }
             Request::ScheduleUpsert { schedule } => b
-                .upsert_schedule(now, schedule)
+                .upsert_schedule(now, *schedule)
                 .map(|info| Response::Schedules { schedules: vec![info], next: None })
                 .map_err(Into::into),
             Request::ScheduleRemove { name } => count(u64::from(b.remove_schedule(&name))),

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use qd_protocol::{Backoff, JobId, JobOptions};
 
 use super::pages::keys::STORE_FORMAT_VERSION;
-use super::testutil::recover_all;
+use super::testutil::{open_raw_after_drop, recover_all};
 use super::{JournalConfig, JournaledStore, SledConfig, Store};
 use crate::model::{AttemptError, JobRecord, PersistedState};
 
@@ -107,7 +107,7 @@ fn a_format3_data_dir_opens_and_recovers_every_job() {
     drop(store);
 
     // Migrated: the dir is stamped with the current format and reopens the same.
-    let db = sled::open(dir.path()).unwrap();
+    let db = open_raw_after_drop(dir.path());
     let version = db.open_tree("meta").unwrap().get("format_version").unwrap().unwrap();
     assert_eq!(version.as_ref(), STORE_FORMAT_VERSION.to_be_bytes());
     drop(db);
@@ -140,7 +140,7 @@ fn a_format4_data_dir_opens_as_it_is_and_is_restamped() {
         // No close: the second half is left in the journal (unless a checkpoint took it).
         drop(store);
     }
-    let db = sled::open(dir.path()).unwrap();
+    let db = open_raw_after_drop(dir.path());
     db.open_tree("meta").unwrap().insert("format_version", &4u32.to_be_bytes()).unwrap();
     db.flush().unwrap();
     drop(db);
@@ -150,7 +150,7 @@ fn a_format4_data_dir_opens_as_it_is_and_is_restamped() {
     assert_eq!(recover_all(&mut store).records, expected);
     store.close().unwrap();
     drop(store);
-    let db = sled::open(dir.path()).unwrap();
+    let db = open_raw_after_drop(dir.path());
     let version = db.open_tree("meta").unwrap().get("format_version").unwrap().unwrap();
     assert_eq!(version.as_ref(), STORE_FORMAT_VERSION.to_be_bytes());
 }

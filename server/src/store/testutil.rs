@@ -224,3 +224,18 @@ impl super::Store for FakeStore {
         super::StoreReader::new(self.0.clone())
     }
 }
+
+/// `sled::open` of a dir whose previous `Db` was just dropped: sled's flusher thread can
+/// hold the file lock a moment longer on a loaded machine, so retry for a while.
+pub fn open_raw_after_drop(path: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot reopen {}: {e}", path.display()),
+        }
+    }
+}

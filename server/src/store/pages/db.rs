@@ -624,21 +624,6 @@ mod tests {
         assert!(msg.contains("upgrade qd or point --data at a new directory"), "{msg}");
     }
 
-    /// `sled::open` of a dir whose previous `Db` was just dropped: sled's flusher thread can
-    /// hold the file lock a moment longer on a loaded machine, so retry for a while.
-    fn open_raw_after_drop(path: &std::path::Path) -> sled::Db {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            match sled::open(path) {
-                Ok(db) => return db,
-                Err(_) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(e) => panic!("cannot reopen {}: {e}", path.display()),
-            }
-        }
-    }
-
     /// A data dir of format 1 (one sled key per job, before pages) is refused with what to
     /// do about it; nothing in it is touched.
     #[test]
@@ -661,7 +646,7 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("format version 1"), "{msg}");
         assert!(msg.contains("move it aside"), "{msg}");
-        let db = open_raw_after_drop(dir.path());
+        let db = crate::store::testutil::open_raw_after_drop(dir.path());
         assert_eq!(db.open_tree("jobs").unwrap().len(), 1, "the old data is left alone");
     }
 
@@ -687,7 +672,7 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("format version 2"), "{msg}");
         assert!(msg.contains("move it aside"), "{msg}");
-        let db = open_raw_after_drop(dir.path());
+        let db = crate::store::testutil::open_raw_after_drop(dir.path());
         assert_eq!(db.open_tree(PAGES_TREE).unwrap().len(), 1, "the old data is left alone");
     }
 
