@@ -134,7 +134,8 @@ async fn a_permanent_error_recovered_from_does_not_dead_letter() {
         Worker::new(client(&fake).await, "jobs").reserve_timeout(Duration::from_millis(100));
     let run = tokio::spawn(worker.run(shutdown.clone(), |_ctx: JobContext| async move {
         let primary: Result<(), JobError> = Err(permanent(anyhow!("primary mailbox gone")));
-        let _recovered = primary.or_else(|_| Ok::<(), JobError>(()))?; // fell back
+        let mailbox = primary.map(|()| "primary").or_else(|_| Ok::<_, JobError>("fallback"))?;
+        assert_eq!(mailbox, "fallback");
         Err(anyhow!("smtp timeout").into())
     }));
     eventually("1 nack", || fake.with(|r| r.nacked.len()) == 1).await;
