@@ -3,14 +3,16 @@
 //! An HTTP-ish "signup handler" adds a `welcome` job (3 attempts, exponential backoff) and
 //! answers at once; a worker with concurrency 5 sends the (simulated) email. Some sends fail
 //! at random: they are retried after a backoff, and a job that fails three times lands in
-//! the queue's dead set, where an operator can look at it.
+//! the queue's dead set, where an operator can look at it. A mailbox that does not exist is
+//! a permanent failure: dead-lettered at once, without the retries.
 //!
 //! Run a server (`cargo run --release -p qd -- serve`) and then:
 //! `cargo run -p qd-client --example signup`
 
 use std::time::Duration;
 
-use qd_client::{Backoff, Client, Job, LeasedJob, LeasedJobExt, Worker};
+use anyhow::anyhow;
+use qd_client::{Backoff, Client, Job, JobContext, JobError, LeasedJobExt, Outcome, Worker};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -32,17 +34,20 @@ async fn signup_handler(client: &Client, user_id: u64) -> Result<String, qd_clie
 
 /// What the worker does with each job: pretend to talk to an SMTP server that sometimes
 /// times out.
-async fn send_welcome(job: LeasedJob) -> Result<(), String> {
-    let welcome: Welcome = job.json().map_err(|e| e.to_string())?;
+async fn send_welcome(ctx: JobContext) -> Result<Outcome, JobError> {
+    // A payload that does not parse never will: no point retrying it.
+    let welcome: Welcome = ctx.json().map_err(JobError::permanent)?;
     tokio::time::sleep(Duration::from_millis(20)).await;
-    if welcome.user_id % 4 == 0 && job.attempt < 3 {
-        return Err(format!("smtp timeout sending to {} (try {})", welcome.email, job.attempt));
+    if welcome.user_id % 4 == 0 && ctx.attempt < 3 {
+        // `?` (or `.into()`) on an ordinary error: retried after the backoff.
+        let e = anyhow!("smtp timeout sending to {} (try {})", welcome.email, ctx.attempt);
+        return Err(e.into());
     }
     if welcome.user_id % 10 == 7 {
-        return Err(format!("mailbox {} does not exist", welcome.email));
+        return Err(JobError::permanent(anyhow!("mailbox {} does not exist", welcome.email)));
     }
-    println!("sent welcome mail to {} on try {}", welcome.email, job.attempt);
-    Ok(())
+    println!("sent welcome mail to {} on try {}", welcome.email, ctx.attempt);
+    Ok(Outcome::Done)
 }
 
 #[tokio::main]

@@ -8,12 +8,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use qd_protocol::message::{LeaseRef, NackOutcome, Welcome};
 use qd_protocol::schedule::validate_schedule_name;
 use qd_protocol::{
     validate_lease, validate_queue_name, Cursor, JobDetail, JobId, JobState, JobSummary, LeasedJob,
     QueueInfo, QueueStats, Request, Response, RetryHint, Role, Schedule, ScheduleInfo, SearchQuery,
-    WireError, MAX_ERROR_TEXT,
+    WireError, MAX_ERROR_TEXT, MAX_PROGRESS,
 };
 use serde::Serialize;
 
@@ -285,6 +286,33 @@ impl Client {
         match self.conn.call(body, Duration::ZERO).await? {
             Response::Touched { lease_deadline_ms } => Ok(lease_deadline_ms),
             other => Err(unexpected("Touched", &other)),
+        }
+    }
+
+    /// Puts a leased job back to run `delay` from now without using an attempt (the lease
+    /// ends; no failure is recorded). Returns the job's new run time in unix ms.
+    pub async fn snooze(&self, job: &impl AsLease, delay: Duration) -> Result<u64, Error> {
+        let body = Request::Snooze { lease: job.lease(), delay_ms: millis(delay) };
+        match self.conn.call(body, Duration::ZERO).await? {
+            Response::Nacked { outcome: NackOutcome::Retrying { run_at_ms } } => Ok(run_at_ms),
+            other => Err(unexpected("Nacked", &other)),
+        }
+    }
+
+    /// Reports a running job's progress (a number or small JSON, at most
+    /// [`qd_protocol::MAX_PROGRESS`] bytes), shown to operators in the job's detail until the
+    /// try ends. Each report replaces the previous one.
+    pub async fn progress(&self, job: &impl AsLease, progress: Bytes) -> Result<(), Error> {
+        if progress.len() > MAX_PROGRESS {
+            return Err(Error::invalid_arg(format!(
+                "progress is {} bytes; report at most {MAX_PROGRESS} (a number or a small JSON object)",
+                progress.len()
+            )));
+        }
+        let body = Request::Progress { lease: job.lease(), progress };
+        match self.conn.call(body, Duration::ZERO).await? {
+            Response::Done => Ok(()),
+            other => Err(unexpected("Done", &other)),
         }
     }
 

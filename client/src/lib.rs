@@ -4,8 +4,10 @@
 //! This crate owns the client side of a connection: one TCP socket per [`Client`] (shared by
 //! its clones), requests pipelined on it and matched to answers by id, reconnecting when it
 //! drops, with the handshake and keepalive (`connection.rs`); TLS (`tls.rs`); the typed
-//! requests (`client.rs`); the [`Job`] builder (`job.rs`); the [`Worker`] loop (`worker.rs`); and [`Error`] (`error.rs`). The wire
-//! format itself is `qd_protocol`'s, re-exported here where an API needs its types.
+//! requests (`client.rs`); the [`Job`] builder (`job.rs`); the [`Worker`] loop (`worker.rs`),
+//! what its handlers get ([`JobContext`], `context.rs`) and return ([`Outcome`],
+//! [`JobError`], `outcome.rs`); and [`Error`] (`error.rs`). The wire format itself is
+//! `qd_protocol`'s, re-exported here where an API needs its types.
 //!
 //! # Producer
 //!
@@ -30,8 +32,14 @@
 //!
 //! # Worker
 //!
+//! A handler gets a [`JobContext`] (the job, progress reports, a cancellation token) and says
+//! what happened with `Result<`[`Outcome`]`, `[`JobError`]`>`; `?` on an ordinary error
+//! means "retry after the backoff". [`Worker::run_simple`] takes the plain
+//! `|job| -> Result<(), E>` form.
+//!
 //! ```no_run
-//! use qd_client::{Client, LeasedJob, LeasedJobExt, Worker};
+//! use std::time::Duration;
+//! use qd_client::{Client, JobContext, JobError, LeasedJobExt, Outcome, Worker};
 //! use tokio_util::sync::CancellationToken;
 //!
 //! #[derive(serde::Deserialize)]
@@ -40,15 +48,16 @@
 //! # async fn worker() -> Result<(), qd_client::Error> {
 //! let client = Client::builder("127.0.0.1:7700").name("mailer").connect().await?;
 //! let shutdown = CancellationToken::new();
-//! // e.g. cancel `shutdown` on SIGTERM; `run` then finishes running jobs and returns.
+//! // e.g. cancel `shutdown` on SIGTERM; `run` then lets running jobs finish and returns.
 //! Worker::new(client, "emails")
 //!     .concurrency(5)
+//!     .timeout(Duration::from_secs(30))
 //!     .on_failed(|job, err, will_retry| eprintln!("job {} failed: {err} (retry: {will_retry})", job.id))
-//!     .run(shutdown, |job: LeasedJob| async move {
+//!     .run(shutdown, |ctx: JobContext| async move {
 //!         // A payload that does not parse will never parse: don't retry it.
-//!         let msg: Welcome = job.json().map_err(qd_client::permanent)?;
+//!         let msg: Welcome = ctx.json().map_err(JobError::permanent)?;
 //!         println!("sending welcome to {}", msg.to);
-//!         Ok::<(), qd_client::Permanent>(())
+//!         Ok(Outcome::Done)
 //!     })
 //!     .await
 //! # }
@@ -85,21 +94,30 @@
 
 mod client;
 mod connection;
+mod context;
 mod error;
 mod job;
+mod outcome;
 mod tls;
 mod worker;
 
 pub use crate::client::{Client, ClientBuilder, JobPage, SECRET_ENV};
+pub use crate::context::{CancelReason, JobContext};
 pub use crate::error::Error;
 pub use crate::job::{AsLease, Backoff, Job, LeasedJobExt};
+pub use crate::outcome::{permanent, JobError, Outcome};
 pub use crate::tls::TlsOptions;
-pub use crate::worker::{permanent, Permanent, Worker};
+pub use crate::worker::Worker;
 
 pub use qd_protocol::message::{LeaseRef, NackOutcome, Welcome};
 pub use qd_protocol::{
     Cursor, ErrorCode, JobDetail, JobFailure, JobId, JobState, JobSummary, LeasedJob, MinuteCounts,
     NewJob, QueueInfo, QueueStats, RetryHint, Role, Schedule, ScheduleInfo, ScheduleSpec,
-    SearchQuery, WireError,
+    SearchQuery, WireError, MAX_ERROR_TEXT, MAX_PROGRESS,
 };
 pub use tokio_util::sync::CancellationToken;
+
+/// The README's Rust examples, compiled as doc tests so that they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeExamples;

@@ -1,6 +1,8 @@
 //! [`Worker`]: runs a handler for each job of some queues, with bounded concurrency, lease
-//! heartbeats, batched acks, and graceful shutdown; [`Permanent`] / [`permanent`] let a
-//! handler say "do not retry".
+//! heartbeats, per-job timeouts, batched acks, and graceful shutdown. A handler gets a
+//! [`JobContext`] and returns `Result<`[`Outcome`]`, `[`JobError`]`>` ([`Worker::run`]), or,
+//! in the simple form, gets the [`LeasedJob`] and returns `Result<(), E>`
+//! ([`Worker::run_simple`]).
 //!
 //! Tasks and who owns what:
 //! - `run` itself is the reserve loop. It holds a semaphore of `concurrency` slots; it
@@ -8,18 +10,29 @@
 //!   its slot to a job task. So at most `concurrency` handlers run, and a worker never
 //!   leases a job it has no slot for (a leased job waiting in memory would burn its lease).
 //! - A job task (one per job, in a `TaskTracker`) spawns the handler in a task of its own
-//!   (so a panic is caught as a `JoinError`), touches the lease while the handler runs, then
-//!   nacks the job itself, or passes it to the ack task. Its slot is freed when it is done.
+//!   (so a panic is caught as a `JoinError`, and a hung handler can be aborted), touches the
+//!   lease while the handler runs, watches the try's timeout and the worker's shutdown, then
+//!   snoozes or nacks the job itself, or passes it to the ack task. Its slot is freed when
+//!   it is done.
 //! - The ack task drains a channel of finished jobs and acks everything queued in one
 //!   `ack_many`: acks are the hot path, and while one batch is on the wire the next fills.
 //!
+//! Cancellation: the job task cancels the handler's [`JobContext::cancelled`] token when the
+//! lease is lost (a touch answered `LeaseLost` or `NotFound`), when the try's timeout runs
+//! out, or when the worker shuts down, and from then on gives the handler a grace period
+//! (`timeout_grace`, or `shutdown_grace` at shutdown) to return before it aborts it. An
+//! aborted try is settled by its reason: a timeout is a failed try ("timed out after ...",
+//! retried through the backoff); at shutdown the job is snoozed with no delay, so it runs
+//! again at once elsewhere without using an attempt (the handler did not fail; the worker
+//! left); with the lease lost there is nothing to send.
+//!
 //! Shutdown: when the token fires, the reserve loop stops (a reserve already on the wire is
 //! awaited and its jobs run: dropping it would leave them leased to nobody until their lease
-//! expired, each costing an attempt), the tracker is waited on, then the ack channel closes
-//! and the ack task sends what is left. `run` returns after the last ack was answered.
+//! expired, each costing an attempt), every handler's token is cancelled, the tracker is
+//! waited on (at most `shutdown_grace` per handler, then it is aborted), then the ack channel
+//! closes and the ack task sends what is left. `run` returns after the last ack was answered.
 
 use std::any::Any;
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -29,12 +42,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use qd_protocol::message::NackOutcome;
 use qd_protocol::{validate_queue_name, ErrorCode, LeasedJob, RetryHint};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::client::Client;
+use crate::context::{CancelReason, JobContext};
 use crate::error::Error;
+use crate::job::millis;
+use crate::outcome::{JobError, Outcome};
 
 /// Most acks sent in one request.
 const ACK_BATCH: usize = 1024;
@@ -44,60 +61,6 @@ const MIN_TOUCH_EVERY: Duration = Duration::from_millis(50);
 /// Pause after a failed reserve: starts here, doubles, stops at the cap.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_CAP: Duration = Duration::from_secs(5);
-
-tokio::task_local! {
-    /// Set by [`permanent`] inside a handler's task, so that a permanent error is noticed
-    /// however the handler wraps it afterwards (`anyhow`, `Box<dyn Error>`, its own enum).
-    static PERMANENT_CALLED: Cell<bool>;
-}
-
-/// A handler error meaning "this job will never succeed": the job is dead-lettered at once
-/// ([`RetryHint::Never`]) instead of retried. Make one with [`permanent`].
-///
-/// ```
-/// # async fn f(job: qd_protocol::LeasedJob) -> anyhow::Result<()> {
-/// use qd_client::LeasedJobExt;
-/// let to: String = job.json().map_err(qd_client::permanent)?; // bad payload: retrying won't help
-/// # let _ = to; Ok(())
-/// # }
-/// ```
-///
-/// It is recognised when the handler returns it directly, inside a `Box<dyn Error>`
-/// (anywhere in the `source()` chain), or, through any wrapping (`anyhow::Error`,
-/// `.context()`), whenever [`permanent`] was called in the handler's task during this try.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Permanent {
-    message: String,
-}
-
-impl Permanent {
-    /// Same as [`permanent`].
-    pub fn new(error: impl fmt::Display) -> Self {
-        // Outside a handler (no task-local) there is nothing to mark; the value itself is
-        // still recognised when returned directly or boxed.
-        let _ = PERMANENT_CALLED.try_with(|c| c.set(true));
-        Permanent { message: error.to_string() }
-    }
-
-    /// The error text, as it will be recorded with the job.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-}
-
-impl fmt::Display for Permanent {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Permanent {}
-
-/// Marks a handler error as permanent: the job goes to the dead set now, not after its
-/// remaining attempts. See [`Permanent`].
-pub fn permanent(error: impl fmt::Display) -> Permanent {
-    Permanent::new(error)
-}
 
 type CompletedHook = Arc<dyn Fn(&LeasedJob) + Send + Sync>;
 type FailedHook = Arc<dyn Fn(&LeasedJob, &str, bool) + Send + Sync>;
@@ -109,6 +72,9 @@ pub struct Worker {
     queues: Vec<String>,
     concurrency: usize,
     reserve_timeout: Duration,
+    timeout: Option<Duration>,
+    timeout_grace: Duration,
+    shutdown_grace: Duration,
     on_completed: Option<CompletedHook>,
     on_failed: Option<FailedHook>,
 }
@@ -119,6 +85,9 @@ impl fmt::Debug for Worker {
             .field("queues", &self.queues)
             .field("concurrency", &self.concurrency)
             .field("reserve_timeout", &self.reserve_timeout)
+            .field("timeout", &self.timeout)
+            .field("timeout_grace", &self.timeout_grace)
+            .field("shutdown_grace", &self.shutdown_grace)
             .finish_non_exhaustive()
     }
 }
@@ -131,6 +100,9 @@ impl Worker {
             queues: vec![queue.to_owned()],
             concurrency: 1,
             reserve_timeout: Duration::from_secs(5),
+            timeout: None,
+            timeout_grace: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(25),
             on_completed: None,
             on_failed: None,
         }
@@ -155,6 +127,30 @@ impl Worker {
         self
     }
 
+    /// How long one try may run when its job does not say (see
+    /// [`Job::timeout`](crate::Job::timeout)); default: no limit. When it runs out the
+    /// handler's token is cancelled, and after [`Worker::timeout_grace`] the handler is
+    /// aborted and the try fails with "timed out after ...".
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// How long a handler has to return after its token was cancelled for a timeout or a
+    /// lost lease, before it is aborted (default 2 s).
+    pub fn timeout_grace(mut self, grace: Duration) -> Self {
+        self.timeout_grace = grace;
+        self
+    }
+
+    /// How long running handlers have to finish after shutdown began (their tokens are
+    /// cancelled at once) before they are aborted and their jobs put back without using an
+    /// attempt (default 25 s).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
     /// Called after a job's ack was confirmed by the server.
     pub fn on_completed(mut self, f: impl Fn(&LeasedJob) + Send + Sync + 'static) -> Self {
         self.on_completed = Some(Arc::new(f));
@@ -164,28 +160,35 @@ impl Worker {
     /// Called once per failed try with the error text and whether the job will be tried
     /// again (from the server's answer to the nack; a best guess when that answer was lost).
     /// Also called when a handler succeeded but its ack failed (the lease was lost, so the
-    /// job will run again).
+    /// job will run again), and when a try was abandoned (lease lost, shutdown).
     pub fn on_failed(mut self, f: impl Fn(&LeasedJob, &str, bool) + Send + Sync + 'static) -> Self {
         self.on_failed = Some(Arc::new(f));
         self
     }
 
     /// Runs `handler` for every job until `shutdown` is cancelled, then waits for running
-    /// handlers and their acks, and returns `Ok`.
+    /// handlers (at most [`Worker::shutdown_grace`]) and their acks, and returns `Ok`.
     ///
-    /// `Ok(())` acks the job; `Err(e)` nacks it with `e`'s `Display` text and the job's
-    /// backoff, or dead-letters it when `e` is [`Permanent`]; a panic counts as a failure
-    /// ("handler panicked: ..."). While a handler runs, its lease is extended every third of
-    /// the lease. Connection trouble is logged and retried, not returned: jobs held when the
-    /// connection dropped go back to the queue, and their acks fail (logged).
+    /// What the handler returns decides what becomes of the job:
+    /// - `Ok(Outcome::Done)`: acked.
+    /// - `Ok(Outcome::Snooze(d))`: put back to run after `d`, no attempt used.
+    /// - `Err(JobError::Retry(e))` (what `?` gives): nacked with `e`'s whole chain as the
+    ///   error text; retried after the job's backoff while attempts remain.
+    /// - `Err(JobError::RetryAfter(d, e))`: the same, retried after `d`.
+    /// - `Err(JobError::Permanent(e))`: dead-lettered now.
+    /// - a panic: a failed try ("handler panicked: ..."), retried.
+    /// - running past its timeout: a failed try ("timed out after ..."), retried.
+    ///
+    /// While a handler runs, its lease is extended every third of the lease. Connection
+    /// trouble is logged and retried, not returned: jobs held when the connection dropped go
+    /// back to the queue, and their acks fail (logged).
     ///
     /// Returns `Err` only for errors that retrying cannot fix: invalid queue names or
     /// settings, a server refusing this client.
-    pub async fn run<F, Fut, E>(self, shutdown: CancellationToken, handler: F) -> Result<(), Error>
+    pub async fn run<F, Fut>(self, shutdown: CancellationToken, handler: F) -> Result<(), Error>
     where
-        F: Fn(LeasedJob) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), E>> + Send + 'static,
-        E: fmt::Display + 'static,
+        F: Fn(JobContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Outcome, JobError>> + Send + 'static,
     {
         if self.queues.is_empty() {
             return Err(Error::invalid_arg("worker has no queues; name at least one"));
@@ -207,6 +210,11 @@ impl Worker {
         let handler = Arc::new(handler);
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let tracker = TaskTracker::new();
+        let limits = Limits {
+            timeout: self.timeout,
+            timeout_grace: self.timeout_grace,
+            shutdown_grace: self.shutdown_grace,
+        };
         let mut pause = RETRY_FIRST;
         tracing::info!(queues = ?self.queues, concurrency = self.concurrency, "worker started");
 
@@ -243,6 +251,8 @@ impl Worker {
                             acks: ack_tx.clone(),
                             hooks: hooks.clone(),
                             handler: handler.clone(),
+                            limits,
+                            shutdown: shutdown.clone(),
                         };
                         tracker.spawn(run_job(task).instrument(span));
                     }
@@ -271,6 +281,45 @@ impl Worker {
         }
         tracing::info!("worker stopped");
         outcome
+    }
+
+    /// The simple form of [`Worker::run`]: the handler gets the [`LeasedJob`] and returns
+    /// `Ok(())` (ack) or `Err(e)` (a failed try, retried through the backoff, with
+    /// `format!("{e:#}")` as its text: an `anyhow::Error`'s whole chain). There is no way to
+    /// dead-letter, snooze or see cancellation from here; use `run` for those.
+    ///
+    /// ```no_run
+    /// # async fn f(worker: qd_client::Worker, shutdown: qd_client::CancellationToken) -> Result<(), qd_client::Error> {
+    /// worker
+    ///     .run_simple(shutdown, |job: qd_client::LeasedJob| async move {
+    ///         println!("job {}", job.id);
+    ///         anyhow::Ok(())
+    ///     })
+    ///     .await
+    /// # }
+    /// ```
+    pub async fn run_simple<F, Fut, E>(
+        self,
+        shutdown: CancellationToken,
+        handler: F,
+    ) -> Result<(), Error>
+    where
+        F: Fn(LeasedJob) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: fmt::Display + 'static,
+    {
+        self.run(shutdown, move |ctx: JobContext| {
+            let fut = handler(ctx.job().clone());
+            async move {
+                // Turned into text right here, so `E` need not be `Send` (a plain
+                // `Box<dyn Error>` works).
+                match fut.await {
+                    Ok(()) => Ok(Outcome::Done),
+                    Err(e) => Err(JobError::Retry(anyhow::Error::msg(format!("{e:#}")))),
+                }
+            }
+        })
+        .await
     }
 }
 
@@ -320,81 +369,183 @@ struct JobTask<F> {
     acks: mpsc::Sender<LeasedJob>,
     hooks: Hooks,
     handler: Arc<F>,
+    limits: Limits,
+    /// The worker's shutdown token: cancels the handler's token, then aborts it after
+    /// `shutdown_grace`.
+    shutdown: CancellationToken,
 }
 
-/// How a handler failed.
-struct Failure {
-    text: String,
-    permanent: bool,
+/// The worker's time limits on one try.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    timeout: Option<Duration>,
+    timeout_grace: Duration,
+    shutdown_grace: Duration,
 }
 
-async fn run_job<F, Fut, E>(task: JobTask<F>)
+impl Limits {
+    /// The job's own timeout, else the worker's.
+    fn timeout_for(&self, job: &LeasedJob) -> Option<Duration> {
+        job.timeout_ms.map(Duration::from_millis).or(self.timeout)
+    }
+}
+
+/// How a try ended, as the job task settles it.
+enum Settle {
+    Ack,
+    Snooze(Duration),
+    Nack {
+        text: String,
+        retry: RetryHint,
+    },
+    /// The lease is gone: nothing to send; the server delivers the job again.
+    Abandon {
+        text: String,
+    },
+}
+
+async fn run_job<F, Fut>(task: JobTask<F>)
 where
-    F: Fn(LeasedJob) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), E>> + Send + 'static,
-    E: fmt::Display + 'static,
+    F: Fn(JobContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Outcome, JobError>> + Send + 'static,
 {
-    let JobTask { client, job, slot, acks, hooks, handler } = task;
-    let fut = handler(job.clone());
-    // The error is turned into text inside the handler's task, right where it is produced,
-    // so `E` need not be `Send` (a plain `Box<dyn Error>` works).
-    let mut handle = tokio::spawn(PERMANENT_CALLED.scope(Cell::new(false), async move {
-        let result = fut.await;
-        let called = PERMANENT_CALLED.with(Cell::get);
-        result.map_err(|e| Failure { text: e.to_string(), permanent: called || is_permanent(&e) })
-    }));
+    let JobTask { client, job, slot, acks, hooks, handler, limits, shutdown } = task;
+    let ctx = JobContext::new(client.clone(), job.clone());
+    let mut handle = tokio::spawn(handler(ctx.clone()));
 
+    let started = Instant::now();
+    let timeout = limits.timeout_for(&job);
+    let mut timeout_at = timeout.map(|t| started + t);
+    // Set once the handler's token is cancelled: when it is aborted if still running.
+    let mut abort_at: Option<Instant> = None;
     let mut deadline = job.lease_deadline_ms;
     let mut heartbeat = true;
+    let mut watching_shutdown = true;
     let joined = loop {
         tokio::select! {
-            joined = &mut handle => break joined,
+            joined = &mut handle => break Some(joined),
             _ = tokio::time::sleep(touch_every(deadline)), if heartbeat => {
                 match client.touch(&job, None).await {
                     Ok(d) => deadline = d,
-                    Err(e) if e.is_lease_lost() => {
+                    Err(e) if e.is_lease_lost() || e.code() == Some(ErrorCode::NotFound) => {
                         tracing::warn!(id = job.id, queue = %job.queue, "lease lost while the handler runs; the job will be delivered again and this run's ack will fail");
                         heartbeat = false;
+                        cancel(&ctx, CancelReason::LeaseLost, limits.timeout_grace, &mut abort_at);
                     }
                     Err(e) => tracing::warn!(id = job.id, error = %e, "could not extend the lease; will try again"),
                 }
             }
+            _ = sleep_until(timeout_at) => {
+                timeout_at = None;
+                let after = timeout.unwrap_or_default();
+                tracing::warn!(id = job.id, "handler ran past its timeout of {after:?}; cancelling it");
+                cancel(&ctx, CancelReason::TimedOut(after), limits.timeout_grace, &mut abort_at);
+            }
+            _ = shutdown.cancelled(), if watching_shutdown => {
+                watching_shutdown = false;
+                cancel(&ctx, CancelReason::ShuttingDown, limits.shutdown_grace, &mut abort_at);
+            }
+            _ = sleep_until(abort_at) => {
+                handle.abort();
+                break None;
+            }
         }
     };
 
-    let failure = match joined {
-        Ok(Ok(())) => None,
-        Ok(Err(f)) => Some(f),
-        Err(e) if e.is_panic() => Some(Failure {
-            text: format!("handler panicked: {}", panic_text(e.into_panic())),
-            permanent: false,
-        }),
-        Err(e) => {
-            Some(Failure { text: format!("handler task was cancelled: {e}"), permanent: false })
+    let settle = match joined {
+        Some(Ok(Ok(Outcome::Done))) => Settle::Ack,
+        Some(Ok(Ok(Outcome::Snooze(d)))) => Settle::Snooze(d),
+        Some(Ok(Err(e))) => {
+            let retry = match &e {
+                JobError::Retry(_) => RetryHint::Backoff,
+                JobError::RetryAfter(d, _) => RetryHint::After { delay_ms: millis(*d) },
+                JobError::Permanent(_) => RetryHint::Never,
+            };
+            Settle::Nack { text: e.text(), retry }
         }
+        Some(Err(e)) if e.is_panic() => Settle::Nack {
+            text: format!("handler panicked: {}", panic_text(e.into_panic())),
+            retry: RetryHint::Backoff,
+        },
+        Some(Err(e)) => Settle::Nack {
+            text: format!("handler task was cancelled: {e}"),
+            retry: RetryHint::Backoff,
+        },
+        None => match ctx.cancel_reason() {
+            Some(CancelReason::TimedOut(after)) => Settle::Nack {
+                text: format!(
+                    "timed out after {after:?}; the handler did not return within {:?} of being cancelled",
+                    limits.timeout_grace
+                ),
+                retry: RetryHint::Backoff,
+            },
+            Some(CancelReason::ShuttingDown) => Settle::Snooze(Duration::ZERO),
+            _ => Settle::Abandon {
+                text: "lease lost; the handler was aborted and the job will be delivered again"
+                    .to_owned(),
+            },
+        },
     };
-    match failure {
-        None => {
+    // A settled try needs no more cancelling; dropping the context is enough.
+    drop(ctx);
+    match settle {
+        Settle::Ack => {
             // Free the slot first: the next job may start while this ack waits for a batch.
             drop(slot);
             if let Err(mpsc::error::SendError(job)) = acks.send(job).await {
                 tracing::error!(id = job.id, "ack task is gone; the job will run again");
             }
         }
-        Some(f) => {
-            let retry = if f.permanent { RetryHint::Never } else { RetryHint::Backoff };
-            tracing::debug!(id = job.id, error = %f.text, permanent = f.permanent, "handler failed");
-            let will_retry = match client.nack(&job, f.text.clone(), retry).await {
+        Settle::Snooze(delay) => {
+            let aborted = delay.is_zero() && shutdown.is_cancelled();
+            match client.snooze(&job, delay).await {
+                Ok(_) => tracing::debug!(id = job.id, "snoozed for {delay:?}"),
+                Err(e) => {
+                    tracing::warn!(id = job.id, error = %e, "snooze failed; the server retries the job when its lease runs out")
+                }
+            }
+            if aborted {
+                hooks.failed(
+                    &job,
+                    "worker shut down before the handler returned; the job was put back without using an attempt",
+                    true,
+                );
+            }
+            drop(slot);
+        }
+        Settle::Nack { text, retry } => {
+            tracing::debug!(id = job.id, error = %text, ?retry, "handler failed");
+            let will_retry = match client.nack(&job, text.clone(), retry).await {
                 Ok(NackOutcome::Retrying { .. }) => true,
                 Ok(NackOutcome::Dead) => false,
                 Err(e) => {
                     tracing::warn!(id = job.id, error = %e, "nack failed; the server retries the job when its lease runs out");
-                    !f.permanent && job.attempt < job.max_attempts
+                    retry != RetryHint::Never && job.attempt < job.max_attempts
                 }
             };
-            hooks.failed(&job, &f.text, will_retry);
+            hooks.failed(&job, &text, will_retry);
             drop(slot);
         }
+        Settle::Abandon { text } => {
+            hooks.failed(&job, &text, retry_guess(&job));
+            drop(slot);
+        }
+    }
+}
+
+/// Cancels the handler's token for `reason` and sets when it is aborted, keeping an earlier
+/// abort time if there is one.
+fn cancel(ctx: &JobContext, reason: CancelReason, grace: Duration, abort_at: &mut Option<Instant>) {
+    ctx.cancel(reason);
+    let at = Instant::now() + grace;
+    *abort_at = Some(abort_at.map_or(at, |t| t.min(at)));
+}
+
+/// Sleeps until `at`, or forever when there is no `at`.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -442,32 +593,6 @@ fn touch_every(deadline_ms: u64) -> Duration {
     Duration::from_millis(deadline_ms.saturating_sub(now_ms) / 3).max(MIN_TOUCH_EVERY)
 }
 
-/// Is `e` a [`Permanent`], directly or in a boxed error's source chain?
-fn is_permanent<E: 'static>(e: &E) -> bool {
-    let any = e as &dyn Any;
-    if any.is::<Permanent>() {
-        return true;
-    }
-    let boxed: Option<&(dyn std::error::Error + 'static)> =
-        if let Some(b) = any.downcast_ref::<Box<dyn std::error::Error + Send + Sync>>() {
-            Some(&**b)
-        } else if let Some(b) = any.downcast_ref::<Box<dyn std::error::Error + Send>>() {
-            Some(&**b)
-        } else if let Some(b) = any.downcast_ref::<Box<dyn std::error::Error>>() {
-            Some(&**b)
-        } else {
-            None
-        };
-    let mut cur = boxed;
-    while let Some(err) = cur {
-        if err.is::<Permanent>() {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
-
 fn panic_text(payload: Box<dyn Any + Send>) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
@@ -483,22 +608,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn permanent_is_found_directly_and_in_boxes() {
-        assert!(is_permanent(&Permanent::new("x")));
-        let b: Box<dyn std::error::Error> = Box::new(Permanent::new("x"));
-        assert!(is_permanent(&b));
-        let b: Box<dyn std::error::Error + Send + Sync> = Box::new(Permanent::new("x"));
-        assert!(is_permanent(&b));
-        let b: Box<dyn std::error::Error> = "plain".into();
-        assert!(!is_permanent(&b));
-        assert!(!is_permanent(&"text"));
-    }
-
-    #[test]
     fn touch_interval_is_a_third_of_what_is_left() {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
         let d = touch_every(now + 30_000);
         assert!(d <= Duration::from_secs(10) && d > Duration::from_secs(9), "{d:?}");
         assert_eq!(touch_every(now.saturating_sub(5)), MIN_TOUCH_EVERY);
+    }
+
+    #[test]
+    fn the_job_timeout_wins_over_the_worker_timeout() {
+        let limits = Limits {
+            timeout: Some(Duration::from_secs(9)),
+            timeout_grace: Duration::ZERO,
+            shutdown_grace: Duration::ZERO,
+        };
+        let mut job = LeasedJob::new(1, "q", "n", bytes::Bytes::new(), 1, 0);
+        assert_eq!(limits.timeout_for(&job), Some(Duration::from_secs(9)));
+        job.timeout_ms = Some(250);
+        assert_eq!(limits.timeout_for(&job), Some(Duration::from_millis(250)));
+        let none = Limits { timeout: None, ..limits };
+        job.timeout_ms = None;
+        assert_eq!(none.timeout_for(&job), None);
     }
 }

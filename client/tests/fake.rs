@@ -131,6 +131,12 @@ pub struct Record {
     pub ack_requests: usize,
     pub nacked: Vec<(u64, String, RetryHint)>,
     pub touched: Vec<u64>,
+    /// Snoozes received: (job id, delay ms).
+    pub snoozed: Vec<(u64, u64)>,
+    /// Progress reports received: (job id, progress).
+    pub progress: Vec<(u64, bytes::Bytes)>,
+    /// Jobs whose touch answers LeaseLost.
+    pub touch_lost: HashSet<u64>,
     /// Tokens whose lease is gone: acking them fails with LeaseLost.
     pub lost: HashSet<u64>,
     /// Close the connection instead of answering the next reserve.
@@ -235,8 +241,21 @@ impl FakeQueue {
             }),
             Request::Touch { lease, lease_ms } => self.with(|r| {
                 r.touched.push(lease.id);
+                if r.touch_lost.contains(&lease.id) {
+                    return Err(WireError::new(ErrorCode::LeaseLost, "lease expired"));
+                }
                 let lease_deadline_ms = now_ms() + lease_ms.unwrap_or(600);
                 Ok(Response::Touched { lease_deadline_ms })
+            }),
+            Request::Snooze { lease, delay_ms } => self.with(|r| {
+                r.snoozed.push((lease.id, delay_ms));
+                Ok(Response::Nacked {
+                    outcome: NackOutcome::Retrying { run_at_ms: now_ms() + delay_ms },
+                })
+            }),
+            Request::Progress { lease, progress } => self.with(|r| {
+                r.progress.push((lease.id, progress));
+                Ok(Response::Done)
             }),
             Request::Stats { after, .. } => Ok(stats_page(after)),
             Request::Ping => self.with(|r| {

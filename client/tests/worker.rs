@@ -1,10 +1,15 @@
-//! The Worker against an in-memory fake queue server.
+//! The Worker against an in-memory fake queue server: the explicit-outcome form (`run`, a
+//! `JobContext` in, `Result<Outcome, JobError>` out) and the simple form (`run_simple`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use qd_client::{permanent, CancellationToken, Client, LeasedJob, RetryHint, Worker};
+use anyhow::{anyhow, Context};
+use qd_client::{
+    permanent, CancelReason, CancellationToken, Client, JobContext, JobError, LeasedJob, Outcome,
+    RetryHint, Worker,
+};
 use tokio::sync::Semaphore;
 
 use crate::fake::{eventually, leased, FakeQueue};
@@ -32,7 +37,7 @@ async fn runs_jobs_with_bounded_concurrency_and_acks_them() {
             done.fetch_add(1, Ordering::SeqCst);
         });
     let (r, m) = (running.clone(), most.clone());
-    let run = tokio::spawn(worker.run(shutdown.clone(), move |_job: LeasedJob| {
+    let run = tokio::spawn(worker.run_simple(shutdown.clone(), move |_job: LeasedJob| {
         let (running, most) = (r.clone(), m.clone());
         async move {
             let now = running.fetch_add(1, Ordering::SeqCst) + 1;
@@ -60,11 +65,12 @@ async fn runs_jobs_with_bounded_concurrency_and_acks_them() {
     assert!(fake.with(|r| r.nacked.is_empty()));
 }
 
-/// Ok acks; an error nacks with its text and the backoff; `permanent` dead-letters, even
-/// when wrapped by anyhow with context; a panic is a failure with the panic's text.
+/// Each outcome becomes its request: Done acks, Snooze snoozes (no nack), `?` retries
+/// through the backoff with the whole `{:#}` chain as text, RetryAfter carries its delay,
+/// Permanent dead-letters, a panic is a retried failure with the panic's text.
 #[tokio::test]
-async fn failures_are_nacked_with_their_text() {
-    let fake = FakeQueue::start((1..=5).map(|id| leased(id, 30_000)).collect()).await;
+async fn outcomes_become_ack_snooze_or_nack() {
+    let fake = FakeQueue::start((1..=7).map(|id| leased(id, 30_000)).collect()).await;
     let failed = Arc::new(Mutex::new(Vec::new()));
     let shutdown = CancellationToken::new();
     let f = failed.clone();
@@ -74,66 +80,240 @@ async fn failures_are_nacked_with_their_text() {
         .on_failed(move |job, err, will_retry| {
             f.lock().unwrap().push((job.id, err.to_owned(), will_retry));
         });
-    let run = tokio::spawn(worker.run(shutdown.clone(), |job: LeasedJob| async move {
-        match job.id {
-            1 => Ok(()),
-            2 => Err(anyhow::anyhow!("smtp timeout")),
-            3 => Err(permanent("no such mailbox"))?,
-            4 => panic!("boom"),
-            _ => Err(anyhow::Error::new(permanent("user deleted")).context("lookup user")),
+    let run = tokio::spawn(worker.run(shutdown.clone(), |ctx: JobContext| async move {
+        match ctx.id {
+            1 => Ok(Outcome::Done),
+            2 => Ok(Outcome::Snooze(Duration::from_secs(60))),
+            3 => {
+                let io = std::io::Error::other("connection refused");
+                Err(io).context("sending welcome")?;
+                unreachable!()
+            }
+            4 => Err(JobError::retry_after(Duration::from_secs(30), anyhow!("HTTP 429"))),
+            5 => Err(permanent(anyhow!("no such mailbox"))),
+            6 => panic!("boom"),
+            _ => Err(JobError::Permanent(anyhow!("user deleted").context("lookup user"))),
         }
     }));
-    eventually("5 jobs settled", || fake.with(|r| r.acked.len() + r.nacked.len()) == 5).await;
+    eventually("7 jobs settled", || {
+        fake.with(|r| r.acked.len() + r.nacked.len() + r.snoozed.len()) == 7
+    })
+    .await;
     shutdown.cancel();
     run.await.unwrap().unwrap();
 
+    assert_eq!(fake.with(|r| r.acked.clone()), vec![1]);
+    assert_eq!(fake.with(|r| r.snoozed.clone()), vec![(2, 60_000)]);
+    let mut nacked = fake.with(|r| r.nacked.clone());
+    nacked.sort_by_key(|n| n.0);
+    assert_eq!(
+        nacked,
+        vec![
+            (3, "sending welcome: connection refused".to_owned(), RetryHint::Backoff),
+            (4, "HTTP 429".to_owned(), RetryHint::After { delay_ms: 30_000 }),
+            (5, "no such mailbox".to_owned(), RetryHint::Never),
+            (6, "handler panicked: boom".to_owned(), RetryHint::Backoff),
+            (7, "lookup user: user deleted".to_owned(), RetryHint::Never),
+        ]
+    );
+    let mut failed = failed.lock().unwrap().clone();
+    failed.sort_by_key(|f| f.0);
+    let retries: Vec<(u64, bool)> = failed.iter().map(|f| (f.0, f.2)).collect();
+    assert_eq!(retries, vec![(3, true), (4, true), (5, false), (6, true), (7, false)]);
+}
+
+/// Issue 9 regression: `permanent()` used to set a task-local flag for the whole try, so a
+/// permanent error that was made and then recovered from (here: a fallback succeeded, but
+/// the handler still failed later for an ordinary reason) dead-lettered the job. Now only
+/// the value returned counts.
+#[tokio::test]
+async fn a_permanent_error_recovered_from_does_not_dead_letter() {
+    let fake = FakeQueue::start(vec![leased(1, 30_000)]).await;
+    let shutdown = CancellationToken::new();
+    let worker =
+        Worker::new(client(&fake).await, "jobs").reserve_timeout(Duration::from_millis(100));
+    let run = tokio::spawn(worker.run(shutdown.clone(), |_ctx: JobContext| async move {
+        let primary: Result<(), JobError> = Err(permanent(anyhow!("primary mailbox gone")));
+        let mailbox = primary.map(|()| "primary").or_else(|_| Ok::<_, JobError>("fallback"))?;
+        assert_eq!(mailbox, "fallback");
+        Err(anyhow!("smtp timeout").into())
+    }));
+    eventually("1 nack", || fake.with(|r| r.nacked.len()) == 1).await;
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+    assert_eq!(
+        fake.with(|r| r.nacked.clone()),
+        vec![(1, "smtp timeout".into(), RetryHint::Backoff)]
+    );
+}
+
+/// The simple form: `Ok` acks, any error retries with its `{:#}` text (an anyhow chain).
+#[tokio::test]
+async fn the_simple_form_acks_or_retries() {
+    let fake = FakeQueue::start((1..=3).map(|id| leased(id, 30_000)).collect()).await;
+    let shutdown = CancellationToken::new();
+    let worker =
+        Worker::new(client(&fake).await, "jobs").reserve_timeout(Duration::from_millis(100));
+    let run = tokio::spawn(worker.run_simple(shutdown.clone(), |job: LeasedJob| async move {
+        match job.id {
+            1 => Ok(()),
+            2 => Err(anyhow!("disk full").context("writing report")),
+            _ => Err(anyhow!("root").context("middle").context("top")),
+        }
+    }));
+    eventually("3 settled", || fake.with(|r| r.acked.len() + r.nacked.len()) == 3).await;
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
     assert_eq!(fake.with(|r| r.acked.clone()), vec![1]);
     let mut nacked = fake.with(|r| r.nacked.clone());
     nacked.sort_by_key(|n| n.0);
     assert_eq!(
         nacked,
         vec![
-            (2, "smtp timeout".to_owned(), RetryHint::Backoff),
-            (3, "no such mailbox".to_owned(), RetryHint::Never),
-            (4, "handler panicked: boom".to_owned(), RetryHint::Backoff),
-            (5, "lookup user".to_owned(), RetryHint::Never),
+            (2, "writing report: disk full".to_owned(), RetryHint::Backoff),
+            (3, "top: middle: root".to_owned(), RetryHint::Backoff),
         ]
     );
-    let mut failed = failed.lock().unwrap().clone();
-    failed.sort_by_key(|f| f.0);
-    let retries: Vec<(u64, bool)> = failed.iter().map(|f| (f.0, f.2)).collect();
-    assert_eq!(retries, vec![(2, true), (3, false), (4, true), (5, false)]);
 }
 
-/// `Box<dyn Error>` (not `Send`) works as the handler's error type, and a boxed
-/// `Permanent` is recognised.
+/// A plain `Box<dyn Error>` (not `Send`) as the simple form's error type.
 #[tokio::test]
-async fn boxed_errors_work_and_boxed_permanent_is_recognised() {
-    let fake = FakeQueue::start((1..=2).map(|id| leased(id, 30_000)).collect()).await;
+async fn the_simple_form_takes_non_send_errors() {
+    let fake = FakeQueue::start(vec![leased(1, 30_000)]).await;
     let shutdown = CancellationToken::new();
     let worker =
         Worker::new(client(&fake).await, "jobs").reserve_timeout(Duration::from_millis(100));
-    let run = tokio::spawn(worker.run(shutdown.clone(), |job: LeasedJob| async move {
-        let e: Box<dyn std::error::Error> = if job.id == 1 {
-            "disk full".into()
-        } else {
-            // Made outside the handler's task-local scope: found by type, not by flag.
-            Box::new(std::thread::spawn(|| permanent("bad input")).join().unwrap())
-        };
+    let run = tokio::spawn(worker.run_simple(shutdown.clone(), |_job: LeasedJob| async move {
+        let e: Box<dyn std::error::Error> = "disk full".into();
         Err(e)
+    }));
+    eventually("1 nack", || fake.with(|r| r.nacked.len()) == 1).await;
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+    assert_eq!(fake.with(|r| r.nacked.clone()), vec![(1, "disk full".into(), RetryHint::Backoff)]);
+}
+
+/// A handler that ignores its token and hangs past the job's timeout is cancelled, then
+/// aborted after the grace, and the try fails with "timed out after ..." (retried). A
+/// handler that watches its token sees `TimedOut` and may return what it likes.
+#[tokio::test]
+async fn a_hung_handler_times_out_and_is_aborted() {
+    let mut hung = leased(1, 30_000);
+    hung.timeout_ms = Some(100);
+    let mut polite = leased(2, 30_000);
+    polite.timeout_ms = Some(100);
+    let fake = FakeQueue::start(vec![hung, polite]).await;
+    let reasons = Arc::new(Mutex::new(Vec::new()));
+    let shutdown = CancellationToken::new();
+    let worker = Worker::new(client(&fake).await, "jobs")
+        .concurrency(2)
+        .timeout(Duration::from_secs(3600)) // the job's own timeout wins
+        .timeout_grace(Duration::from_millis(50))
+        .reserve_timeout(Duration::from_millis(100));
+    let seen = reasons.clone();
+    let run = tokio::spawn(worker.run(shutdown.clone(), move |ctx: JobContext| {
+        let seen = seen.clone();
+        async move {
+            if ctx.id == 1 {
+                std::future::pending::<()>().await; // ignores its token
+            }
+            ctx.cancelled().cancelled().await;
+            seen.lock().unwrap().push(ctx.cancel_reason());
+            Err(anyhow!("gave up").into())
+        }
     }));
     eventually("2 nacks", || fake.with(|r| r.nacked.len()) == 2).await;
     shutdown.cancel();
-    run.await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), run).await.unwrap().unwrap().unwrap();
     let mut nacked = fake.with(|r| r.nacked.clone());
     nacked.sort_by_key(|n| n.0);
+    assert!(nacked[0].1.starts_with("timed out after 100ms"), "{nacked:?}");
+    assert_eq!(nacked[0].2, RetryHint::Backoff);
+    assert_eq!(nacked[1], (2, "gave up".into(), RetryHint::Backoff));
     assert_eq!(
-        nacked,
-        vec![
-            (1, "disk full".to_owned(), RetryHint::Backoff),
-            (2, "bad input".to_owned(), RetryHint::Never)
-        ]
+        reasons.lock().unwrap().clone(),
+        vec![Some(CancelReason::TimedOut(Duration::from_millis(100)))]
     );
+}
+
+/// Shutdown cancels every handler's token. One that stops gets its outcome honoured; one
+/// that hangs is aborted after the shutdown grace and its job is snoozed with no delay (put
+/// back without using an attempt), so `run` returns.
+#[tokio::test]
+async fn shutdown_cancels_handlers_and_aborts_hung_ones() {
+    let fake = FakeQueue::start((1..=2).map(|id| leased(id, 30_000)).collect()).await;
+    let started = Arc::new(AtomicUsize::new(0));
+    let shutdown = CancellationToken::new();
+    let worker = Worker::new(client(&fake).await, "jobs")
+        .concurrency(2)
+        .shutdown_grace(Duration::from_millis(200))
+        .reserve_timeout(Duration::from_millis(100));
+    let s = started.clone();
+    let run = tokio::spawn(worker.run(shutdown.clone(), move |ctx: JobContext| {
+        let started = s.clone();
+        async move {
+            started.fetch_add(1, Ordering::SeqCst);
+            if ctx.id == 1 {
+                std::future::pending::<()>().await;
+            }
+            ctx.cancelled().cancelled().await;
+            assert_eq!(ctx.cancel_reason(), Some(CancelReason::ShuttingDown));
+            Ok(Outcome::Done)
+        }
+    }));
+    eventually("both running", || started.load(Ordering::SeqCst) == 2).await;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), run).await.unwrap().unwrap().unwrap();
+    assert_eq!(fake.with(|r| r.acked.clone()), vec![2]);
+    assert_eq!(fake.with(|r| r.snoozed.clone()), vec![(1, 0)]);
+    assert!(fake.with(|r| r.nacked.is_empty()), "no attempt used");
+}
+
+/// A touch answered `LeaseLost` cancels the handler's token with `LeaseLost`.
+#[tokio::test]
+async fn a_lost_lease_cancels_the_handler() {
+    let fake = FakeQueue::start(vec![leased(1, 300)]).await;
+    fake.with(|r| r.touch_lost.insert(1));
+    let reason = Arc::new(Mutex::new(None));
+    let shutdown = CancellationToken::new();
+    let worker =
+        Worker::new(client(&fake).await, "jobs").reserve_timeout(Duration::from_millis(100));
+    let seen = reason.clone();
+    let run = tokio::spawn(worker.run(shutdown.clone(), move |ctx: JobContext| {
+        let seen = seen.clone();
+        async move {
+            ctx.cancelled().cancelled().await;
+            *seen.lock().unwrap() = ctx.cancel_reason();
+            Ok(Outcome::Done)
+        }
+    }));
+    eventually("handler cancelled", || reason.lock().unwrap().is_some()).await;
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+    assert_eq!(*reason.lock().unwrap(), Some(CancelReason::LeaseLost));
+}
+
+/// Progress reports reach the server, for the job's lease.
+#[tokio::test]
+async fn progress_is_sent() {
+    let fake = FakeQueue::start(vec![leased(1, 30_000)]).await;
+    let shutdown = CancellationToken::new();
+    let worker =
+        Worker::new(client(&fake).await, "jobs").reserve_timeout(Duration::from_millis(100));
+    let run = tokio::spawn(worker.run(shutdown.clone(), |ctx: JobContext| async move {
+        ctx.progress("10").await?;
+        ctx.progress_json(&serde_json::json!({ "pct": 50 })).await?;
+        let too_big = vec![b'x'; qd_client::MAX_PROGRESS + 1];
+        assert!(ctx.progress(too_big).await.is_err(), "refused before sending");
+        Ok(Outcome::Done)
+    }));
+    eventually("acked", || fake.with(|r| r.acked.len()) == 1).await;
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+    let progress: Vec<(u64, String)> = fake.with(|r| {
+        r.progress.iter().map(|(id, p)| (*id, String::from_utf8(p.to_vec()).unwrap())).collect()
+    });
+    assert_eq!(progress, vec![(1, "10".into()), (1, r#"{"pct":50}"#.into())]);
 }
 
 /// Shutdown stops taking jobs but waits for running handlers and sends their acks before
@@ -148,7 +328,7 @@ async fn shutdown_waits_for_running_handlers_and_their_acks() {
         .concurrency(2)
         .reserve_timeout(Duration::from_millis(100));
     let (s, g) = (started.clone(), gate.clone());
-    let mut run = tokio::spawn(worker.run(shutdown.clone(), move |_job: LeasedJob| {
+    let mut run = tokio::spawn(worker.run_simple(shutdown.clone(), move |_job: LeasedJob| {
         let (started, gate) = (s.clone(), g.clone());
         async move {
             started.fetch_add(1, Ordering::SeqCst);
@@ -180,7 +360,7 @@ async fn long_handlers_get_their_lease_touched() {
     let worker =
         Worker::new(client(&fake).await, "jobs").reserve_timeout(Duration::from_millis(100));
     let f = fake.clone();
-    let run = tokio::spawn(worker.run(shutdown.clone(), move |_job: LeasedJob| {
+    let run = tokio::spawn(worker.run_simple(shutdown.clone(), move |_job: LeasedJob| {
         let fake = f.clone();
         async move {
             eventually("two touches", || fake.with(|r| r.touched.len()) >= 2).await;
@@ -210,7 +390,7 @@ async fn an_ack_with_a_lost_lease_is_reported_as_failed() {
             c.fetch_add(1, Ordering::SeqCst);
         });
     let run = tokio::spawn(
-        worker.run(shutdown.clone(), |_job: LeasedJob| async { Ok::<(), String>(()) }),
+        worker.run_simple(shutdown.clone(), |_job: LeasedJob| async { Ok::<(), String>(()) }),
     );
     eventually("ack refused", || !failed.lock().unwrap().is_empty()).await;
     shutdown.cancel();
@@ -226,9 +406,10 @@ async fn invalid_worker_settings_fail_at_once() {
     let fake = FakeQueue::start(vec![]).await;
     let c = client(&fake).await;
     let noop = |_job: LeasedJob| async { Ok::<(), String>(()) };
-    let err = Worker::new(c.clone(), "bad name").run(CancellationToken::new(), noop).await;
+    let err = Worker::new(c.clone(), "bad name").run_simple(CancellationToken::new(), noop).await;
     assert!(err.is_err());
-    let err = Worker::new(c, "jobs").concurrency(0).run(CancellationToken::new(), noop).await;
+    let err =
+        Worker::new(c, "jobs").concurrency(0).run_simple(CancellationToken::new(), noop).await;
     assert!(err.is_err());
 }
 
@@ -242,7 +423,7 @@ async fn keeps_working_after_the_connection_drops() {
     let worker =
         Worker::new(client(&fake).await, "jobs").reserve_timeout(Duration::from_millis(100));
     let run = tokio::spawn(
-        worker.run(shutdown.clone(), |_job: LeasedJob| async { Ok::<(), String>(()) }),
+        worker.run_simple(shutdown.clone(), |_job: LeasedJob| async { Ok::<(), String>(()) }),
     );
     eventually("job acked after reconnecting", || fake.with(|r| r.acked.len()) == 1).await;
     shutdown.cancel();

@@ -168,11 +168,20 @@ pub struct JobDetail {
     pub errors: Vec<JobFailure>,
     /// When the current or last try started.
     pub started_at_ms: Option<u64>,
+    /// Active: the latest progress its worker reported for this try (`Request::Progress`).
+    pub progress: Option<Bytes>,
 }
 
 impl JobDetail {
     pub fn new(summary: JobSummary, payload: Bytes, options: JobOptions) -> Self {
-        JobDetail { summary, payload, options, errors: Vec::new(), started_at_ms: None }
+        JobDetail {
+            summary,
+            payload,
+            options,
+            errors: Vec::new(),
+            started_at_ms: None,
+            progress: None,
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 //! Variant order is part of the wire format (bincode encodes the variant index): append new
 //! variants at the end, never reorder. The golden tests pin it.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::admin::{Cursor, JobDetail, JobState, JobSummary, QueueInfo, SearchQuery};
@@ -173,6 +174,14 @@ pub enum Request {
     /// The schedules, a page at a time: up to `limit` whose names sort after `after`, in
     /// name order. Answered `Schedules`.
     Schedules { after: Option<String>, limit: u32 },
+    /// A running job's progress (a number or small JSON, opaque to the server, at most
+    /// [`crate::MAX_PROGRESS`] bytes): kept in memory while the lease lasts and shown in the job's
+    /// `JobDetail`; a newer report replaces the older. Answered `Done`.
+    Progress { lease: LeaseRef, progress: Bytes },
+    /// Puts a leased job back, to run again `delay_ms` from now, without using an attempt:
+    /// the lease ends and no failure is recorded. Answered `Nacked { outcome: Retrying }`
+    /// with the new run time.
+    Snooze { lease: LeaseRef, delay_ms: u64 },
 }
 
 impl Request {
@@ -185,7 +194,9 @@ impl Request {
             | Request::Nack { .. }
             | Request::Touch { .. }
             | Request::Stats { .. }
-            | Request::Ping => false,
+            | Request::Ping
+            | Request::Progress { .. }
+            | Request::Snooze { .. } => false,
             Request::Queues { .. }
             | Request::Jobs { .. }
             | Request::Job { .. }

@@ -21,6 +21,9 @@ pub const MAX_JOB_NAME: usize = 256;
 pub const MAX_KEY: usize = 256;
 /// Longest error text kept for one failed attempt; longer text is cut at a char boundary.
 pub const MAX_ERROR_TEXT: usize = 4096;
+/// Largest progress report (`Request::Progress`), in bytes: a percentage or a small JSON
+/// object, not a result.
+pub const MAX_PROGRESS: usize = 1024;
 
 /// How long to wait before the next try of a job that failed.
 ///

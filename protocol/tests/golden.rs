@@ -425,9 +425,10 @@ fn job_answer() {
     let mut d = JobDetail::new(summary(), Bytes::from_static(b"hi"), JobOptions::default());
     d.errors = vec![JobFailure::new(1, 1_700_000_001_000, "e")];
     d.started_at_ms = Some(1_700_000_000_000);
+    d.progress = Some(Bytes::from_static(b"7"));
     check_server(
         &ServerFrame::Response { id: 11, result: Ok(Response::Job { job: Box::new(d) }) },
-        "00 00 00 55 01 0b 00 09 05 01 71 01 6e 02 01 03 01 fd 00 68 e5 cf 8b 01 00 00 00 01 fd 30 dd e5 cf 8b 01 00 00 01 01 77 00 00 02 68 69 00 00 03 01 fb e8 03 fc 80 ee 36 00 14 fb 30 75 00 00 00 00 00 01 01 fd e8 6b e5 cf 8b 01 00 00 01 65 01 fd 00 68 e5 cf 8b 01 00 00",
+        "00 00 00 58 01 0b 00 09 05 01 71 01 6e 02 01 03 01 fd 00 68 e5 cf 8b 01 00 00 00 01 fd 30 dd e5 cf 8b 01 00 00 01 01 77 00 00 02 68 69 00 00 03 01 fb e8 03 fc 80 ee 36 00 14 fb 30 75 00 00 00 00 00 01 01 fd e8 6b e5 cf 8b 01 00 00 01 65 01 fd 00 68 e5 cf 8b 01 00 00 01 01 37",
     );
 }
 
@@ -519,6 +520,29 @@ fn pause_resume() {
     check_client(
         &ClientFrame::Request { id: 20, body: Request::Resume { queue: "q".into() } },
         "00 00 00 05 01 14 11 01 71",
+    );
+}
+
+/// Appended after `Resume`: a running job's progress, and a snooze (put back with a delay,
+/// no attempt used).
+#[test]
+fn progress_snooze() {
+    check_client(
+        &ClientFrame::Request {
+            id: 21,
+            body: Request::Progress {
+                lease: LeaseRef { id: 1, token: 1 },
+                progress: Bytes::from_static(b"50"),
+            },
+        },
+        "00 00 00 08 01 15 15 01 01 02 35 30",
+    );
+    check_client(
+        &ClientFrame::Request {
+            id: 22,
+            body: Request::Snooze { lease: LeaseRef { id: 1, token: 1 }, delay_ms: 60_000 },
+        },
+        "00 00 00 08 01 16 16 01 01 fb 60 ea",
     );
 }
 

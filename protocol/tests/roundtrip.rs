@@ -90,6 +90,9 @@ fn request() -> impl Strategy<Value = Request> {
         }),
         (lease(), proptest::option::of(any::<u64>()))
             .prop_map(|(lease, lease_ms)| Request::Touch { lease, lease_ms }),
+        (lease(), proptest::collection::vec(any::<u8>(), 0..16))
+            .prop_map(|(lease, p)| Request::Progress { lease, progress: p.into() }),
+        (lease(), any::<u64>()).prop_map(|(lease, delay_ms)| Request::Snooze { lease, delay_ms }),
         (proptest::option::of("[a-z]{1,8}"), any::<u32>())
             .prop_map(|(after, limit)| Request::Stats { after, limit }),
         Just(Request::Ping),
@@ -203,14 +206,20 @@ fn admin_response() -> impl Strategy<Value = Response> {
         any::<u64>().prop_map(|n| Response::Count { n }),
         (proptest::collection::vec(summary(), 0..3), proptest::option::of(cursor()))
             .prop_map(|(jobs, next)| Response::Jobs { jobs, next }),
-        (summary(), new_job(), proptest::option::of(any::<u64>()), ".{0,8}").prop_map(
-            |(summary, job, started, message)| {
+        (
+            summary(),
+            new_job(),
+            proptest::option::of(any::<u64>()),
+            ".{0,8}",
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..4))
+        )
+            .prop_map(|(summary, job, started, message, progress)| {
                 let mut d = JobDetail::new(summary, job.payload, job.options);
                 d.errors = vec![JobFailure::new(1, 2, message)];
                 d.started_at_ms = started;
+                d.progress = progress.map(Into::into);
                 Response::Job { job: Box::new(d) }
-            }
-        ),
+            }),
         ("[a-z]{1,8}", any::<(u64, bool, Option<u64>, u32)>(), proptest::option::of("[a-z]{1,8}"))
             .prop_map(|(name, (n, paused, age, m), next)| {
                 let mut q = QueueInfo::new(name);

@@ -37,7 +37,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use qd_protocol::admin::{Cursor, JobState, JobSummary, SearchQuery};
-use qd_protocol::message::{LeaseRef, ServerFrame};
+use qd_protocol::message::{LeaseRef, NackOutcome, ServerFrame};
 use qd_protocol::{ErrorCode, JobId, LeasedJob, Request, Response, WireError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -435,6 +435,15 @@ impl Engine {
                 Ok(Response::Stats { queues, next })
             }
             Request::Ping => Ok(Response::Pong),
+            // A snooze persists a `Reschedule`, so its answer waits for the commit like a
+            // nack's; progress is memory-only and answered at once.
+            Request::Snooze { lease, delay_ms } => b
+                .snooze(now, lease, delay_ms)
+                .map(|run_at_ms| Response::Nacked { outcome: NackOutcome::Retrying { run_at_ms } })
+                .map_err(Into::into),
+            Request::Progress { lease, progress } => {
+                b.report_progress(lease, progress).map(|()| Response::Done).map_err(Into::into)
+            }
             other => return self.on_admin(now, conn, id, other),
         };
         Some(result)
@@ -494,11 +503,14 @@ impl Engine {
                 let Some(view) = view else { return Some(Err(admin::not_found(job))) };
                 let started = view.started_at_ms;
                 let completed = view.state == JobStateKind::Completed;
+                let progress = b.progress(job).cloned();
                 let row = self.row(view);
                 if completed {
                     Ok(admin::completed_detail(row))
                 } else {
-                    self.off_task(conn, id, move |reader| admin::detail(&reader, row, started));
+                    self.off_task(conn, id, move |reader| {
+                        admin::detail(&reader, row, started, progress)
+                    });
                     return None;
                 }
             }

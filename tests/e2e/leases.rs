@@ -112,7 +112,7 @@ async fn the_worker_heartbeats_a_job_that_outlives_its_lease() {
     let token = stop.clone();
     let task = tokio::spawn(async move {
         worker
-            .run(token, move |job| {
+            .run_simple(token, move |job: qd_client::LeasedJob| {
                 let seen = seen.clone();
                 async move {
                     seen.fetch_add(1, Ordering::SeqCst);

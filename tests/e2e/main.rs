@@ -28,3 +28,6 @@ mod retries;
 mod schedules;
 /// Secrets, roles, TLS, limits: one regression test per finding of the security issue.
 mod security;
+/// The Worker's outcomes (retry, retry-after, permanent, snooze), timeouts, cancellation on
+/// shutdown, error chains in the dead set, progress in the job detail.
+mod worker_api;

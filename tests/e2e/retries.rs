@@ -24,7 +24,7 @@ where
     let t = token.clone();
     let task = tokio::spawn(async move {
         worker
-            .run(t, move |job| {
+            .run_simple(t, move |job| {
                 let handler = handler.clone();
                 async move { handler(job) }
             })
@@ -143,7 +143,7 @@ async fn permanent_error_from_a_handler_skips_the_retries() {
     let t = token.clone();
     let task = tokio::spawn(async move {
         worker
-            .run(t, |_job| async { Err::<(), _>(qd_client::permanent("account closed")) })
+            .run(t, |_ctx| async { Err(qd_client::permanent(anyhow::anyhow!("account closed"))) })
             .await
             .unwrap();
     });

@@ -169,7 +169,7 @@ pub async fn drain(client: &Client, queue: &str, n: u64, label: &str) -> anyhow:
         .concurrency(64)
         .reserve_timeout(Duration::from_millis(500));
     let started = Instant::now();
-    let run = tokio::spawn(worker.run(stop.clone(), |_job| async { Ok::<(), String>(()) }));
+    let run = tokio::spawn(worker.run_simple(stop.clone(), |_job| async { Ok::<(), String>(()) }));
     let waited = wait_completed(client, queue, n, &done).await;
     let secs = started.elapsed().as_secs_f64();
     stop.cancel();
@@ -201,7 +201,7 @@ pub async fn w3_latency(
         .concurrency(64)
         .reserve_timeout(Duration::from_millis(500));
     let h = pickup.clone();
-    let run = tokio::spawn(worker.run(stop.clone(), move |job: LeasedJob| {
+    let run = tokio::spawn(worker.run_simple(stop.clone(), move |job: LeasedJob| {
         let h = h.clone();
         async move {
             let sent =
@@ -285,7 +285,7 @@ pub async fn w4_retries(client: &Client, queue: &str, n: u64) -> anyhow::Result<
             log.lock().unwrap().entry(job.id).or_default().1 += 1;
         });
     let log = seen.clone();
-    let run = tokio::spawn(worker.run(stop.clone(), move |job: LeasedJob| {
+    let run = tokio::spawn(worker.run_simple(stop.clone(), move |job: LeasedJob| {
         log.lock().unwrap().entry(job.id).or_default().0.push(job.attempt);
         async move {
             if job.attempt < 3 {

@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use bytes::Bytes;
 use qd_protocol::JobId;
 
 use crate::model::{ConnId, Millis};
@@ -44,6 +45,10 @@ pub(crate) struct LeaseTable {
     /// acks most leases long before their deadline.
     deadlines: BTreeSet<(Millis, JobId)>,
     by_conn: BTreeSet<(ConnId, JobId)>,
+    /// The latest progress a lease's worker reported (issue 9). Kept apart from
+    /// `ActiveLease` (which stays `Copy` and small) and only for the few leases that report;
+    /// it goes with the lease, so a new try starts with none.
+    progress: HashMap<JobId, Bytes>,
 }
 
 impl LeaseTable {
@@ -55,6 +60,7 @@ impl LeaseTable {
             by_job: HashMap::new(),
             deadlines: BTreeSet::new(),
             by_conn: BTreeSet::new(),
+            progress: HashMap::new(),
         }
     }
 
@@ -65,6 +71,7 @@ impl LeaseTable {
         let lease = ActiveLease { token, conn, deadline, since: now };
         if let Some(old) = self.by_job.insert(id, lease) {
             self.unindex(id, &old);
+            self.progress.remove(&id);
         }
         self.deadlines.insert((deadline, id));
         self.by_conn.insert((conn, id));
@@ -76,6 +83,7 @@ impl LeaseTable {
     }
 
     pub(crate) fn release(&mut self, id: JobId) -> Option<ActiveLease> {
+        self.progress.remove(&id);
         let lease = self.by_job.remove(&id)?;
         self.unindex(id, &lease);
         Some(lease)
@@ -88,6 +96,19 @@ impl LeaseTable {
             lease.deadline = deadline;
             self.deadlines.insert((deadline, id));
         }
+    }
+
+    /// Records the progress of a held lease, replacing the previous report; no-op for
+    /// unknown jobs.
+    pub(crate) fn set_progress(&mut self, id: JobId, progress: Bytes) {
+        if self.by_job.contains_key(&id) {
+            self.progress.insert(id, progress);
+        }
+    }
+
+    /// The latest progress reported for the lease on `id`.
+    pub(crate) fn progress(&self, id: JobId) -> Option<&Bytes> {
+        self.progress.get(&id)
     }
 
     pub(crate) fn next_deadline(&self) -> Option<Millis> {

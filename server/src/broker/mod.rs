@@ -10,10 +10,11 @@
 //! What lives where: `queue.rs` one queue's indexes (ready, delayed, dead), keys, counters
 //! and completed ring; `job.rs` per-job metadata and its compact table; `intern.rs` shared
 //! names and policies; `lease.rs` active leases and their tokens; `waiters.rs` parked
-//! reserves; `backoff.rs` retry delays (pure, shared with other backends); `operations.rs`
-//! what an operator does (pause, list, retry, purge, remove, promote) and `admin.rs` the
-//! plain types it answers with; `schedules.rs` named cron and interval schedules, which
-//! fire from `handle_timeout`; `effects.rs` and `error.rs` the outputs.
+//! reserves; `running.rs` a running job's snooze and progress; `backoff.rs` retry delays
+//! (pure, shared with other backends); `operations.rs` what an operator does (pause, list,
+//! retry, purge, remove, promote) and `admin.rs` the plain types it answers with;
+//! `schedules.rs` named cron and interval schedules, which fire from `handle_timeout`;
+//! `effects.rs` and `error.rs` the outputs.
 //!
 //! Hash maps here use std's randomly seeded hasher (keys and names come from clients, so a
 //! fixed hasher would invite collision attacks). That and the lease-token key are the only
@@ -46,6 +47,7 @@ mod job;
 mod lease;
 mod operations;
 mod queue;
+mod running;
 mod schedules;
 mod waiters;
 

@@ -687,3 +687,73 @@ fn a_million_job_backlog_is_compact() {
     assert!(total < 60 << 20, "{} MiB", total >> 20);
     assert!(table < 40 << 20, "job table {} MiB", table >> 20);
 }
+
+/// Issue 9: a snooze puts the job back delayed without using an attempt or recording an
+/// error, persists the new run time as a `Reschedule`, and the next try is still try 1.
+#[test]
+fn snooze_puts_the_job_back_without_using_an_attempt() {
+    let mut b = broker();
+    add(&mut b, T0, "q", vec![job_with("wait", |o| o.attempts = 1)]).unwrap();
+    effects(&mut b);
+    let l = take(&mut b, T0, &["q"], 1).remove(0);
+    assert_eq!(b.snooze(T0 + 10, lref(&l), 500), Ok(T0 + 510));
+    let out = effects(&mut b);
+    assert!(
+        matches!(out.as_slice(), [Effect::Persist(Change::Reschedule { id, run_at_ms })]
+            if *id == l.id && *run_at_ms == T0 + 510),
+        "{out:?}"
+    );
+    assert_eq!(counts(&b, "q"), (0, 1, 0, 0));
+    assert_eq!(stats_of(&b, "q").failed_total, 0, "a snooze is not a failure");
+    assert_eq!(b.ack(T0 + 11, lref(&l)), Err(BrokerError::LeaseLost(l.id)), "the lease ended");
+    assert_eq!(b.snooze(T0 + 11, lref(&l), 1), Err(BrokerError::LeaseLost(l.id)));
+
+    assert!(take(&mut b, T0 + 509, &["q"], 1).is_empty());
+    b.handle_timeout(T0 + 510);
+    let again = take(&mut b, T0 + 510, &["q"], 1).remove(0);
+    assert_eq!((again.attempt, again.max_attempts), (1, 1), "still the first try");
+    // Its one attempt is still there to use: a failure now dead-letters it as try 1.
+    assert_eq!(b.nack(T0 + 520, lref(&again), "x", RetryHint::Backoff), Ok(NackOutcome::Dead));
+    assert_eq!(fails(&effects(&mut b)), [(l.id, 1, "x".to_owned(), T0 + 520, true)]);
+}
+
+/// A snooze of 0 makes the job ready at once, and a parked reserve gets it.
+#[test]
+fn snooze_of_zero_hands_the_job_to_a_waiter() {
+    let mut b = broker();
+    add(&mut b, T0, "q", vec![job("a")]).unwrap();
+    let l = take(&mut b, T0, &["q"], 1).remove(0);
+    assert_eq!(b.reserve(T0, w(2, 7), &qs(&["q"]), 1, 60_000), Ok(None));
+    effects(&mut b);
+    b.snooze(T0 + 1, lref(&l), 0).unwrap();
+    let out = effects(&mut b);
+    assert!(
+        out.iter().any(|e| matches!(e, Effect::Deliver { waiter, leases }
+            if *waiter == w(2, 7) && leases.len() == 1 && leases[0].attempt == 1)),
+        "{out:?}"
+    );
+}
+
+/// Progress is kept per lease: replaced by newer reports, refused for a wrong token or
+/// when too large, and gone when the try ends.
+#[test]
+fn progress_lives_with_the_lease() {
+    let mut b = broker();
+    add(&mut b, T0, "q", vec![job("a")]).unwrap();
+    effects(&mut b);
+    let l = take(&mut b, T0, &["q"], 1).remove(0);
+    assert_eq!(b.progress(l.id), None);
+    b.report_progress(lref(&l), Bytes::from_static(b"10")).unwrap();
+    b.report_progress(lref(&l), Bytes::from_static(b"{\"pct\":50}")).unwrap();
+    assert_eq!(b.progress(l.id).map(|p| &p[..]), Some(&b"{\"pct\":50}"[..]));
+    let wrong = LeaseRef { id: l.id, token: l.token ^ 1 };
+    assert_eq!(b.report_progress(wrong, Bytes::new()), Err(BrokerError::LeaseLost(l.id)));
+    let big = Bytes::from(vec![b'x'; qd_protocol::MAX_PROGRESS + 1]);
+    assert!(matches!(b.report_progress(lref(&l), big), Err(BrokerError::InvalidArgument(_))));
+    assert!(effects(&mut b).iter().all(|e| !matches!(e, Effect::Persist(_))), "memory only");
+
+    b.nack(T0 + 1, lref(&l), "x", RetryHint::After { delay_ms: 0 }).unwrap();
+    assert_eq!(b.progress(l.id), None, "a new try starts without progress");
+    let l2 = take(&mut b, T0 + 1, &["q"], 1).remove(0);
+    assert_eq!(b.progress(l2.id), None);
+}

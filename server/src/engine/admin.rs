@@ -7,6 +7,7 @@
 //! (`fill_errors`, `detail`, `search`) run on tokio's blocking pool, never on the engine
 //! task: one slow disk read must not stall every queue.
 
+use bytes::Bytes;
 use qd_protocol::admin::{
     Cursor, JobDetail, JobFailure, JobState, JobSummary, MinuteCounts, QueueInfo, SearchQuery,
 };
@@ -163,6 +164,7 @@ pub fn detail(
     reader: &StoreReader,
     mut row: JobSummary,
     started_at_ms: Option<Millis>,
+    progress: Option<Bytes>,
 ) -> Result<Response, WireError> {
     let Some(record) = read(reader, row.id) else {
         return Err(not_found(row.id));
@@ -172,6 +174,7 @@ pub fn detail(
     job.errors =
         record.errors.into_iter().map(|e| JobFailure::new(e.attempt, e.at_ms, e.message)).collect();
     job.started_at_ms = started_at_ms;
+    job.progress = progress;
     Ok(Response::Job { job: Box::new(job) })
 }
 

@@ -88,7 +88,7 @@ struct Shared {
     in_flight: AtomicUsize,
     /// Id of the heavy request the engine is answering, if any (point 3 above).
     heavy: Mutex<Option<u64>>,
-    /// Ids of ack/nack/touch requests in flight, whose failures count against the peer.
+    /// Ids of ack/nack/touch/progress/snooze requests in flight, whose failures count against the peer.
     lease_ops: Mutex<HashSet<u64>>,
     /// Woken whenever `queued` shrinks or `heavy` clears.
     changed: Notify,
@@ -421,7 +421,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
             *shared.heavy.lock().expect("never poisoned") = Some(id);
         }
-        if matches!(body, Request::Ack { .. } | Request::Nack { .. } | Request::Touch { .. }) {
+        if matches!(
+            body,
+            Request::Ack { .. }
+                | Request::Nack { .. }
+                | Request::Touch { .. }
+                | Request::Progress { .. }
+                | Request::Snooze { .. }
+        ) {
             shared.lease_ops.lock().expect("never poisoned").insert(id);
         }
         if commands.send(Command::Request { conn, id, body }).await.is_err() {
