@@ -20,7 +20,9 @@ pub use crate::auth::Role;
 use crate::auth::NONCE_LEN;
 use crate::error::WireError;
 use crate::limits::de;
-use crate::types::{JobId, LeasedJob, NewJob, QueueStats, RetryHint};
+use bytes::Bytes;
+
+use crate::types::{JobId, JobOutcome, LeasedJob, NewJob, QueueStats, RetryHint};
 
 /// First frame from a client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,6 +165,14 @@ pub enum Request {
     Pause { queue: String },
     /// Undoes `Pause`. Answered `Done`.
     Resume { queue: String },
+    // Worker and producer requests again (not admin).
+    /// Completes one job with a result (at most [`crate::MAX_RESULT`] bytes) that a producer
+    /// waiting on it gets. Answered `Acked` (the lease in `failed` when it was not valid).
+    AckWithResult { lease: LeaseRef, result: Bytes },
+    /// Waits up to `timeout_ms` for job `id` to complete or die. Answered `Outcome` (at once
+    /// when it already has), or `NotFound` when the server knows no such job (never added,
+    /// removed, or completed so long ago that it left the queue's completed ring).
+    Wait { id: JobId, timeout_ms: u64 },
 }
 
 impl Request {
@@ -175,7 +185,9 @@ impl Request {
             | Request::Nack { .. }
             | Request::Touch { .. }
             | Request::Stats { .. }
-            | Request::Ping => false,
+            | Request::Ping
+            | Request::AckWithResult { .. }
+            | Request::Wait { .. } => false,
             Request::Queues { .. }
             | Request::Jobs { .. }
             | Request::Job { .. }
@@ -247,4 +259,8 @@ pub enum Response {
     },
     /// The admin request was carried out.
     Done,
+    /// The answer to `Wait`.
+    Outcome {
+        outcome: JobOutcome,
+    },
 }
