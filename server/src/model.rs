@@ -86,6 +86,9 @@ pub enum Change {
     /// Ids below `next_id` are used or promised: after any crash, ids are assigned from at
     /// least here, so an id handed out once is never given to another job.
     IdFloor { next_id: JobId },
+    /// A waiting job was debounced (`Unique::Debounce`): a newer add with its key replaced
+    /// its payload, and it runs next at `run_at_ms`.
+    Replace { id: JobId, payload: Bytes, run_at_ms: Millis },
 }
 
 /// What an operator set on a queue; persisted, survives restarts.
@@ -128,6 +131,13 @@ impl JobRecord {
     pub fn apply_retry(&mut self, run_at_ms: Millis) {
         self.state = PersistedState::Waiting;
         self.failures = 0;
+        self.run_at_ms = run_at_ms;
+    }
+
+    /// Applies a [`Change::Replace`]: the debounced payload and run time. Absolute values,
+    /// so replaying it is harmless.
+    pub fn apply_replace(&mut self, payload: &Bytes, run_at_ms: Millis) {
+        self.payload = payload.clone();
         self.run_at_ms = run_at_ms;
     }
 }

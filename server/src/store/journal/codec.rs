@@ -17,6 +17,7 @@
 //!   0x05 Remove      id varint
 //!   0x06 Settings    queue str, then the settings (pages/queues.rs) to the end of the body
 //!   0x07 IdFloor     next_id varint
+//!   0x08 Replace     id varint, run_at_ms varint, payload bytes (varint length, then bytes)
 //! ```
 //!
 //! Anything else is refused: an unknown tag, a body that ends early or has bytes left over.
@@ -40,6 +41,7 @@ const RESCHEDULE: u8 = 0x04;
 const REMOVE: u8 = 0x05;
 const SETTINGS: u8 = 0x06;
 const ID_FLOOR: u8 = 0x07;
+const REPLACE: u8 = 0x08;
 
 /// Appends the body of `change` to `out`.
 pub fn encode_into(change: &Change, out: &mut Vec<u8>) -> Result<(), StoreError> {
@@ -85,6 +87,12 @@ pub fn encode_into(change: &Change, out: &mut Vec<u8>) -> Result<(), StoreError>
             out.push(ID_FLOOR);
             put_varint(out, *next_id);
         }
+        Change::Replace { id, payload, run_at_ms } => {
+            out.push(REPLACE);
+            put_varint(out, *id);
+            put_varint(out, *run_at_ms);
+            put_bytes(out, payload);
+        }
     }
     Ok(())
 }
@@ -122,6 +130,12 @@ pub fn decode(body: &[u8]) -> Option<Change> {
             return Some(Change::Settings { queue, settings });
         }
         ID_FLOOR => Change::IdFloor { next_id: r.varint("next_id").ok()? },
+        REPLACE => {
+            let id = r.varint("id").ok()?;
+            let run_at_ms = r.varint("run_at").ok()?;
+            let payload = bytes::Bytes::copy_from_slice(r.bytes("payload").ok()?);
+            Change::Replace { id, payload, run_at_ms }
+        }
         _ => return None,
     };
     (r.left() == 0).then_some(change)
@@ -277,6 +291,10 @@ mod tests {
                 "06017101".into(),
             ),
             (Change::IdFloor { next_id: 1 << 20 }, "07808040".into()),
+            (
+                Change::Replace { id: 5, payload: bytes::Bytes::from_static(b"hi"), run_at_ms: 1000 },
+                "0805e807026869".into(),
+            ),
         ];
         for (change, expected) in cases {
             let body = encode(&change);
@@ -297,7 +315,7 @@ mod tests {
         *bad_dead.last_mut().unwrap() = 2;
         let mut trailing = encode(&complete(1));
         trailing.push(0);
-        for body in [vec![], vec![0x08], good[..good.len() - 1].to_vec(), bad_dead, trailing] {
+        for body in [vec![], vec![0x09], good[..good.len() - 1].to_vec(), bad_dead, trailing] {
             assert_eq!(decode(&body), None, "{body:02x?}");
         }
     }
