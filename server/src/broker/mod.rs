@@ -57,6 +57,8 @@ mod model_tests;
 mod operations_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod unique_tests;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
