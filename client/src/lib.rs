@@ -98,7 +98,8 @@ pub use crate::worker::{permanent, Permanent, Worker};
 
 pub use qd_protocol::message::{LeaseRef, NackOutcome, Welcome};
 pub use qd_protocol::{
-    Cursor, ErrorCode, JobDetail, JobFailure, JobId, JobState, JobSummary, LeasedJob, MinuteCounts,
-    QueueInfo, QueueStats, RetryHint, Role, SearchQuery, WireError,
+    Cursor, ErrorCode, JobDetail, JobFailure, JobId, JobOutcome, JobState, JobSummary, LeasedJob,
+    MinuteCounts, QueueInfo, QueueStats, RetryHint, Role, SearchQuery, Unique, WireError,
+    MAX_RESULT,
 };
 pub use tokio_util::sync::CancellationToken;

@@ -43,7 +43,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{
-    Broker, BrokerConfig, Effect, JobStateKind, JobView, Lease, WaiterKey, Waited,
+    Broker, BrokerConfig, Effect, JobStateKind, JobView, Lease, Waited, WaiterKey,
 };
 use crate::config::ServerConfig;
 use crate::model::{Change, ConnId, Millis};
@@ -429,9 +429,11 @@ impl Engine {
                         // Its last error is in its stored record only.
                         self.off_task(conn, id, move |reader| {
                             let error = match reader.get(job) {
-                                Ok(Some(record)) => {
-                                    record.errors.last().map(|e| e.message.clone()).unwrap_or_default()
-                                }
+                                Ok(Some(record)) => record
+                                    .errors
+                                    .last()
+                                    .map(|e| e.message.clone())
+                                    .unwrap_or_default(),
                                 Ok(None) => return Err(admin::not_found(job)),
                                 Err(e) => {
                                     return Err(WireError::new(

@@ -24,3 +24,5 @@ mod leases;
 mod retries;
 /// Secrets, roles, TLS, limits: one regression test per finding of the security issue.
 mod security;
+/// Throttle windows, debounce, expiry, results and waiting for a job's outcome.
+mod unique;

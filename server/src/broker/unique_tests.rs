@@ -132,7 +132,8 @@ fn debounce_replaces_the_waiting_payload_and_restarts_the_delay() {
     // Half-way through the delay, a second add: same id, new payload, delay from now.
     let ids = b.add(T0 + 500, "q", vec![deb(b"two")]).unwrap();
     assert_eq!(ids, [id]);
-    let replaced = Change::Replace { id, payload: Bytes::from_static(b"two"), run_at_ms: T0 + 1500 };
+    let replaced =
+        Change::Replace { id, payload: Bytes::from_static(b"two"), run_at_ms: T0 + 1500 };
     assert!(matches!(&effects(&mut b)[..], [Effect::Persist(c)] if *c == replaced));
     // Uncommitted until the replace commits: the old run time does nothing.
     b.commit_added(T0 + 500, &ids);

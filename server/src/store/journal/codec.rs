@@ -292,7 +292,11 @@ mod tests {
             ),
             (Change::IdFloor { next_id: 1 << 20 }, "07808040".into()),
             (
-                Change::Replace { id: 5, payload: bytes::Bytes::from_static(b"hi"), run_at_ms: 1000 },
+                Change::Replace {
+                    id: 5,
+                    payload: bytes::Bytes::from_static(b"hi"),
+                    run_at_ms: 1000,
+                },
                 "0805e807026869".into(),
             ),
         ];
