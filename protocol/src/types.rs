@@ -341,8 +341,10 @@ impl QueueStats {
 /// queue's ring of recent completions), so they are for small answers, not for data.
 pub const MAX_RESULT: usize = 64 * 1024;
 
-/// What became of a job a producer waited for (`Request::Wait`).
+/// What became of a job a producer waited for (`Request::Wait`). More outcomes may come:
+/// match with a wildcard arm.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum JobOutcome {
     /// The job completed; `result` is what its worker acked it with (empty when nothing).
     Completed { result: Bytes },

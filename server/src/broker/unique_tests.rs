@@ -214,11 +214,11 @@ fn wait_gets_the_result_of_an_ack() {
     effects(&mut b);
     b.ack_with_result(T0 + 5, lref(&lease), Bytes::from_static(b"42")).unwrap();
     let e = effects(&mut b);
-    let done = Some(JobOutcome::Completed { result: Bytes::from_static(b"42") });
-    assert_eq!(outcomes(&e), [(w(9, 1), id, done.clone())]);
+    let done = JobOutcome::Completed { result: Bytes::from_static(b"42") };
+    assert_eq!(outcomes(&e), [(w(9, 1), id, Some(done.clone()))]);
     assert!(matches!(e[0], Effect::Persist(Change::Complete { .. })), "persist, then answer");
     // Later waits are answered at once from the completed ring.
-    assert_eq!(b.wait(T0 + 6, w(9, 2), id, 5000), Ok(Waited::Now(done.unwrap())));
+    assert_eq!(b.wait(T0 + 6, w(9, 2), id, 5000), Ok(Waited::Now(done)));
     assert_eq!(b.poll_timeout(), None, "no wait left behind");
 }
 
