@@ -325,7 +325,6 @@ impl Broker {
                 continue;
             }
             let id = self.assign_id();
-            self.unique_added(now, q, &job, id);
             let options = job.options;
             let meta = JobMeta {
                 created_at_ms: now,
@@ -342,6 +341,8 @@ impl Broker {
             if let Some(key) = &options.key {
                 self.claim_key(q, key, id);
             }
+            // After the claim: a debounce may take the key over from a running holder.
+            self.unique_added(now, q, &options, id);
             let run_at_ms = now.saturating_add(options.delay_ms);
             self.uncommitted.insert(id, run_at_ms);
             let queue_state = &mut self.queues[q as usize];

@@ -28,7 +28,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use qd_protocol::{JobId, NewJob, Unique};
+use qd_protocol::{JobId, JobOptions, NewJob, Unique};
 
 use super::job::{JobMeta, JobState};
 use super::{edit_timed, Broker, Effect};
@@ -67,16 +67,16 @@ impl Broker {
         }
     }
 
-    /// After job `id` (run time `run_at_ms`) was added to `q` with `options`: opens its
+    /// After job `id` was added to `q` with `options` (and claimed a free key): opens its
     /// throttle window, or records its run time as a debounce holder. A debounced add that
     /// found its holder running takes the key over.
-    pub(super) fn unique_added(&mut self, now: Millis, q: u32, job: &NewJob, id: JobId) {
-        let Some(key) = job.options.key.as_deref() else { return };
-        match job.options.unique {
+    pub(super) fn unique_added(&mut self, now: Millis, q: u32, options: &JobOptions, id: JobId) {
+        let Some(key) = options.key.as_deref() else { return };
+        match options.unique {
             Unique::WhilePending => {}
             Unique::Window { ms } => self.open_window(q, key, id, now.saturating_add(ms)),
             Unique::Debounce => {
-                let run_at = now.saturating_add(job.options.delay_ms);
+                let run_at = now.saturating_add(options.delay_ms);
                 let queue = &mut self.queues[q as usize];
                 if queue.keys.get(key) != Some(&id) {
                     // The holder is running: this job holds the key from now on.

@@ -149,6 +149,13 @@ fn debounce_replaces_the_waiting_payload_and_restarts_the_delay() {
     assert_eq!(add(&mut b, T0 + 1700, deb(b"four")), next, "the new job is debounced");
     b.ack(T0 + 1800, lref(&lease)).unwrap();
     assert_eq!(add(&mut b, T0 + 1900, deb(b"five")), next, "the old job's ack kept the key");
+    // The job that took the key over frees it when it completes.
+    b.handle_timeout(T0 + 2900);
+    let lease = take(&mut b, T0 + 2900).remove(0);
+    assert_eq!(lease.id, next);
+    b.ack(T0 + 2900, lref(&lease)).unwrap();
+    assert!(b.queues.iter().all(|q| q.keys.is_empty() && q.debounce_at.is_empty()));
+    assert!(add(&mut b, T0 + 3000, deb(b"six")) > next);
 }
 
 #[test]
