@@ -121,6 +121,9 @@ struct Ticket {
     replies: Vec<Held>,
     /// Ids whose payloads sit in the overlay until this ticket is applied.
     inserted: Vec<JobId>,
+    /// `Wait`s on dead jobs `(conn, request, job)`, answered from the store once this
+    /// ticket (which may hold the job's last `Fail`) is committed.
+    dead_waits: Vec<(ConnId, u64, JobId)>,
 }
 
 /// A connected client, as the engine knows it.
@@ -426,24 +429,25 @@ impl Engine {
                     Ok(Waited::Now(outcome)) => Ok(Response::Outcome { outcome }),
                     Ok(Waited::Parked) => return None,
                     Ok(Waited::Dead) => {
-                        // Its last error is in its stored record only.
-                        self.off_task(conn, id, move |reader| {
-                            let error = match reader.get(job) {
-                                Ok(Some(record)) => record
-                                    .errors
-                                    .last()
-                                    .map(|e| e.message.clone())
-                                    .unwrap_or_default(),
-                                Ok(None) => return Err(admin::not_found(job)),
-                                Err(e) => {
-                                    return Err(WireError::new(
-                                        ErrorCode::Storage,
-                                        format!("cannot read job {job}: {e}; try again"),
-                                    ))
+                        // Its last error is in its stored record only, and the `Fail` that
+                        // killed it may still be in the open or an in-flight ticket: read
+                        // after the newest one commits.
+                        let latest = if self.open_changes.is_empty() {
+                            self.in_flight.keys().max().copied()
+                        } else {
+                            Some(self.next_ticket)
+                        };
+                        match latest {
+                            Some(t) if t == self.next_ticket => {
+                                self.open.dead_waits.push((conn, id, job))
+                            }
+                            Some(t) => {
+                                if let Some(ticket) = self.in_flight.get_mut(&t) {
+                                    ticket.dead_waits.push((conn, id, job));
                                 }
-                            };
-                            Ok(Response::Outcome { outcome: JobOutcome::Dead { error } })
-                        });
+                            }
+                            None => self.answer_dead_wait(conn, id, job),
+                        }
                         return None;
                     }
                     Err(e) => Err(e.into()),
@@ -760,10 +764,41 @@ impl Engine {
                     for held in t.replies {
                         self.send(held.conn, held.id, held.result);
                     }
+                    for (conn, id, job) in t.dead_waits {
+                        self.answer_dead_wait(conn, id, job);
+                    }
                 }
-                Err(e) => self.fail_replies(t.replies, &e.to_string()),
+                Err(e) => {
+                    let waits = t.dead_waits.into_iter().map(|(conn, id, _)| Held {
+                        conn,
+                        id,
+                        result: Ok(Response::Pong),
+                    });
+                    // The result is replaced by the storage error.
+                    let replies = t.replies.into_iter().chain(waits).collect();
+                    self.fail_replies(replies, &e.to_string())
+                }
             }
         }
+    }
+
+    /// Answers a `Wait` on dead job `job` with its last error, read from the store.
+    fn answer_dead_wait(&self, conn: ConnId, id: u64, job: JobId) {
+        self.off_task(conn, id, move |reader| {
+            let error = match reader.get(job) {
+                Ok(Some(record)) => {
+                    record.errors.last().map(|e| e.message.clone()).unwrap_or_default()
+                }
+                Ok(None) => return Err(admin::not_found(job)),
+                Err(e) => {
+                    return Err(WireError::new(
+                        ErrorCode::Storage,
+                        format!("cannot read job {job}: {e}; try again"),
+                    ))
+                }
+            };
+            Ok(Response::Outcome { outcome: JobOutcome::Dead { error } })
+        });
     }
 
     /// Answers held replies with a storage error instead of their result.
