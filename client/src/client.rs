@@ -12,9 +12,9 @@ use bytes::Bytes;
 use qd_protocol::message::{LeaseRef, NackOutcome, Welcome};
 use qd_protocol::schedule::validate_schedule_name;
 use qd_protocol::{
-    validate_lease, validate_queue_name, Cursor, JobDetail, JobId, JobState, JobSummary, LeasedJob,
-    QueueInfo, QueueStats, Request, Response, RetryHint, Role, Schedule, ScheduleInfo, SearchQuery,
-    WireError, MAX_ERROR_TEXT, MAX_PROGRESS,
+    validate_lease, validate_queue_name, Cursor, JobDetail, JobId, JobOutcome, JobState,
+    JobSummary, LeasedJob, QueueInfo, QueueStats, Request, Response, RetryHint, Role, Schedule,
+    ScheduleInfo, SearchQuery, WireError, MAX_ERROR_TEXT, MAX_PROGRESS, MAX_RESULT,
 };
 use serde::Serialize;
 
@@ -244,6 +244,46 @@ impl Client {
         match failed.into_iter().next() {
             None => Ok(()),
             Some((_, e)) => Err(Error::server(e)),
+        }
+    }
+
+    /// Completes a job with a result (at most [`MAX_RESULT`] bytes) that producers waiting
+    /// on it ([`Client::wait`]) receive. The server keeps results in memory, in the queue's
+    /// ring of recent completions: for small answers, not bulk data. Fails like
+    /// [`Client::ack`] when the lease is lost.
+    pub async fn ack_with_result(
+        &self,
+        job: &impl AsLease,
+        result: impl Into<bytes::Bytes>,
+    ) -> Result<(), Error> {
+        let result = result.into();
+        if result.len() > MAX_RESULT {
+            return Err(Error::invalid_arg(format!(
+                "the result is {} bytes, more than the {MAX_RESULT} a result may have; store \
+                 large output elsewhere and return a reference to it",
+                result.len()
+            )));
+        }
+        let body = Request::AckWithResult { lease: job.lease(), result };
+        match self.conn.call(body, Duration::ZERO).await? {
+            Response::Acked { failed } => match failed.into_iter().next() {
+                None => Ok(()),
+                Some((_, e)) => Err(Error::server(e)),
+            },
+            other => Err(unexpected("Acked", &other)),
+        }
+    }
+
+    /// Waits up to `timeout` for job `id` to complete or die: [`JobOutcome::Completed`]
+    /// with its result, [`JobOutcome::Dead`] with its last error (`expired` when it did
+    /// not start in time), or [`JobOutcome::Pending`] when the wait ran out. Answered at
+    /// once when the job already ended; a not-found error when the server does not know
+    /// the job (a completed job is known while its queue's completed ring holds it).
+    pub async fn wait(&self, id: JobId, timeout: Duration) -> Result<JobOutcome, Error> {
+        let body = Request::Wait { id, timeout_ms: millis(timeout) };
+        match self.conn.call(body, timeout).await? {
+            Response::Outcome { outcome } => Ok(outcome),
+            other => Err(unexpected("Outcome", &other)),
         }
     }
 

@@ -22,7 +22,7 @@ use crate::auth::NONCE_LEN;
 use crate::error::WireError;
 use crate::limits::de;
 use crate::schedule::{Schedule, ScheduleInfo};
-use crate::types::{JobId, LeasedJob, NewJob, QueueStats, RetryHint};
+use crate::types::{JobId, JobOutcome, LeasedJob, NewJob, QueueStats, RetryHint};
 
 /// First frame from a client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,6 +182,14 @@ pub enum Request {
     /// the lease ends and no failure is recorded. Answered `Nacked { outcome: Retrying }`
     /// with the new run time.
     Snooze { lease: LeaseRef, delay_ms: u64 },
+    // Worker and producer requests again (not admin).
+    /// Completes one job with a result (at most [`crate::MAX_RESULT`] bytes) that a producer
+    /// waiting on it gets. Answered `Acked` (the lease in `failed` when it was not valid).
+    AckWithResult { lease: LeaseRef, result: Bytes },
+    /// Waits up to `timeout_ms` for job `id` to complete or die. Answered `Outcome` (at once
+    /// when it already has), or `NotFound` when the server knows no such job (never added,
+    /// removed, or completed so long ago that it left the queue's completed ring).
+    Wait { id: JobId, timeout_ms: u64 },
 }
 
 impl Request {
@@ -196,7 +204,9 @@ impl Request {
             | Request::Stats { .. }
             | Request::Ping
             | Request::Progress { .. }
-            | Request::Snooze { .. } => false,
+            | Request::Snooze { .. }
+            | Request::AckWithResult { .. }
+            | Request::Wait { .. } => false,
             Request::Queues { .. }
             | Request::Jobs { .. }
             | Request::Job { .. }
@@ -275,5 +285,9 @@ pub enum Response {
     Schedules {
         schedules: Vec<ScheduleInfo>,
         next: Option<String>,
+    },
+    /// The answer to `Wait`.
+    Outcome {
+        outcome: JobOutcome,
     },
 }

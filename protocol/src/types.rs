@@ -328,6 +328,9 @@ pub struct QueueStats {
     pub completed_total: u64,
     /// Failed tries since the server started (each nack, lease expiry or disconnect).
     pub failed_total: u64,
+    /// Jobs discarded since the server started because they had not started within their
+    /// `expires_in` (each is in the dead set with the error `expired`).
+    pub expired_total: u64,
 }
 
 impl QueueStats {
@@ -335,6 +338,24 @@ impl QueueStats {
     pub fn new(queue: impl Into<String>) -> Self {
         QueueStats { queue: queue.into(), ..Default::default() }
     }
+}
+
+/// Largest result a worker may ack a job with, in bytes. Results are kept in memory (the
+/// queue's ring of recent completions), so they are for small answers, not for data.
+pub const MAX_RESULT: usize = 64 * 1024;
+
+/// What became of a job a producer waited for (`Request::Wait`). More outcomes may come:
+/// match with a wildcard arm.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum JobOutcome {
+    /// The job completed; `result` is what its worker acked it with (empty when nothing).
+    Completed { result: Bytes },
+    /// The job is in the dead set: its attempts ran out, a worker said never to retry, or it
+    /// expired before it started (`error` is then `expired`). `error` is its last error.
+    Dead { error: String },
+    /// The wait ran out while the job was still waiting or running.
+    Pending,
 }
 
 /// Checks a queue name: 1 to 128 bytes of `[A-Za-z0-9._:-]`.

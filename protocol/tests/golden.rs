@@ -264,12 +264,13 @@ fn stats_answer() {
                     s.completed = 5;
                     s.completed_total = 300;
                     s.failed_total = 7;
+                    s.expired_total = 8;
                     s
                 }],
                 next: Some("q".into()),
             }),
         },
-        "00 00 00 13 01 06 00 05 01 01 71 01 02 03 04 05 fb 2c 01 07 01 01 71",
+        "00 00 00 14 01 06 00 05 01 01 71 01 02 03 04 05 fb 2c 01 07 08 01 01 71",
     );
 }
 
@@ -604,4 +605,39 @@ fn schedules_answer() {
         },
         "00 00 00 2e 01 17 00 0c 01 01 6e 01 fb e8 03 01 71 01 6a 00 00 00 03 01 fb e8 03 fc 80 ee 36 00 14 fb 30 75 00 00 00 00 00 fb e8 03 00 01 fb d0 07 00",
     );
+}
+
+// ---- Results and waiting (appended after `Resume`). ----
+
+#[test]
+fn ack_with_result() {
+    check_client(
+        &ClientFrame::Request {
+            id: 21,
+            body: Request::AckWithResult {
+                lease: LeaseRef { id: 1, token: 2 },
+                result: Bytes::from_static(b"ok"),
+            },
+        },
+        "00 00 00 08 01 15 17 01 02 02 6f 6b",
+    );
+}
+
+#[test]
+fn wait_and_outcomes() {
+    check_client(
+        &ClientFrame::Request { id: 22, body: Request::Wait { id: 5, timeout_ms: 1000 } },
+        "00 00 00 07 01 16 18 05 fb e8 03",
+    );
+    let outcome =
+        |outcome| ServerFrame::Response { id: 22, result: Ok(Response::Outcome { outcome }) };
+    check_server(
+        &outcome(JobOutcome::Completed { result: Bytes::from_static(b"ok") }),
+        "00 00 00 08 01 16 00 0d 00 02 6f 6b",
+    );
+    check_server(
+        &outcome(JobOutcome::Dead { error: "expired".into() }),
+        "00 00 00 0d 01 16 00 0d 01 07 65 78 70 69 72 65 64",
+    );
+    check_server(&outcome(JobOutcome::Pending), "00 00 00 05 01 16 00 0d 02");
 }

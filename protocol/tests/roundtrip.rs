@@ -159,6 +159,14 @@ fn admin_request() -> impl Strategy<Value = Request> {
         q().prop_map(|name| Request::ScheduleRemove { name }),
         (proptest::option::of(q()), any::<u32>())
             .prop_map(|(after, limit)| Request::Schedules { after, limit }),
+        // Appended after `Resume`: results and waiting (not admin).
+        (any::<(u64, u64)>(), proptest::collection::vec(any::<u8>(), 0..16)).prop_map(
+            |((id, token), result)| Request::AckWithResult {
+                lease: LeaseRef { id, token },
+                result: Bytes::from(result),
+            }
+        ),
+        any::<(u64, u64)>().prop_map(|(id, timeout_ms)| Request::Wait { id, timeout_ms }),
     ]
 }
 
@@ -204,6 +212,13 @@ fn admin_response() -> impl Strategy<Value = Response> {
         Just(Response::Pong),
         Just(Response::Done),
         any::<u64>().prop_map(|n| Response::Count { n }),
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..16)
+                .prop_map(|r| JobOutcome::Completed { result: Bytes::from(r) }),
+            ".{0,8}".prop_map(|error| JobOutcome::Dead { error }),
+            Just(JobOutcome::Pending),
+        ]
+        .prop_map(|outcome| Response::Outcome { outcome }),
         (proptest::collection::vec(summary(), 0..3), proptest::option::of(cursor()))
             .prop_map(|(jobs, next)| Response::Jobs { jobs, next }),
         (

@@ -38,11 +38,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use qd_protocol::admin::{Cursor, JobState, JobSummary, SearchQuery};
 use qd_protocol::message::{LeaseRef, NackOutcome, ServerFrame};
-use qd_protocol::{ErrorCode, JobId, LeasedJob, Request, Response, WireError};
+use qd_protocol::{ErrorCode, JobId, JobOutcome, LeasedJob, Request, Response, WireError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, BrokerConfig, Effect, JobStateKind, JobView, Lease, WaiterKey};
+use crate::broker::{
+    Broker, BrokerConfig, Effect, JobStateKind, JobView, Lease, Waited, WaiterKey,
+};
 use crate::config::ServerConfig;
 use crate::model::{Change, ConnId, Millis};
 use crate::store::{
@@ -119,6 +121,9 @@ struct Ticket {
     replies: Vec<Held>,
     /// Ids whose payloads sit in the overlay until this ticket is applied.
     inserted: Vec<JobId>,
+    /// `Wait`s on dead jobs `(conn, request, job)`, answered from the store once this
+    /// ticket (which may hold the job's last `Fail`) is committed.
+    dead_waits: Vec<(ConnId, u64, JobId)>,
 }
 
 /// A connected client, as the engine knows it.
@@ -414,6 +419,46 @@ impl Engine {
                     .collect();
                 Ok(Response::Acked { failed })
             }
+            Request::AckWithResult { lease, result } => {
+                crate::metrics::ack_observed(b.lease_started(lease.id), now); // metrics hook
+                let failed = match b.ack_with_result(now, lease, result) {
+                    Ok(()) => Vec::new(),
+                    Err(e @ crate::broker::BrokerError::InvalidArgument(_)) => {
+                        return Some(Err(e.into()))
+                    }
+                    Err(e) => vec![(lease.id, WireError::from(e))],
+                };
+                Ok(Response::Acked { failed })
+            }
+            Request::Wait { id: job, timeout_ms } => {
+                match b.wait(now, WaiterKey { conn, request: id }, job, timeout_ms) {
+                    Ok(Waited::Now(outcome)) => Ok(Response::Outcome { outcome }),
+                    Ok(Waited::Parked) => return None,
+                    Ok(Waited::Dead) => {
+                        // Its last error is in its stored record only, and the `Fail` that
+                        // killed it may still be in the open or an in-flight ticket: read
+                        // after the newest one commits.
+                        let latest = if self.open_changes.is_empty() {
+                            self.in_flight.keys().max().copied()
+                        } else {
+                            Some(self.next_ticket)
+                        };
+                        match latest {
+                            Some(t) if t == self.next_ticket => {
+                                self.open.dead_waits.push((conn, id, job))
+                            }
+                            Some(t) => {
+                                if let Some(ticket) = self.in_flight.get_mut(&t) {
+                                    ticket.dead_waits.push((conn, id, job));
+                                }
+                            }
+                            None => self.answer_dead_wait(conn, id, job),
+                        }
+                        return None;
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
             Request::Nack { lease, error, retry } => b
                 .nack(now, lease, &error, retry)
                 .map(|outcome| Response::Nacked { outcome })
@@ -641,6 +686,12 @@ impl Engine {
                                 .insert(record.id, (record.payload.clone(), self.next_ticket));
                             self.open.inserted.push(record.id);
                         }
+                        Change::Replace { id, payload, .. } => {
+                            // A debounced job is uncommitted again until this ticket
+                            // commits; its new payload waits here as an insert's does.
+                            self.overlay.insert(*id, (payload.clone(), self.next_ticket));
+                            self.open.inserted.push(*id);
+                        }
                         Change::Fail { id, error, dead, .. } => self.log_failure(*id, error, *dead),
                         _ => {}
                     }
@@ -650,6 +701,20 @@ impl Engine {
                 Effect::Deliver { waiter, leases } => {
                     let jobs = self.leased(leases);
                     self.send(waiter.conn, waiter.request, Ok(Response::Reserved { jobs }));
+                }
+                Effect::Outcome { waiter, id, outcome } => {
+                    let result = match outcome {
+                        Some(outcome) => Ok(Response::Outcome { outcome }),
+                        None => Err(admin::not_found(id)),
+                    };
+                    let held = Held { conn: waiter.conn, id: waiter.request, result };
+                    // Persist, then reply: the completion or death it reports is among
+                    // this round's changes.
+                    if self.open_changes.is_empty() {
+                        self.send(held.conn, held.id, held.result);
+                    } else {
+                        self.open.replies.push(held);
+                    }
                 }
             }
         }
@@ -709,13 +774,17 @@ impl Engine {
             self.storage_failure.get_or_insert_with(|| e.to_string());
         }
         for ticket in done.tickets {
-            let Some(t) = self.in_flight.remove(&ticket) else { continue };
+            let Some(mut t) = self.in_flight.remove(&ticket) else { continue };
             if done.result.is_ok() {
                 // Read-committed delivery: only now may the core hand these jobs out. Their
                 // payloads are still in the overlay while the deliveries are built.
+                // A job debounced again since is committed by the later ticket only.
+                t.inserted.retain(|id| self.overlay.get(id).is_none_or(|o| o.1 == ticket));
                 let now = self.clock.now();
                 self.broker.commit_added(now, &t.inserted);
                 self.apply_effects(None);
+            } else {
+                t.inserted.retain(|id| self.overlay.get(id).is_none_or(|o| o.1 == ticket));
             }
             for id in &t.inserted {
                 self.overlay.remove(id);
@@ -725,10 +794,41 @@ impl Engine {
                     for held in t.replies {
                         self.send(held.conn, held.id, held.result);
                     }
+                    for (conn, id, job) in t.dead_waits {
+                        self.answer_dead_wait(conn, id, job);
+                    }
                 }
-                Err(e) => self.fail_replies(t.replies, &e.to_string()),
+                Err(e) => {
+                    let waits = t.dead_waits.into_iter().map(|(conn, id, _)| Held {
+                        conn,
+                        id,
+                        result: Ok(Response::Pong),
+                    });
+                    // The result is replaced by the storage error.
+                    let replies = t.replies.into_iter().chain(waits).collect();
+                    self.fail_replies(replies, &e.to_string())
+                }
             }
         }
+    }
+
+    /// Answers a `Wait` on dead job `job` with its last error, read from the store.
+    fn answer_dead_wait(&self, conn: ConnId, id: u64, job: JobId) {
+        self.off_task(conn, id, move |reader| {
+            let error = match reader.get(job) {
+                Ok(Some(record)) => {
+                    record.errors.last().map(|e| e.message.clone()).unwrap_or_default()
+                }
+                Ok(None) => return Err(admin::not_found(job)),
+                Err(e) => {
+                    return Err(WireError::new(
+                        ErrorCode::Storage,
+                        format!("cannot read job {job}: {e}; try again"),
+                    ))
+                }
+            };
+            Ok(Response::Outcome { outcome: JobOutcome::Dead { error } })
+        });
     }
 
     /// Answers held replies with a storage error instead of their result.

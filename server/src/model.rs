@@ -92,6 +92,9 @@ pub enum Change {
     /// and finds the job already there. Boxed: a schedule is large and rare, and every
     /// `Change` (and `Effect`) would otherwise be as big.
     Schedule { name: String, schedule: Option<Box<ScheduleRecord>> },
+    /// A waiting job was debounced (`Unique::Debounce`): a newer add with its key replaced
+    /// its payload, and it runs next at `run_at_ms`.
+    Replace { id: JobId, payload: Bytes, run_at_ms: Millis },
 }
 
 /// A named schedule as it is stored: what the operator set, and where its clock stands.
@@ -145,6 +148,13 @@ impl JobRecord {
     pub fn apply_retry(&mut self, run_at_ms: Millis) {
         self.state = PersistedState::Waiting;
         self.failures = 0;
+        self.run_at_ms = run_at_ms;
+    }
+
+    /// Applies a [`Change::Replace`]: the debounced payload and run time. Absolute values,
+    /// so replaying it is harmless.
+    pub fn apply_replace(&mut self, payload: &Bytes, run_at_ms: Millis) {
+        self.payload = payload.clone();
         self.run_at_ms = run_at_ms;
     }
 }

@@ -28,6 +28,8 @@ mod retries;
 mod schedules;
 /// Secrets, roles, TLS, limits: one regression test per finding of the security issue.
 mod security;
+/// Throttle windows, debounce, expiry, results and waiting for a job's outcome.
+mod unique;
 /// The Worker's outcomes (retry, retry-after, permanent, snooze), timeouts, cancellation on
 /// shutdown, error chains in the dead set, progress in the job detail.
 mod worker_api;

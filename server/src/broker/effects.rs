@@ -3,6 +3,8 @@
 //! `Broker::take_effects`, makes the `Persist`s durable, and only then releases the replies
 //! and deliveries that depend on them.
 
+use qd_protocol::{JobId, JobOutcome};
+
 use crate::model::Change;
 
 use super::{Lease, WaiterKey};
@@ -17,4 +19,8 @@ pub enum Effect {
     /// ran out. Like a reply, it must not go out before the `Persist`s queued ahead of it
     /// are committed (a delivered job may have been added by one of them).
     Deliver { waiter: WaiterKey, leases: Vec<Lease> },
+    /// A `Wait` for job `id` is answered: it completed, died, or the wait ran out
+    /// (`Pending`); `None` when the job was deleted (removed by an operator) while waited
+    /// for. Like a reply, it goes out after the `Persist`s queued ahead of it commit.
+    Outcome { waiter: WaiterKey, id: JobId, outcome: Option<JobOutcome> },
 }

@@ -63,6 +63,9 @@ pub(crate) struct JobMeta {
     /// Whether the job holds an idempotency key in its queue's key index (and so must free
     /// it when it completes or dies).
     pub keyed: bool,
+    /// The job expired once (`expires_in_ms`) and went to the dead set; an operator's retry
+    /// then runs it however late, instead of expiring it again at once.
+    pub expiry_spent: bool,
 }
 
 /// The options that decide how a job is retried and leased. Almost every job of a queue
@@ -74,6 +77,9 @@ pub(crate) struct Policy {
     pub backoff: Backoff,
     /// How long a worker may run one try (told to the worker; the lease still rules).
     pub timeout_ms: Option<u64>,
+    /// The job is discarded (dead, "expired") when not started within this many ms of its
+    /// creation.
+    pub expires_in_ms: Option<u64>,
 }
 
 impl Policy {
@@ -83,6 +89,7 @@ impl Policy {
             lease_ms: options.lease_ms,
             backoff: options.backoff,
             timeout_ms: options.timeout_ms,
+            expires_in_ms: options.expires_in_ms,
         }
     }
 }
@@ -93,6 +100,7 @@ impl Hash for Policy {
         self.max_attempts.hash(state);
         self.lease_ms.hash(state);
         self.timeout_ms.hash(state);
+        self.expires_in_ms.hash(state);
         match self.backoff {
             Backoff::Fixed { delay_ms } => (0u8, delay_ms).hash(state),
             Backoff::Exponential { base_ms, max_ms, jitter_pct } => {
@@ -215,6 +223,7 @@ mod tests {
             failures: 0,
             state: JobState::Ready,
             keyed: false,
+            expiry_spent: false,
         }
     }
 

@@ -14,7 +14,8 @@
 //! (pure, shared with other backends); `operations.rs` what an operator does (pause, list,
 //! retry, purge, remove, promote) and `admin.rs` the plain types it answers with;
 //! `schedules.rs` named cron and interval schedules, which fire from `handle_timeout`;
-//! `effects.rs` and `error.rs` the outputs.
+//! `unique.rs` the throttle, debounce and expiry rules; `job_waits.rs` producers waiting for
+//! a job's outcome; `effects.rs` and `error.rs` the outputs.
 //!
 //! Hash maps here use std's randomly seeded hasher (keys and names come from clients, so a
 //! fixed hasher would invite collision attacks). That and the lease-token key are the only
@@ -44,11 +45,13 @@ mod effects;
 mod error;
 mod intern;
 mod job;
+mod job_waits;
 mod lease;
 mod operations;
 mod queue;
 mod running;
 mod schedules;
+mod unique;
 mod waiters;
 
 #[cfg(test)]
@@ -57,13 +60,18 @@ mod model_tests;
 mod operations_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod unique_tests;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use qd_protocol::message::{LeaseRef, NackOutcome};
 use qd_protocol::{
     validate_lease, validate_queue_name, JobId, NewJob, QueueStats, RetryHint, MAX_ERROR_TEXT,
+    MAX_RESULT,
 };
 
 use crate::model::{AttemptError, Change, ConnId, JobRecord, Millis, PersistedState};
@@ -71,11 +79,14 @@ use crate::model::{AttemptError, Change, ConnId, JobRecord, Millis, PersistedSta
 pub use admin::{JobStateKind, JobView, MinuteCounts, Page, QueueView};
 pub use effects::Effect;
 pub use error::BrokerError;
+pub use job_waits::Waited;
 pub use operations::MAX_PAGE;
 pub use schedules::{fire_key, MAX_SCHEDULES};
+pub use unique::EXPIRED;
 
 use intern::Interner;
 use job::{JobMeta, JobState, JobTable, Policy};
+use job_waits::JobWaits;
 use lease::LeaseTable;
 use queue::{CompletedJob, Queue};
 use schedules::Schedules;
@@ -123,8 +134,8 @@ impl Default for BrokerConfig {
     }
 }
 
-/// Identifies one reserve request: the connection and the request id it chose.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Identifies one reserve (or wait) request: the connection and the request id it chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WaiterKey {
     pub conn: ConnId,
     pub request: u64,
@@ -149,7 +160,7 @@ pub struct Lease {
     pub timeout_ms: Option<u64>,
 }
 
-/// `(time, queue)` for the earliest entry of each queue's delayed (or dead) set: one timer
+/// `(time, queue)` for the earliest entry of each queue's delayed (or dead, or throttle) set: one timer
 /// index over every queue without a second entry per job.
 type Heads = BTreeSet<(Millis, u32)>;
 
@@ -179,8 +190,12 @@ pub struct Broker {
     delayed_heads: Heads,
     /// Earliest death of each queue with dead jobs (for age retention).
     dead_heads: Heads,
+    /// Earliest end of each queue's throttle windows (`unique.rs`).
+    throttle_heads: Heads,
     leases: LeaseTable,
     waiters: WaiterTable,
+    /// Producers waiting for a job's outcome (`job_waits.rs`).
+    job_waits: JobWaits,
     effects: Vec<Effect>,
     /// Queues that gained ready jobs during the current call, in order; their parked
     /// waiters are served before the call returns, so that no waiter stays parked on a
@@ -210,8 +225,10 @@ impl Broker {
             uncommitted: HashMap::new(),
             delayed_heads: Heads::new(),
             dead_heads: Heads::new(),
+            throttle_heads: Heads::new(),
             leases,
             waiters: WaiterTable::default(),
+            job_waits: JobWaits::default(),
             effects: Vec::new(),
             touched: Vec::new(),
             next_id: 1,
@@ -241,8 +258,10 @@ impl Broker {
             failures: record.failures,
             state: JobState::Dead,
             keyed: false,
+            expiry_spent: unique::expired_before(record),
         };
         self.jobs.insert(record.id, meta);
+        self.restore_unique(now, q, record);
         self.next_id = self.next_id.max(record.id.saturating_add(1));
         self.id_floor = self.id_floor.max(self.next_id);
         match record.state {
@@ -309,11 +328,9 @@ impl Broker {
         let q = self.queue_idx(queue);
         let mut ids = Vec::with_capacity(n);
         for job in jobs {
-            if let Some(key) = &job.options.key {
-                if let Some(&holder) = self.queues[q as usize].keys.get(key.as_str()) {
-                    ids.push(holder);
-                    continue;
-                }
+            if let Some(holder) = self.unique_holder(now, q, &job) {
+                ids.push(holder);
+                continue;
             }
             let id = self.assign_id();
             let options = job.options;
@@ -326,11 +343,14 @@ impl Broker {
                 failures: 0,
                 state: JobState::Uncommitted,
                 keyed: false,
+                expiry_spent: false,
             };
             self.jobs.insert(id, meta);
             if let Some(key) = &options.key {
                 self.claim_key(q, key, id);
             }
+            // After the claim: a debounce may take the key over from a running holder.
+            self.unique_added(now, q, &options, id);
             let run_at_ms = now.saturating_add(options.delay_ms);
             self.uncommitted.insert(id, run_at_ms);
             let queue_state = &mut self.queues[q as usize];
@@ -428,6 +448,24 @@ impl Broker {
 
     /// Completes a job. Wrong token or job not active: `LeaseLost`; unknown id: `NotFound`.
     pub fn ack(&mut self, now: Millis, lease: LeaseRef) -> Result<(), BrokerError> {
+        self.ack_with_result(now, lease, Bytes::new())
+    }
+
+    /// Completes a job with `result` (at most `MAX_RESULT` bytes), kept with it in its
+    /// queue's completed ring and handed to producers waiting on it. Errors as `ack`.
+    pub fn ack_with_result(
+        &mut self,
+        now: Millis,
+        lease: LeaseRef,
+        result: Bytes,
+    ) -> Result<(), BrokerError> {
+        if result.len() > MAX_RESULT {
+            return Err(BrokerError::InvalidArgument(format!(
+                "the result is {} bytes, more than the {MAX_RESULT} a result may have; store \
+                 large output elsewhere and return a reference to it",
+                result.len()
+            )));
+        }
         self.check_lease(lease)?;
         self.leases.release(lease.id);
         let Some(meta) = self.jobs.remove(lease.id) else {
@@ -451,9 +489,11 @@ impl Broker {
             priority: meta.priority,
             max_attempts,
             seq: 0,
+            result: result.clone(),
         };
         queue.push_completed(done, retention);
         self.effects.push(Effect::Persist(Change::Complete { id: lease.id }));
+        self.notify_completed(lease.id, &result);
         self.forget_if_idle(meta.queue);
         Ok(())
     }
@@ -502,6 +542,7 @@ impl Broker {
         for waiter in self.waiters.remove_conn(conn) {
             self.forget_all_idle(&waiter.queues);
         }
+        self.job_waits.remove_conn(conn);
         for id in self.leases.held_by(conn) {
             self.leases.release(id);
             self.fail(now, id, WORKER_DISCONNECTED.to_owned(), RetryHint::Backoff);
@@ -535,7 +576,12 @@ impl Broker {
                 continue;
             };
             self.delayed_remove(q, at, id);
-            self.make_ready(id, Some(JobState::Delayed), at);
+            match self.jobs.get(id).copied() {
+                Some(meta) if self.is_expired(&meta, now) => {
+                    self.expire(now, id, JobState::Delayed)
+                }
+                _ => self.make_ready(id, Some(JobState::Delayed), at),
+            }
         }
         while let Some(id) = self.leases.pop_expired(now) {
             self.fail(now, id, LEASE_EXPIRED.to_owned(), RetryHint::Backoff);
@@ -553,7 +599,9 @@ impl Broker {
             }
             self.forget_if_idle(q);
         }
+        self.prune_windows(now);
         self.serve_touched(now);
+        self.expire_waits(now);
         while let Some(waiter) = self.waiters.pop_expired(now) {
             self.effects.push(Effect::Deliver { waiter: waiter.key, leases: Vec::new() });
             self.forget_all_idle(&waiter.queues);
@@ -566,10 +614,20 @@ impl Broker {
         let dead =
             self.dead_heads.first().map(|&(at, _)| at.saturating_add(self.config.dead_max_age_ms));
         let schedule = self.schedules.next_fire();
-        [delayed, dead, self.leases.next_deadline(), self.waiters.next_deadline(), schedule]
-            .into_iter()
-            .flatten()
-            .min()
+        let windows = self.throttle_heads.first().map(|&(at, _)| at);
+        let waits = self.job_waits.next_deadline();
+        [
+            delayed,
+            dead,
+            self.leases.next_deadline(),
+            self.waiters.next_deadline(),
+            schedule,
+            windows,
+            waits,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Moves all pending effects into `out` (appending), in the order they happened.
@@ -593,6 +651,7 @@ impl Broker {
                 s.completed = q.completed_retained() as u64;
                 s.completed_total = q.completed_total;
                 s.failed_total = q.failed_total;
+                s.expired_total = q.expired_total;
                 s
             })
             .collect();
@@ -739,6 +798,7 @@ impl Broker {
         if !meta.keyed {
             return;
         }
+        self.queues[meta.queue as usize].debounce_at.remove(&id);
         if let Some(key) = self.job_keys.remove(&id) {
             let keys = &mut self.queues[meta.queue as usize].keys;
             if keys.get(&key) == Some(&id) {
@@ -753,6 +813,7 @@ impl Broker {
     /// The job died: its key stops deduplicating (invariant 4 of queue.rs) so that the
     /// same work can be added again, but the job remembers it in `job_keys` for a retry.
     fn park_key(&mut self, meta: &JobMeta, id: JobId) {
+        self.queues[meta.queue as usize].debounce_at.remove(&id);
         if let Some(key) = self.job_keys.get(&id).filter(|_| meta.keyed) {
             let keys = &mut self.queues[meta.queue as usize].keys;
             if keys.get(key) == Some(&id) {
@@ -835,6 +896,12 @@ impl Broker {
                 if meta.state != JobState::Ready || meta.queue != q {
                     continue;
                 }
+                let copy = *meta;
+                if self.is_expired(&copy, now) {
+                    self.expire(now, id, JobState::Ready);
+                    continue;
+                }
+                let Some(meta) = self.jobs.get_mut(id) else { continue };
                 meta.state = JobState::Active;
                 let meta = *meta;
                 let queue = &mut self.queues[q as usize];
@@ -902,6 +969,8 @@ impl Broker {
         let queue = &mut self.queues[meta.queue as usize];
         queue.failed_total += 1;
         queue.count_minute(now, 0, 1);
+        // For producers waiting on the job (`Wait`), when this is its end.
+        let last_error = dead.then(|| message.clone());
         // The Fail goes first: a dead-set overflow below removes older dead jobs after it.
         self.effects.push(Effect::Persist(Change::Fail {
             id,
@@ -918,6 +987,7 @@ impl Broker {
             queue.recount(Some(from), Some(JobState::Dead));
             queue.dead_total += 1;
             self.dead_insert(meta.queue, now, id);
+            self.notify_ended(id, last_error.as_deref());
             self.enforce_dead_max(meta.queue);
             NackOutcome::Dead
         } else {
@@ -950,6 +1020,7 @@ impl Broker {
         self.names.release(meta.name);
         self.policies.release(meta.policy);
         self.effects.push(Effect::Persist(Change::Remove { id }));
+        self.notify_ended(id, None);
     }
 
     /// Rough heap bytes of the per-job structures (for tests and metrics).
@@ -961,11 +1032,11 @@ impl Broker {
 
 /// Edits one queue's time-ordered set and keeps `heads` (the earliest entry per queue) in
 /// step with it.
-fn edit_timed<R>(
+fn edit_timed<T: Ord, R>(
     heads: &mut Heads,
-    set: &mut BTreeSet<(Millis, JobId)>,
+    set: &mut BTreeSet<(Millis, T)>,
     q: u32,
-    edit: impl FnOnce(&mut BTreeSet<(Millis, JobId)>) -> R,
+    edit: impl FnOnce(&mut BTreeSet<(Millis, T)>) -> R,
 ) -> R {
     let before = set.first().map(|&(at, _)| at);
     let result = edit(set);

@@ -707,6 +707,12 @@ impl Store {
                     self.jobs.get_mut(&id).expect("rescheduled job is stored").run_at_ms =
                         run_at_ms;
                 }
+                Change::Replace { id, payload, run_at_ms } => {
+                    self.jobs
+                        .get_mut(&id)
+                        .expect("debounced job is stored")
+                        .apply_replace(&payload, run_at_ms);
+                }
                 Change::Settings { queue, settings } => {
                     if settings == QueueSettings::default() {
                         self.settings.remove(&queue);

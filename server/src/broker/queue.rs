@@ -1,7 +1,8 @@
 //! [`Queue`]: one queue's indexes and counters: the ready index (priority, then FIFO), its
 //! delayed and dead sets (by time), the idempotency keys of its pending jobs, its per-state
-//! counts, totals and per-minute history, its operator settings, and the ring of recently
-//! completed jobs.
+//! counts, totals and per-minute history, its operator settings, the ring of recently
+//! completed jobs (with the results their workers acked them with), and the throttle
+//! windows of `Unique::Window` keys.
 //!
 //! Leases and parked waiters are indexed broker-wide (`lease.rs`, `waiters.rs`), and so is
 //! "which queue has the earliest delayed or dead deadline" (`mod.rs`), so that one timer
@@ -20,10 +21,19 @@
 //!    or active. A dead job remembers its key (the broker's `job_keys`) without holding it,
 //!    and takes it back on retry if it is still free.
 //! 5. A queue is forgotten (see `Broker::forget_if_idle`) only when `is_idle()`: no job in
-//!    any state, no settings. So no job's `queue` index ever names a forgotten slot.
+//!    any state, no settings, no open throttle window. So no job's `queue` index ever names
+//!    a forgotten slot, and no window is lost while it is open.
+//! 6. `throttle` maps a key to `(first job, window end)`, and `throttle_ends` holds exactly
+//!    one `(window end, key)` per entry of `throttle`. An entry whose end has passed is
+//!    pruned by the broker's timer (`Broker::handle_timeout`), so lookups also check the end.
+//! 7. `debounce_at` holds the run time a debounce holder (a keyed job added with
+//!    `Unique::Debounce`) was last scheduled at; it is a hint, checked against `delayed`
+//!    before use, and dropped when the job lets go of its key.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
+
+use bytes::Bytes;
 
 use qd_protocol::JobId;
 
@@ -43,6 +53,9 @@ pub(crate) struct CompletedJob {
     /// Position in the queue's completion order (`completed_total` when it completed):
     /// what a listing cursor remembers.
     pub seq: u64,
+    /// What the worker acked it with (`AckWithResult`); empty for a plain ack. In memory
+    /// only, at most `qd_protocol::MAX_RESULT` bytes.
+    pub result: Bytes,
 }
 
 /// One entry of the ready index.
@@ -75,6 +88,13 @@ pub(crate) struct Queue {
     /// Idempotency key -> pending job. The `Arc` is shared with the broker's reverse index
     /// so each key is stored once.
     pub keys: HashMap<Arc<str>, JobId>,
+    /// Throttle windows (`Unique::Window`): key -> (the job added first, end of its
+    /// window). Invariant 6.
+    pub throttle: HashMap<Arc<str>, (JobId, Millis)>,
+    /// The same windows by end time, for pruning. Invariant 6.
+    pub throttle_ends: BTreeSet<(Millis, Arc<str>)>,
+    /// Run time of debounce holders. Invariant 7.
+    pub debounce_at: HashMap<JobId, Millis>,
     /// Most recent completions, oldest at the front, at most the configured retention.
     completed: VecDeque<CompletedJob>,
     pub settings: QueueSettings,
@@ -83,6 +103,8 @@ pub(crate) struct Queue {
     pub failed_total: u64,
     pub dead_total: u64,
     pub retried_total: u64,
+    /// Jobs that expired before they started (`expires_in_ms`).
+    pub expired_total: u64,
     /// Per-minute completed/failed counts, indexed by `minute % MINUTES`; a slot whose
     /// minute is not the one asked about counts as zero. Allocated on the first count: a
     /// queue that only a waiter names (or a free slot) stays small.
@@ -101,6 +123,9 @@ impl Queue {
             dead: BTreeSet::new(),
             counts: [0; JobState::COUNT],
             keys: HashMap::new(),
+            throttle: HashMap::new(),
+            throttle_ends: BTreeSet::new(),
+            debounce_at: HashMap::new(),
             completed: VecDeque::new(),
             settings: QueueSettings::default(),
             added_total: 0,
@@ -108,6 +133,7 @@ impl Queue {
             failed_total: 0,
             dead_total: 0,
             retried_total: 0,
+            expired_total: 0,
             minutes: None,
             idle_listed: false,
         }
@@ -117,10 +143,31 @@ impl Queue {
         self.counts[state as usize]
     }
 
-    /// No job in any state and no settings: nothing would be lost by forgetting the queue
-    /// except its completed ring and counters (see `Broker::forget_if_idle`).
+    /// No job in any state, no settings and no throttle window: nothing would be lost by
+    /// forgetting the queue except its completed ring and counters (see
+    /// `Broker::forget_if_idle`).
     pub(crate) fn is_idle(&self) -> bool {
-        self.counts.iter().all(|&c| c == 0) && self.settings == QueueSettings::default()
+        self.counts.iter().all(|&c| c == 0)
+            && self.settings == QueueSettings::default()
+            && self.throttle.is_empty()
+    }
+
+    /// Takes ready job `id` (of `priority`) out of the ready index; whether it was there.
+    /// A linear scan of that priority's entries: only a debounce of a job that is ready
+    /// (its delay already over, no worker has taken it yet) needs it.
+    pub(crate) fn remove_ready(&mut self, priority: i32, id: JobId) -> bool {
+        let Some(fifo) = self.ready.get_mut(&priority) else { return false };
+        let Some(at) = fifo.iter().position(|e| e.id == id) else { return false };
+        fifo.remove(at);
+        if fifo.is_empty() {
+            self.ready.remove(&priority);
+        }
+        true
+    }
+
+    /// The result of completed job `id`, if the ring still holds it.
+    pub(crate) fn completed_result(&self, id: JobId) -> Option<&Bytes> {
+        self.completed.iter().rev().find(|c| c.id == id).map(|c| &c.result)
     }
 
     pub(crate) fn paused(&self) -> bool {
@@ -266,6 +313,7 @@ mod tests {
             priority: 0,
             max_attempts: 1,
             seq: 0,
+            result: Bytes::new(),
         }
     }
 

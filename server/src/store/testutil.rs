@@ -133,6 +133,11 @@ pub fn apply_to_jobs(jobs: &mut BTreeMap<JobId, JobRecord>, change: &Change) {
                 r.run_at_ms = *run_at_ms;
             }
         }
+        Change::Replace { id, payload, run_at_ms } => {
+            if let Some(r) = jobs.get_mut(id) {
+                r.apply_replace(payload, *run_at_ms);
+            }
+        }
         Change::Settings { .. } | Change::IdFloor { .. } | Change::Schedule { .. } => {}
     }
 }

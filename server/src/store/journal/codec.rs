@@ -19,6 +19,7 @@
 //!   0x07 IdFloor     next_id varint
 //!   0x08 Schedule    name str, present u8 (0 removed, 1 set), then when set the schedule
 //!                    (pages/schedules.rs) to the end of the body
+//!   0x09 Replace     id varint, run_at_ms varint, payload bytes (varint length, then bytes)
 //! ```
 //!
 //! Anything else is refused: an unknown tag, a body that ends early or has bytes left over.
@@ -43,6 +44,7 @@ const REMOVE: u8 = 0x05;
 const SETTINGS: u8 = 0x06;
 const ID_FLOOR: u8 = 0x07;
 const SCHEDULE: u8 = 0x08;
+const REPLACE: u8 = 0x09;
 
 /// Appends the body of `change` to `out`.
 pub fn encode_into(change: &Change, out: &mut Vec<u8>) -> Result<(), StoreError> {
@@ -99,6 +101,12 @@ pub fn encode_into(change: &Change, out: &mut Vec<u8>) -> Result<(), StoreError>
                 None => out.push(0),
             }
         }
+        Change::Replace { id, payload, run_at_ms } => {
+            out.push(REPLACE);
+            put_varint(out, *id);
+            put_varint(out, *run_at_ms);
+            put_bytes(out, payload);
+        }
     }
     Ok(())
 }
@@ -149,6 +157,12 @@ pub fn decode(body: &[u8]) -> Option<Change> {
                 _ => return None,
             };
             Change::Schedule { name, schedule }
+        }
+        REPLACE => {
+            let id = r.varint("id").ok()?;
+            let run_at_ms = r.varint("run_at").ok()?;
+            let payload = bytes::Bytes::copy_from_slice(r.bytes("payload").ok()?);
+            Change::Replace { id, payload, run_at_ms }
         }
         _ => return None,
     };
@@ -326,6 +340,14 @@ mod tests {
                 // body: no flags, "q", "j", empty payload, created_at 5, run_at delta 0.
                 "08017301010506".to_owned() + "00e807" + "000171016a000500",
             ),
+            (
+                Change::Replace {
+                    id: 5,
+                    payload: bytes::Bytes::from_static(b"hi"),
+                    run_at_ms: 1000,
+                },
+                "0905e807026869".into(),
+            ),
         ];
         for (change, expected) in cases {
             let body = encode(&change);
@@ -348,7 +370,7 @@ mod tests {
         trailing.push(0);
         for body in [
             vec![],
-            vec![0x09],
+            vec![0x0a],
             vec![0x08, 0x01, 0x73, 0x02],
             good[..good.len() - 1].to_vec(),
             bad_dead,

@@ -115,12 +115,13 @@ impl PendingMap {
 }
 
 /// The record a change needs to read before it can be folded, if it needs one: the id of a
-/// `Fail`, `Retry` or `Reschedule`.
+/// `Fail`, `Retry`, `Reschedule` or `Replace`.
 pub fn needs_base(change: &Change) -> Option<JobId> {
     match change {
-        Change::Fail { id, .. } | Change::Retry { id, .. } | Change::Reschedule { id, .. } => {
-            Some(*id)
-        }
+        Change::Fail { id, .. }
+        | Change::Retry { id, .. }
+        | Change::Reschedule { id, .. }
+        | Change::Replace { id, .. } => Some(*id),
         _ => None,
     }
 }
@@ -162,6 +163,9 @@ impl Fold {
             }
             Change::Reschedule { id, run_at_ms } => {
                 self.update(*id, "reschedule", base, |r| r.run_at_ms = *run_at_ms)?;
+            }
+            Change::Replace { id, payload, run_at_ms } => {
+                self.update(*id, "replace", base, |r| r.apply_replace(payload, *run_at_ms))?;
             }
             Change::Settings { queue, settings } => {
                 if self.map.queues.insert(queue.clone(), settings.clone()).is_none() {
@@ -325,6 +329,11 @@ mod tests {
             Change::Schedule { name, schedule } => {
                 set_schedule(model, name, &schedule.as_deref().cloned())
             }
+            Change::Replace { id, payload, run_at_ms } => {
+                if let Some(r) = model.jobs.get_mut(id) {
+                    r.apply_replace(payload, *run_at_ms);
+                }
+            }
         }
     }
 
@@ -356,6 +365,7 @@ mod tests {
             1 => Just((8, 0, 0)),
             1 => Just((9, 0, 0)),
             1 => (0..3u64, 0..4u64).prop_map(|(n, at)| (10, n, at)),
+            1 => (1..=12u64, 0..5000u64).prop_map(|(id, at)| (11, id, at)),
         ];
         proptest::collection::vec(op, 1..80).prop_map(|raw| {
             let mut attempt = 0u32;
@@ -384,6 +394,11 @@ mod tests {
                         settings: QueueSettings { paused: b == 1 },
                     }),
                     7 => change(Change::IdFloor { next_id: a }),
+                    11 => change(Change::Replace {
+                        id: a,
+                        payload: bytes::Bytes::from(vec![b as u8; (b % 5) as usize]),
+                        run_at_ms: b,
+                    }),
                     8 => Op::Freeze,
                     10 => change(Change::Schedule {
                         name: format!("s{a}"),
