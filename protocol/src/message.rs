@@ -19,6 +19,7 @@ use crate::admin::{Cursor, JobDetail, JobState, JobSummary, QueueInfo, SearchQue
 pub use crate::auth::Role;
 use crate::auth::NONCE_LEN;
 use crate::error::WireError;
+use crate::flow::QueueLimits;
 use crate::limits::de;
 use crate::types::{JobId, LeasedJob, NewJob, QueueStats, RetryHint};
 
@@ -163,6 +164,9 @@ pub enum Request {
     Pause { queue: String },
     /// Undoes `Pause`. Answered `Done`.
     Resume { queue: String },
+    /// Replaces the flow limits of `queue` (all of them: a limit left `None` is lifted).
+    /// Creates the queue if unknown. Answered `Done`.
+    SetQueueLimits { queue: String, limits: QueueLimits },
 }
 
 impl Request {
@@ -186,7 +190,8 @@ impl Request {
             | Request::Remove { .. }
             | Request::Promote { .. }
             | Request::Pause { .. }
-            | Request::Resume { .. } => true,
+            | Request::Resume { .. }
+            | Request::SetQueueLimits { .. } => true,
         }
     }
 }
