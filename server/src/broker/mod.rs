@@ -50,6 +50,8 @@ mod queue;
 mod waiters;
 
 #[cfg(test)]
+mod flow_tests;
+#[cfg(test)]
 mod model_tests;
 #[cfg(test)]
 mod operations_tests;
