@@ -11,7 +11,7 @@ use std::time::Duration;
 use qd_protocol::message::{LeaseRef, NackOutcome, Welcome};
 use qd_protocol::{
     validate_lease, validate_queue_name, Cursor, JobDetail, JobId, JobState, JobSummary, LeasedJob,
-    QueueInfo, QueueStats, Request, Response, RetryHint, Role, SearchQuery, WireError,
+    QueueInfo, QueueLimits, QueueStats, Request, Response, RetryHint, Role, SearchQuery, WireError,
     MAX_ERROR_TEXT,
 };
 use serde::Serialize;
@@ -414,6 +414,14 @@ impl Client {
     pub async fn pause(&self, queue: &str) -> Result<(), Error> {
         validate_queue_name(queue).map_err(Error::invalid)?;
         self.done(Request::Pause { queue: queue.to_owned() }).await
+    }
+
+    /// Replaces `queue`'s flow limits (rate, concurrency, per-group concurrency and rate):
+    /// a limit left `None` is lifted. Persisted; survives restarts.
+    pub async fn set_queue_limits(&self, queue: &str, limits: QueueLimits) -> Result<(), Error> {
+        validate_queue_name(queue).map_err(Error::invalid)?;
+        limits.validate().map_err(Error::invalid)?;
+        self.done(Request::SetQueueLimits { queue: queue.to_owned(), limits }).await
     }
 
     /// Lets reserves take jobs of a paused `queue` again.

@@ -514,10 +514,9 @@ impl Engine {
             Request::Resume { queue } => {
                 b.resume(now, &queue).map(|()| Response::Done).map_err(Into::into)
             }
-            Request::SetQueueLimits { queue, limits } => b
-                .set_queue_limits(now, &queue, limits)
-                .map(|()| Response::Done)
-                .map_err(Into::into),
+            Request::SetQueueLimits { queue, limits } => {
+                b.set_queue_limits(now, &queue, limits).map(|()| Response::Done).map_err(Into::into)
+            }
             // The worker requests are answered by `on_request`; a new request kind that
             // lands here was not wired in.
             other => Err(WireError::new(

@@ -207,7 +207,14 @@ impl Broker {
 
     /// Makes job `id` (of queue `q`, group handle `g` or [`UNGROUPED`]) ready: into its
     /// index, and its source into turns. The caller sets state and counts.
-    pub(super) fn push_ready_flow(&mut self, q: u32, g: u32, priority: i32, id: JobId, since: Millis) {
+    pub(super) fn push_ready_flow(
+        &mut self,
+        q: u32,
+        g: u32,
+        priority: i32,
+        id: JobId,
+        since: Millis,
+    ) {
         if g == UNGROUPED {
             let queue = &mut self.queues[q as usize];
             queue.push_ready(priority, id, since, None);
