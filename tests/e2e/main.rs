@@ -14,6 +14,8 @@ mod basics;
 mod cli;
 /// kill -9 and SIGTERM of the server process: nothing acknowledged is lost.
 mod crash;
+/// Flow control: queue limits, `qd limits`, group turns, a worker's RateLimited hold.
+mod flow;
 /// A full disk: refused, never acknowledged, nothing lost.
 mod full_disk;
 /// The dashboard, /metrics and health of `qd serve --http`.
