@@ -239,9 +239,9 @@ impl Broker {
     /// Makes sure queue `q`'s flow has group `g`, taking a reference on its name when new.
     fn flow_group(&mut self, q: u32, g: u32) {
         let Some(flow) = self.queues[q as usize].flow.as_deref_mut() else { return };
-        if !flow.groups.contains_key(&g) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = flow.groups.entry(g) {
             self.groups.retain(g);
-            flow.groups.insert(g, Group::default());
+            slot.insert(Group::default());
         }
     }
 

@@ -14,8 +14,7 @@ use crate::model::QueueSettings;
 const T0: Millis = 1_700_000_000_000;
 
 fn job(name: &str, group: Option<&str>) -> NewJob {
-    let mut options = JobOptions::default();
-    options.group = group.map(str::to_owned);
+    let options = JobOptions { group: group.map(str::to_owned), ..Default::default() };
     NewJob { name: name.into(), payload: Bytes::from_static(b"p"), options }
 }
 
