@@ -1,5 +1,5 @@
 //! The operator's subcommands of `qd` (issue 8): `queues`, `jobs`, `job`, `search`,
-//! `retry`, `purge`, `remove`, `promote`, `pause`, `resume`. Each connects with the admin
+//! `retry`, `purge`, `remove`, `promote`, `pause`, `resume`, `limits`. Each connects with the admin
 //! role through the client library, prints a human table by default and one JSON value with
 //! `--json`. docs/OPERATIONS.md describes them; the server side is the engine's admin
 //! answers. `cli.rs` only registers them (`Command::Admin`) and prints errors.
@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use qd_client::{Client, Cursor, JobDetail, JobId, JobState, JobSummary, SearchQuery};
+use qd_client::{
+    Client, Cursor, JobDetail, JobId, JobState, JobSummary, QueueLimits, Rate, SearchQuery,
+};
 use serde_json::{json, Value};
 
 /// How the admin commands reach the server.
@@ -115,6 +117,25 @@ pub enum AdminCommand {
         #[command(flatten)]
         conn: ConnArgs,
     },
+    /// Set a queue's flow limits to exactly the flags given (no flag: lift them all).
+    /// Survives restarts. See docs/FLOW.md.
+    Limits {
+        queue: String,
+        /// Job starts per window across all workers, `MAX/DURATION`: `100/1s`, `5/1m`.
+        #[arg(long, value_parser = parse_rate)]
+        rate: Option<Rate>,
+        /// Jobs active at once across all workers.
+        #[arg(long)]
+        concurrency: Option<u32>,
+        /// Jobs of one group active at once (1: one at a time, in order, per group).
+        #[arg(long)]
+        group_concurrency: Option<u32>,
+        /// Job starts of one group per window, `MAX/DURATION`.
+        #[arg(long, value_parser = parse_rate)]
+        group_rate: Option<Rate>,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
     /// Find a queue's jobs by payload: `--text STR` or `--where path=value` (JSON).
     Search {
         queue: String,
@@ -185,6 +206,12 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        AdminCommand::Limits { queue, rate, concurrency, group_concurrency, group_rate, conn } => {
+            let limits = QueueLimits { rate, concurrency, group_concurrency, group_rate };
+            connect(&conn).await?.set_queue_limits(&queue, limits).await?;
+            print_done(&conn, &format!("limits of {queue}: {}", describe_limits(&limits)));
+            Ok(())
+        }
         AdminCommand::Resume { queue, conn } => {
             connect(&conn).await?.resume(&queue).await?;
             print_done(&conn, &format!("resumed {queue}"));
@@ -222,6 +249,41 @@ fn parse_where(spec: &str) -> anyhow::Result<SearchQuery> {
     }
 }
 
+/// `MAX/DURATION` (`100/1s`, `5/1m`, `1/500ms`) as a [`Rate`].
+fn parse_rate(spec: &str) -> anyhow::Result<Rate> {
+    let (max, per) = spec.split_once('/').context("a rate is MAX/DURATION, e.g. 100/1s")?;
+    let max: u32 = max.trim().parse().context("the MAX of MAX/DURATION is a whole number")?;
+    let per = humantime::parse_duration(per.trim())
+        .context("the DURATION of MAX/DURATION is like 1s, 500ms or 1m")?;
+    let per_ms = u64::try_from(per.as_millis()).unwrap_or(u64::MAX);
+    Ok(Rate::new(max, per_ms))
+}
+
+/// Limits as `qd limits` flags would spell them.
+fn describe_limits(l: &QueueLimits) -> String {
+    let rate = |r: &Rate| {
+        format!("{}/{}", r.max, humantime::format_duration(Duration::from_millis(r.per_ms)))
+    };
+    let mut parts = Vec::new();
+    if let Some(r) = &l.rate {
+        parts.push(format!("--rate {}", rate(r)));
+    }
+    if let Some(n) = l.concurrency {
+        parts.push(format!("--concurrency {n}"));
+    }
+    if let Some(n) = l.group_concurrency {
+        parts.push(format!("--group-concurrency {n}"));
+    }
+    if let Some(r) = &l.group_rate {
+        parts.push(format!("--group-rate {}", rate(r)));
+    }
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
 /// Cursors are printed and taken as hex.
 fn parse_cursor(cursor: Option<String>) -> anyhow::Result<Option<Cursor>> {
     let Some(text) = cursor else { return Ok(None) };
@@ -250,7 +312,8 @@ async fn queues(conn: &ConnArgs) -> anyhow::Result<()> {
                     "active": q.active, "dead": q.dead, "completed": q.completed,
                     "oldest_ready_age_ms": q.oldest_ready_age_ms, "added_total": q.added_total,
                     "completed_total": q.completed_total, "failed_total": q.failed_total,
-                    "dead_total": q.dead_total,
+                    "dead_total": q.dead_total, "limits": describe_limits(&q.limits),
+                    "rate_limited_until_ms": q.rate_limited_until_ms,
                 })
             })
             .collect();
@@ -389,6 +452,23 @@ pub fn error_text(e: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_parse_and_print_back() {
+        assert_eq!(parse_rate("100/1s").unwrap(), Rate::new(100, 1000));
+        assert_eq!(parse_rate("5 / 1m").unwrap(), Rate::new(5, 60_000));
+        for bad in ["100", "x/1s", "1/soon", "-1/1s"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+        let l = QueueLimits {
+            rate: Some(Rate::new(100, 1000)),
+            concurrency: Some(10),
+            group_concurrency: Some(1),
+            group_rate: None,
+        };
+        assert_eq!(describe_limits(&l), "--rate 100/1s --concurrency 10 --group-concurrency 1");
+        assert_eq!(describe_limits(&QueueLimits::default()), "none");
+    }
 
     #[test]
     fn where_and_cursor_flags() {

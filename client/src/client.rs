@@ -13,8 +13,8 @@ use qd_protocol::message::{LeaseRef, NackOutcome, Welcome};
 use qd_protocol::schedule::validate_schedule_name;
 use qd_protocol::{
     validate_lease, validate_queue_name, Cursor, JobDetail, JobId, JobOutcome, JobState,
-    JobSummary, LeasedJob, QueueInfo, QueueStats, Request, Response, RetryHint, Role, Schedule,
-    ScheduleInfo, SearchQuery, WireError, MAX_ERROR_TEXT, MAX_PROGRESS, MAX_RESULT,
+    JobSummary, LeasedJob, QueueInfo, QueueLimits, QueueStats, Request, Response, RetryHint, Role,
+    Schedule, ScheduleInfo, SearchQuery, WireError, MAX_ERROR_TEXT, MAX_PROGRESS, MAX_RESULT,
 };
 use serde::Serialize;
 
@@ -483,6 +483,14 @@ impl Client {
     pub async fn pause(&self, queue: &str) -> Result<(), Error> {
         validate_queue_name(queue).map_err(Error::invalid)?;
         self.done(Request::Pause { queue: queue.to_owned() }).await
+    }
+
+    /// Replaces `queue`'s flow limits (rate, concurrency, per-group concurrency and rate):
+    /// a limit left `None` is lifted. Persisted; survives restarts.
+    pub async fn set_queue_limits(&self, queue: &str, limits: QueueLimits) -> Result<(), Error> {
+        validate_queue_name(queue).map_err(Error::invalid)?;
+        limits.validate().map_err(Error::invalid)?;
+        self.done(Request::SetQueueLimits { queue: queue.to_owned(), limits }).await
     }
 
     /// Lets reserves take jobs of a paused `queue` again.

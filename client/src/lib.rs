@@ -112,8 +112,9 @@ pub use crate::worker::Worker;
 pub use qd_protocol::message::{LeaseRef, NackOutcome, Welcome};
 pub use qd_protocol::{
     Cursor, ErrorCode, JobDetail, JobFailure, JobId, JobOutcome, JobState, JobSummary, LeasedJob,
-    MinuteCounts, NewJob, QueueInfo, QueueStats, RetryHint, Role, Schedule, ScheduleInfo,
-    ScheduleSpec, SearchQuery, Unique, WireError, MAX_ERROR_TEXT, MAX_PROGRESS, MAX_RESULT,
+    MinuteCounts, NewJob, QueueInfo, QueueLimits, QueueStats, Rate, RetryHint, Role, Schedule,
+    ScheduleInfo, ScheduleSpec, SearchQuery, Unique, WireError, MAX_ERROR_TEXT, MAX_PROGRESS,
+    MAX_RESULT,
 };
 pub use tokio_util::sync::CancellationToken;
 

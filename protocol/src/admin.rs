@@ -10,6 +10,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::flow::QueueLimits;
 use crate::limits::{bounded, LimitKind};
 use crate::types::{JobId, JobOptions};
 
@@ -80,6 +81,11 @@ pub struct QueueInfo {
     pub dead_total: u64,
     /// The last [`HISTORY_MINUTES`] minutes, oldest first.
     pub minutes: Vec<MinuteCounts>,
+    /// The queue's flow limits (`Request::SetQueueLimits`).
+    pub limits: QueueLimits,
+    /// Until when (unix ms) a worker's `RetryHint::RateLimited` holds the queue's starts;
+    /// `None` when it does not.
+    pub rate_limited_until_ms: Option<u64>,
 }
 
 impl QueueInfo {

@@ -20,6 +20,7 @@ use crate::admin::{Cursor, JobDetail, JobState, JobSummary, QueueInfo, SearchQue
 pub use crate::auth::Role;
 use crate::auth::NONCE_LEN;
 use crate::error::WireError;
+use crate::flow::QueueLimits;
 use crate::limits::de;
 use crate::schedule::{Schedule, ScheduleInfo};
 use crate::types::{JobId, JobOutcome, LeasedJob, NewJob, QueueStats, RetryHint};
@@ -190,6 +191,9 @@ pub enum Request {
     /// when it already has), or `NotFound` when the server knows no such job (never added,
     /// removed, or completed so long ago that it left the queue's completed ring).
     Wait { id: JobId, timeout_ms: u64 },
+    /// Replaces the flow limits of `queue` (all of them: a limit left `None` is lifted).
+    /// Creates the queue if unknown. Answered `Done`.
+    SetQueueLimits { queue: String, limits: QueueLimits },
 }
 
 impl Request {
@@ -220,7 +224,8 @@ impl Request {
             | Request::Resume { .. }
             | Request::ScheduleUpsert { .. }
             | Request::ScheduleRemove { .. }
-            | Request::Schedules { .. } => true,
+            | Request::Schedules { .. }
+            | Request::SetQueueLimits { .. } => true,
         }
     }
 }

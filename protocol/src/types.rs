@@ -309,6 +309,10 @@ pub enum RetryHint {
     After { delay_ms: u64 },
     /// The failure is permanent: dead-letter the job now.
     Never,
+    /// A downstream service said "too many requests, back off for `delay_ms`": the job goes
+    /// back to ready without using an attempt, and the whole queue starts nothing for
+    /// `delay_ms`.
+    RateLimited { delay_ms: u64 },
 }
 
 /// Job counts of one queue, by state.

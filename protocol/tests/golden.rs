@@ -371,7 +371,7 @@ fn queues_answer() {
             id: 9,
             result: Ok(Response::Queues { queues: vec![q], next: None }),
         },
-        "00 00 00 22 01 09 00 07 01 01 71 01 00 00 00 00 01 01 fb e8 03 02 03 04 05 01 fd 40 04 e6 cf 8b 01 00 00 06 07 00",
+        "00 00 00 27 01 09 00 07 01 01 71 01 00 00 00 00 01 01 fb e8 03 02 03 04 05 01 fd 40 04 e6 cf 8b 01 00 00 06 07 00 00 00 00 00 00",
     );
 }
 
@@ -640,4 +640,38 @@ fn wait_and_outcomes() {
         "00 00 00 0d 01 16 00 0d 01 07 65 78 70 69 72 65 64",
     );
     check_server(&outcome(JobOutcome::Pending), "00 00 00 05 01 16 00 0d 02");
+}
+
+/// Issue 9: flow limits, appended after `Resume`.
+#[test]
+fn set_queue_limits() {
+    let limits = QueueLimits {
+        rate: Some(Rate::new(100, 1000)),
+        concurrency: Some(10),
+        group_concurrency: Some(1),
+        group_rate: None,
+    };
+    check_client(
+        &ClientFrame::Request {
+            id: 21,
+            body: Request::SetQueueLimits { queue: "q".into(), limits },
+        },
+        "00 00 00 0f 01 15 19 01 71 01 64 fb e8 03 01 0a 01 01 00",
+    );
+}
+
+/// Issue 9: "the downstream said 429", appended after `Never`.
+#[test]
+fn nack_rate_limited() {
+    check_client(
+        &ClientFrame::Request {
+            id: 11,
+            body: Request::Nack {
+                lease: LeaseRef { id: 2, token: 3 },
+                error: "e".into(),
+                retry: RetryHint::RateLimited { delay_ms: 250 },
+            },
+        },
+        "00 00 00 09 01 0b 03 02 03 01 65 03 fa",
+    );
 }

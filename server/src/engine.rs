@@ -589,6 +589,9 @@ impl Engine {
                     if more { schedules.last().map(|s| s.schedule.name.clone()) } else { None };
                 Ok(Response::Schedules { schedules, next })
             }
+            Request::SetQueueLimits { queue, limits } => {
+                b.set_queue_limits(now, &queue, limits).map(|()| Response::Done).map_err(Into::into)
+            }
             // The worker requests are answered by `on_request`; a new request kind that
             // lands here was not wired in.
             other => Err(WireError::new(

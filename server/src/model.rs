@@ -6,7 +6,7 @@
 //! does I/O or reads the clock.
 
 use bytes::Bytes;
-use qd_protocol::{JobId, JobOptions, Schedule};
+use qd_protocol::{JobId, JobOptions, QueueLimits, Schedule};
 use serde::{Deserialize, Serialize};
 
 /// Wall-clock time as unix milliseconds. The engine reads the clock; the core is given it.
@@ -113,6 +113,8 @@ pub struct ScheduleRecord {
 pub struct QueueSettings {
     /// Reserves get nothing from a paused queue; adds still land.
     pub paused: bool,
+    /// Flow limits (issue 9): rate, concurrency, per-group concurrency and rate.
+    pub limits: QueueLimits,
 }
 
 impl JobRecord {

@@ -16,6 +16,8 @@ mod cli;
 mod crash;
 /// `qd serve --faktory`: Faktory's protocol in raw lines, kill -9, and the `faktory` crate.
 mod faktory;
+/// Flow control: queue limits, `qd limits`, group turns, a worker's RateLimited hold.
+mod flow;
 /// A full disk: refused, never acknowledged, nothing lost.
 mod full_disk;
 /// The dashboard, /metrics and health of `qd serve --http`.

@@ -102,6 +102,10 @@ pub struct QueueView {
     pub retried_total: u64,
     /// The last 60 minutes, oldest first; the last entry is the current minute.
     pub minutes: Vec<MinuteCounts>,
+    /// Flow limits (issue 9).
+    pub limits: qd_protocol::QueueLimits,
+    /// Until when a worker's `RateLimited` nack holds the queue's starts, if it does now.
+    pub rate_limited_until_ms: Option<Millis>,
 }
 
 /// One page of a listing; `next` resumes after its last item (`None`: nothing more).

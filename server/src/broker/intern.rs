@@ -56,6 +56,13 @@ impl<T: Hash + Eq + Clone> Interner<T> {
         handle
     }
 
+    /// Takes one more reference on a live handle (a holder that has no value to look up by).
+    pub(crate) fn retain(&mut self, handle: u32) {
+        if let Some(Some((_, refs))) = self.slots.get_mut(handle as usize) {
+            *refs += 1;
+        }
+    }
+
     /// Drops one reference; the value is forgotten with its last one.
     pub(crate) fn release(&mut self, handle: u32) {
         let Some(slot) = self.slots.get_mut(handle as usize) else { return };

@@ -66,6 +66,9 @@ pub(crate) struct JobMeta {
     /// The job expired once (`expires_in_ms`) and went to the dead set; an operator's retry
     /// then runs it however late, instead of expiring it again at once.
     pub expiry_spent: bool,
+    /// Whether the job has a group (issue 9): then its policy's `group` names it. Fits in
+    /// what was padding, so a job without a group costs nothing extra.
+    pub grouped: bool,
 }
 
 /// The options that decide how a job is retried and leased. Almost every job of a queue
@@ -80,7 +83,14 @@ pub(crate) struct Policy {
     /// The job is discarded (dead, "expired") when not started within this many ms of its
     /// creation.
     pub expires_in_ms: Option<u64>,
+    /// The job's interned group name ([`NO_GROUP`] for none). A group key lives here, not
+    /// in `JobMeta`, because the jobs of a group share their policy like they share a name:
+    /// 1,000 groups cost 1,000 policies, not 4 bytes on every job.
+    pub group: u32,
 }
+
+/// `Policy::group` of a job without a group.
+pub(crate) const NO_GROUP: u32 = u32::MAX;
 
 impl Policy {
     pub(crate) fn of(options: &JobOptions) -> Self {
@@ -90,7 +100,14 @@ impl Policy {
             backoff: options.backoff,
             timeout_ms: options.timeout_ms,
             expires_in_ms: options.expires_in_ms,
+            group: NO_GROUP,
         }
+    }
+
+    /// This policy for a job of group handle `group`.
+    pub(crate) fn in_group(mut self, group: u32) -> Self {
+        self.group = group;
+        self
     }
 }
 
@@ -101,6 +118,7 @@ impl Hash for Policy {
         self.lease_ms.hash(state);
         self.timeout_ms.hash(state);
         self.expires_in_ms.hash(state);
+        self.group.hash(state);
         match self.backoff {
             Backoff::Fixed { delay_ms } => (0u8, delay_ms).hash(state),
             Backoff::Exponential { base_ms, max_ms, jitter_pct } => {
@@ -224,6 +242,7 @@ mod tests {
             state: JobState::Ready,
             keyed: false,
             expiry_spent: false,
+            grouped: false,
         }
     }
 

@@ -9,7 +9,8 @@
 //!
 //! What lives where: `queue.rs` one queue's indexes (ready, delayed, dead), keys, counters
 //! and completed ring; `job.rs` per-job metadata and its compact table; `intern.rs` shared
-//! names and policies; `lease.rs` active leases and their tokens; `waiters.rs` parked
+//! names, policies and group keys; `flow.rs` rate limits, concurrency limits and group
+//! turns; `lease.rs` active leases and their tokens; `waiters.rs` parked
 //! reserves; `running.rs` a running job's snooze and progress; `backoff.rs` retry delays
 //! (pure, shared with other backends); `operations.rs` what an operator does (pause, list,
 //! retry, purge, remove, promote) and `admin.rs` the plain types it answers with;
@@ -43,6 +44,7 @@ pub mod admin;
 pub mod backoff;
 mod effects;
 mod error;
+mod flow;
 mod intern;
 mod job;
 mod job_waits;
@@ -54,6 +56,8 @@ mod schedules;
 mod unique;
 mod waiters;
 
+#[cfg(test)]
+mod flow_tests;
 #[cfg(test)]
 mod model_tests;
 #[cfg(test)]
@@ -180,6 +184,8 @@ pub struct Broker {
     idle_queues: VecDeque<u32>,
     names: Interner<Arc<str>>,
     policies: Interner<Policy>,
+    /// Group keys (issue 9), referenced by each grouped job and each live flow group.
+    groups: Interner<Arc<str>>,
     /// The idempotency key of each keyed job (pending, or dead and so not deduplicating), to
     /// free it from its queue's index when the job completes, dies or is deleted, and to
     /// take it back on retry. Shares the `Arc` with that index.
@@ -192,6 +198,8 @@ pub struct Broker {
     dead_heads: Heads,
     /// Earliest end of each queue's throttle windows (`unique.rs`).
     throttle_heads: Heads,
+    /// Earliest flow wake of each queue with one (`flow.rs`, invariant 3).
+    flow_heads: Heads,
     leases: LeaseTable,
     waiters: WaiterTable,
     /// Producers waiting for a job's outcome (`job_waits.rs`).
@@ -221,11 +229,13 @@ impl Broker {
             idle_queues: VecDeque::new(),
             names: Interner::default(),
             policies: Interner::default(),
+            groups: Interner::default(),
             job_keys: HashMap::new(),
             uncommitted: HashMap::new(),
             delayed_heads: Heads::new(),
             dead_heads: Heads::new(),
             throttle_heads: Heads::new(),
+            flow_heads: Heads::new(),
             leases,
             waiters: WaiterTable::default(),
             job_waits: JobWaits::default(),
@@ -247,18 +257,18 @@ impl Broker {
             return;
         }
         let q = self.queue_idx(&record.queue);
+        let (policy, grouped) = self.acquire_policy(&record.options);
         let meta = JobMeta {
             created_at_ms: record.created_at_ms,
             queue: q,
             name: self.names.acquire(record.name.as_str(), || Arc::from(record.name.as_str())),
-            policy: self
-                .policies
-                .acquire(&Policy::of(&record.options), || Policy::of(&record.options)),
+            policy,
             priority: record.options.priority,
             failures: record.failures,
             state: JobState::Dead,
             keyed: false,
             expiry_spent: unique::expired_before(record),
+            grouped,
         };
         self.jobs.insert(record.id, meta);
         self.restore_unique(now, q, record);
@@ -282,7 +292,11 @@ impl Broker {
     /// Recovery: a queue's persisted settings (from `Change::Settings`).
     pub fn restore_settings(&mut self, queue: &str, settings: crate::model::QueueSettings) {
         let q = self.queue_idx(queue);
+        let limited = !settings.limits.is_unlimited();
         self.queues[q as usize].settings = settings;
+        if limited {
+            self.ensure_flow(q);
+        }
         self.forget_if_idle(q);
     }
 
@@ -334,16 +348,18 @@ impl Broker {
             }
             let id = self.assign_id();
             let options = job.options;
+            let (policy, grouped) = self.acquire_policy(&options);
             let meta = JobMeta {
                 created_at_ms: now,
                 queue: q,
                 name: self.names.acquire(job.name.as_str(), || Arc::from(job.name.as_str())),
-                policy: self.policies.acquire(&Policy::of(&options), || Policy::of(&options)),
+                policy,
                 priority: options.priority,
                 failures: 0,
                 state: JobState::Uncommitted,
                 keyed: false,
                 expiry_spent: false,
+                grouped,
             };
             self.jobs.insert(id, meta);
             if let Some(key) = &options.key {
@@ -471,6 +487,8 @@ impl Broker {
         let Some(meta) = self.jobs.remove(lease.id) else {
             return Err(BrokerError::NotFound(lease.id));
         };
+        self.flow_release(now, &meta);
+        self.release_group(&meta);
         self.release_key(&meta, lease.id);
         let name = self.names.get(meta.name).cloned().unwrap_or_else(|| Arc::from(""));
         let max_attempts = self.policies.get(meta.policy).map_or(1, |p| p.max_attempts);
@@ -494,6 +512,10 @@ impl Broker {
         queue.push_completed(done, retention);
         self.effects.push(Effect::Persist(Change::Complete { id: lease.id }));
         self.notify_completed(lease.id, &result);
+        if !self.touched.is_empty() {
+            // A flow limit let go of a slot: parked waiters may have a job now.
+            self.serve_touched(now);
+        }
         self.forget_if_idle(meta.queue);
         Ok(())
     }
@@ -510,6 +532,9 @@ impl Broker {
     ) -> Result<NackOutcome, BrokerError> {
         self.check_lease(lease)?;
         self.leases.release(lease.id);
+        if let RetryHint::RateLimited { delay_ms } = hint {
+            return Ok(self.rate_limited(now, lease.id, delay_ms));
+        }
         let outcome = self.fail(now, lease.id, truncate_error(error), hint);
         self.serve_touched(now);
         Ok(outcome)
@@ -586,6 +611,7 @@ impl Broker {
         while let Some(id) = self.leases.pop_expired(now) {
             self.fail(now, id, LEASE_EXPIRED.to_owned(), RetryHint::Backoff);
         }
+        self.flow_timeouts(now);
         let max_age = self.config.dead_max_age_ms;
         while let Some(&(died_at, q)) = self.dead_heads.first() {
             if died_at.saturating_add(max_age) > now {
@@ -616,9 +642,11 @@ impl Broker {
         let schedule = self.schedules.next_fire();
         let windows = self.throttle_heads.first().map(|&(at, _)| at);
         let waits = self.job_waits.next_deadline();
+        let flow = self.flow_heads.first().map(|&(at, _)| at);
         [
             delayed,
             dead,
+            flow,
             self.leases.next_deadline(),
             self.waiters.next_deadline(),
             schedule,
@@ -854,9 +882,15 @@ impl Broker {
     fn make_ready(&mut self, id: JobId, from: Option<JobState>, since: Millis) {
         let Some(meta) = self.jobs.get_mut(id) else { return };
         meta.state = JobState::Ready;
+        let meta = *meta;
         let queue = &mut self.queues[meta.queue as usize];
         queue.recount(from, Some(JobState::Ready));
-        queue.push_ready(meta.priority, id, since);
+        if meta.grouped || queue.flow.is_some() {
+            let g = self.group_of(&meta);
+            self.push_ready_flow(meta.queue, g, meta.priority, id, since);
+        } else {
+            queue.push_ready(meta.priority, id, since, None);
+        }
         if self.touched.last() != Some(&meta.queue) {
             self.touched.push(meta.queue);
         }
@@ -883,50 +917,99 @@ impl Broker {
     }
 
     /// Leases up to `max` ready jobs from `qs`, in order, to `conn`. Paused queues give
-    /// nothing.
+    /// nothing; a queue with flow control gives what its limits allow (`flow.rs`).
     fn take_ready(&mut self, now: Millis, conn: ConnId, qs: &[u32], max: u32) -> Vec<Lease> {
         let mut leases = Vec::new();
         for &q in qs {
             if self.queues[q as usize].paused() {
                 continue;
             }
+            if self.queues[q as usize].flow.is_some() {
+                self.take_flow(now, conn, q, max as usize, &mut leases);
+                continue;
+            }
             while leases.len() < max as usize {
                 let Some(id) = self.queues[q as usize].pop_ready() else { break };
-                let Some(meta) = self.jobs.get_mut(id) else { continue };
-                if meta.state != JobState::Ready || meta.queue != q {
-                    continue;
+                if let Some(lease) = self.lease_job(now, conn, q, id) {
+                    leases.push(lease);
                 }
-                let copy = *meta;
-                if self.is_expired(&copy, now) {
-                    self.expire(now, id, JobState::Ready);
-                    continue;
-                }
-                let Some(meta) = self.jobs.get_mut(id) else { continue };
-                meta.state = JobState::Active;
-                let meta = *meta;
-                let queue = &mut self.queues[q as usize];
-                queue.recount(Some(JobState::Ready), Some(JobState::Active));
-                let (max_attempts, lease_ms, timeout_ms) = self
-                    .policies
-                    .get(meta.policy)
-                    .map_or((1, 0, None), |p| (p.max_attempts, p.lease_ms, p.timeout_ms));
-                let deadline = now.saturating_add(lease_ms);
-                let token = self.leases.grant(id, conn, now, deadline);
-                leases.push(Lease {
-                    id,
-                    queue: queue.name.clone(),
-                    name: self.names.get(meta.name).cloned().unwrap_or_else(|| Arc::from("")),
-                    attempt: meta.failures.saturating_add(1),
-                    max_attempts,
-                    token,
-                    deadline_ms: deadline,
-                    created_at_ms: meta.created_at_ms,
-                    group: None,
-                    timeout_ms,
-                });
             }
         }
         leases
+    }
+
+    /// Leases ready job `id` of queue `q` to `conn`; `None` if its index entry was stale.
+    /// A job that expired (`unique.rs`) goes to the dead set instead, and `None` is returned.
+    fn lease_job(&mut self, now: Millis, conn: ConnId, q: u32, id: JobId) -> Option<Lease> {
+        let meta = self.jobs.get(id)?;
+        if meta.state != JobState::Ready || meta.queue != q {
+            return None;
+        }
+        if self.is_expired(&meta.clone(), now) {
+            self.expire(now, id, JobState::Ready);
+            return None;
+        }
+        let meta = self.jobs.get_mut(id)?;
+        meta.state = JobState::Active;
+        let meta = *meta;
+        let queue = &mut self.queues[q as usize];
+        queue.recount(Some(JobState::Ready), Some(JobState::Active));
+        let policy = self.policies.get(meta.policy);
+        let (max_attempts, lease_ms, timeout_ms) =
+            policy.map_or((1, 0, None), |p| (p.max_attempts, p.lease_ms, p.timeout_ms));
+        let group = match policy {
+            Some(p) if meta.grouped => self.groups.get(p.group).cloned(),
+            _ => None,
+        };
+        let deadline = now.saturating_add(lease_ms);
+        let token = self.leases.grant(id, conn, now, deadline);
+        Some(Lease {
+            id,
+            queue: queue.name.clone(),
+            name: self.names.get(meta.name).cloned().unwrap_or_else(|| Arc::from("")),
+            attempt: meta.failures.saturating_add(1),
+            max_attempts,
+            token,
+            deadline_ms: deadline,
+            created_at_ms: meta.created_at_ms,
+            group,
+            timeout_ms,
+        })
+    }
+
+    /// The interned policy of a job with `options`, and whether it has a group (whose name
+    /// it then references in `groups`).
+    fn acquire_policy(&mut self, options: &qd_protocol::JobOptions) -> (u32, bool) {
+        let mut policy = Policy::of(options);
+        if let Some(group) = options.group.as_deref() {
+            policy = policy.in_group(self.groups.acquire(group, || Arc::from(group)));
+        }
+        (self.policies.acquire(&policy, || policy), options.group.is_some())
+    }
+
+    /// Drops a leaving job's reference on its group name. Call before its policy is
+    /// released.
+    fn release_group(&mut self, meta: &JobMeta) {
+        if meta.grouped {
+            if let Some(p) = self.policies.get(meta.policy) {
+                self.groups.release(p.group);
+            }
+        }
+    }
+
+    /// A worker's `RetryHint::RateLimited`: the job (its lease released) goes back to
+    /// ready without using an attempt, nothing is persisted (its record is already
+    /// waiting), and the queue starts nothing for `delay_ms` (memory only, see `flow.rs`).
+    fn rate_limited(&mut self, now: Millis, id: JobId, delay_ms: u64) -> NackOutcome {
+        let until = now.saturating_add(delay_ms);
+        let Some(meta) = self.jobs.get(id).copied() else {
+            return NackOutcome::Retrying { run_at_ms: until };
+        };
+        self.hold(meta.queue, until);
+        self.flow_release(now, &meta);
+        self.make_ready(id, Some(JobState::Active), now);
+        self.serve_touched(now);
+        NackOutcome::Retrying { run_at_ms: until }
     }
 
     /// Hands ready jobs of the touched queues to their parked waiters, oldest waiter first.
@@ -935,9 +1018,14 @@ impl Broker {
         let touched = std::mem::take(&mut self.touched);
         for &q in &touched {
             while self.queues[q as usize].has_ready() && !self.queues[q as usize].paused() {
-                let Some(waiter) = self.waiters.pop_first_for_queue(q) else { break };
-                // Non-empty: queue q has a ready job and is one of the waiter's queues.
+                let Some((seq, waiter)) = self.waiters.pop_first_for_queue(q) else { break };
                 let leases = self.take_ready(now, waiter.key.conn, &waiter.queues, waiter.max);
+                if leases.is_empty() {
+                    // Only flow limits hold back a ready job of an unpaused queue: the
+                    // waiter keeps its place until a release or a wake.
+                    self.waiters.reinstate(seq, waiter);
+                    break;
+                }
                 self.effects.push(Effect::Deliver { waiter: waiter.key, leases });
                 self.forget_all_idle(&waiter.queues);
             }
@@ -956,12 +1044,16 @@ impl Broker {
         let attempt = meta.failures.saturating_add(1);
         meta.failures = attempt;
         let meta = *meta;
+        if from == JobState::Active {
+            self.flow_release(now, &meta);
+        }
         let policy = self.policies.get(meta.policy).copied();
         let max_attempts = policy.map_or(1, |p| p.max_attempts);
         let dead = matches!(hint, RetryHint::Never) || attempt >= max_attempts;
         let delay = match hint {
             RetryHint::Backoff => policy.map_or(0, |p| backoff::delay_ms(&p.backoff, id, attempt)),
-            RetryHint::After { delay_ms } => delay_ms,
+            // `nack` takes `RateLimited` elsewhere; were it to come here, it is a delay.
+            RetryHint::After { delay_ms } | RetryHint::RateLimited { delay_ms } => delay_ms,
             RetryHint::Never => 0,
         };
         // For a dead job, run_at_ms records its time of death (restore reads it back).
@@ -1016,6 +1108,7 @@ impl Broker {
     fn delete_job(&mut self, id: JobId) {
         let Some(meta) = self.jobs.get(id).copied() else { return };
         self.release_key(&meta, id);
+        self.release_group(&meta);
         self.jobs.remove(id);
         self.names.release(meta.name);
         self.policies.release(meta.policy);

@@ -346,6 +346,8 @@ impl Model {
             RetryHint::Backoff => backoff::delay_ms(&job.spec.backoff, id, attempt),
             RetryHint::After { delay_ms } => delay_ms,
             RetryHint::Never => 0,
+            // Not generated: flow control has its own tests (`flow_tests.rs`).
+            RetryHint::RateLimited { .. } => unreachable!("not generated"),
         };
         let (state, outcome) = if dead {
             (MState::Dead { at: now }, NackOutcome::Dead)

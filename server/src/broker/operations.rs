@@ -107,6 +107,8 @@ impl Broker {
                 .into_iter()
                 .map(|(completed, failed)| MinuteCounts { completed, failed })
                 .collect(),
+            limits: queue.settings.limits,
+            rate_limited_until_ms: self.held_until(now, q),
         }
     }
 

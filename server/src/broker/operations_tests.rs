@@ -239,7 +239,7 @@ fn pause_holds_jobs_and_waiters_and_resume_serves_them() {
         got,
         [Change::Settings {
             queue: "q".into(),
-            settings: crate::model::QueueSettings { paused: true }
+            settings: crate::model::QueueSettings { paused: true, ..Default::default() }
         }]
     );
     b.pause(T0, "q").unwrap();
@@ -272,7 +272,8 @@ fn pause_holds_jobs_and_waiters_and_resume_serves_them() {
 
     // Recovery restores the setting without persisting it again.
     let mut restored = Broker::new(BrokerConfig::default());
-    restored.restore_settings("q", crate::model::QueueSettings { paused: true });
+    restored
+        .restore_settings("q", crate::model::QueueSettings { paused: true, ..Default::default() });
     assert!(effects(&mut restored).is_empty());
     assert!(restored.queue_views(T0, None, 10).0[0].paused);
     assert_eq!(b.pause(T0, "bad name").unwrap_err().code(), ErrorCode::InvalidQueueName);

@@ -15,6 +15,8 @@
 //! 2. Entries of one priority are in the order their jobs became ready, and their `seq`s
 //!    grow in that order. A retried job queues behind jobs already waiting, whatever its id.
 //!    `seq` is what a listing cursor remembers, so paging survives jobs coming and going.
+//!    A grouped job's entry is in its group's index (`flow.rs`) instead, under the same
+//!    rules; seqs are shared by all of a queue's indexes, so listings merge by them.
 //! 3. `delayed` holds `(run_at, id)` of exactly the queue's `Delayed` jobs, `dead` holds
 //!    `(died_at, id)` of exactly its `Dead` jobs.
 //! 4. `keys` maps a key to the job holding it iff that job is uncommitted, ready, delayed
@@ -37,6 +39,7 @@ use bytes::Bytes;
 
 use qd_protocol::JobId;
 
+use super::flow::Flow;
 use super::job::JobState;
 use crate::model::{Millis, QueueSettings};
 
@@ -77,9 +80,9 @@ pub(crate) type MinuteBucket = (u64, u64, u64);
 #[derive(Debug)]
 pub(crate) struct Queue {
     pub name: Arc<str>,
-    /// Ready entries by priority (lower first), each FIFO. An emptied priority is removed so
-    /// that clients using many distinct priorities leave nothing behind.
-    ready: BTreeMap<i32, VecDeque<ReadyEntry>>,
+    /// Ready entries of the jobs without a group (of every job, in a queue that has never
+    /// seen a group); grouped jobs wait in their group's index in `flow`.
+    ready: ReadyIndex,
     next_ready_seq: u64,
     pub delayed: BTreeSet<(Millis, JobId)>,
     pub dead: BTreeSet<(Millis, JobId)>,
@@ -111,13 +114,16 @@ pub(crate) struct Queue {
     minutes: Option<Box<[MinuteBucket; MINUTES]>>,
     /// Whether the broker's list of idle queues holds this queue (at most once).
     pub idle_listed: bool,
+    /// Flow control state (issue 9), only for a queue with limits or grouped jobs: a queue
+    /// without either pays one pointer and takes the plain path.
+    pub flow: Option<Box<Flow>>,
 }
 
 impl Queue {
     pub(crate) fn new(name: Arc<str>) -> Self {
         Queue {
             name,
-            ready: BTreeMap::new(),
+            ready: ReadyIndex::default(),
             next_ready_seq: 0,
             delayed: BTreeSet::new(),
             dead: BTreeSet::new(),
@@ -136,6 +142,7 @@ impl Queue {
             expired_total: 0,
             minutes: None,
             idle_listed: false,
+            flow: None,
         }
     }
 
@@ -155,14 +162,10 @@ impl Queue {
     /// Takes ready job `id` (of `priority`) out of the ready index; whether it was there.
     /// A linear scan of that priority's entries: only a debounce of a job that is ready
     /// (its delay already over, no worker has taken it yet) needs it.
+    /// Only the ungrouped index is searched: a queue with flow control keeps its ready
+    /// jobs per group (`flow.rs`), and there the entry is not found.
     pub(crate) fn remove_ready(&mut self, priority: i32, id: JobId) -> bool {
-        let Some(fifo) = self.ready.get_mut(&priority) else { return false };
-        let Some(at) = fifo.iter().position(|e| e.id == id) else { return false };
-        fifo.remove(at);
-        if fifo.is_empty() {
-            self.ready.remove(&priority);
-        }
-        true
+        self.ready.remove(priority, id)
     }
 
     /// The result of completed job `id`, if the ring still holds it.
@@ -184,27 +187,34 @@ impl Queue {
         }
     }
 
-    /// Appends a job that just became ready (the caller sets its state and counts).
-    pub(crate) fn push_ready(&mut self, priority: i32, id: JobId, now: Millis) {
+    /// Appends a job that just became ready (the caller sets its state and counts) to the
+    /// ungrouped index, or to group `group`'s index in `flow` (which the caller created).
+    /// Returns whether the index was empty before.
+    pub(crate) fn push_ready(
+        &mut self,
+        priority: i32,
+        id: JobId,
+        now: Millis,
+        group: Option<u32>,
+    ) -> bool {
         let seq = self.next_ready_seq;
         self.next_ready_seq += 1;
-        self.ready.entry(priority).or_default().push_back(ReadyEntry { seq, id, since: now });
+        let entry = ReadyEntry { seq, id, since: now };
+        match (group, self.flow.as_deref_mut()) {
+            (Some(g), Some(flow)) => flow.group_mut(g).ready.push(priority, entry),
+            _ => self.ready.push(priority, entry),
+        }
     }
 
-    /// Takes the next ready entry: lowest priority, then earliest ready. May be stale
-    /// (invariant 1): the caller checks the job's state.
+    /// Takes the next ungrouped ready entry: lowest priority, then earliest ready. May be
+    /// stale (invariant 1): the caller checks the job's state.
     pub(crate) fn pop_ready(&mut self) -> Option<JobId> {
-        let mut entry = self.ready.first_entry()?;
-        let fifo = entry.get_mut();
-        let popped = fifo.pop_front();
-        if fifo.is_empty() {
-            entry.remove();
-        } else if fifo.capacity() > 64 && fifo.len() * 4 <= fifo.capacity() {
-            // A drained backlog should not keep its peak memory.
-            let keep = fifo.len() * 2;
-            fifo.shrink_to(keep);
-        }
-        popped.map(|e| e.id)
+        self.ready.pop()
+    }
+
+    /// Whether the ungrouped index holds an entry (maybe stale).
+    pub(crate) fn has_ungrouped(&self) -> bool {
+        !self.ready.is_empty()
     }
 
     pub(crate) fn has_ready(&self) -> bool {
@@ -212,30 +222,31 @@ impl Queue {
     }
 
     /// Ready entries in reserve order strictly after `(priority, seq)` (from the start when
-    /// `None`). Stale entries included; the caller filters.
+    /// `None`), across the ungrouped index and every group's. Stale entries included; the
+    /// caller filters. With groups this gathers and sorts every entry after the cursor
+    /// (admin listings only; reserves go by turns, see `flow.rs`).
     pub(crate) fn ready_after(
         &self,
         after: Option<(i32, u64)>,
-    ) -> impl Iterator<Item = (i32, ReadyEntry)> + '_ {
-        let start = after.map_or(i32::MIN, |(p, _)| p);
-        self.ready.range(start..).flat_map(move |(&prio, fifo)| {
-            // Seqs grow along the deque (invariant 2): skip up to the cursor by bisection.
-            let skip = match after {
-                Some((p, seq)) if p == prio => fifo.partition_point(|e| e.seq <= seq),
-                _ => 0,
-            };
-            fifo.range(skip..).map(move |e| (prio, *e))
-        })
+    ) -> Box<dyn Iterator<Item = (i32, ReadyEntry)> + '_> {
+        match self.flow.as_deref().filter(|f| !f.groups.is_empty()) {
+            None => Box::new(self.ready.after(after)),
+            Some(flow) => {
+                let mut all: Vec<(i32, ReadyEntry)> = self.ready.after(after).collect();
+                for group in flow.groups.values() {
+                    all.extend(group.ready.after(after));
+                }
+                all.sort_unstable_by_key(|&(prio, e)| (prio, e.seq));
+                Box::new(all.into_iter())
+            }
+        }
     }
 
     /// The longest a ready job of this queue has been waiting, by the time it became ready.
     /// Stale entries are filtered by `is_ready`.
     pub(crate) fn oldest_ready_since(&self, is_ready: impl Fn(JobId) -> bool) -> Option<Millis> {
-        // The front live entry of each priority is its oldest (FIFO by time of readiness).
-        self.ready
-            .values()
-            .filter_map(|fifo| fifo.iter().find(|e| is_ready(e.id)).map(|e| e.since))
-            .min()
+        let groups = self.flow.iter().flat_map(|f| f.groups.values().map(|g| &g.ready));
+        std::iter::once(&self.ready).chain(groups).filter_map(|r| r.oldest_since(&is_ready)).min()
     }
 
     /// Counts a completion or a failed try in the per-minute history.
@@ -299,6 +310,77 @@ impl Queue {
     }
 }
 
+/// Ready entries by priority (lower first), each FIFO: the ungrouped jobs of a queue, or
+/// the jobs of one group. An emptied priority is removed so that clients using many
+/// distinct priorities leave nothing behind.
+#[derive(Debug, Default)]
+pub(crate) struct ReadyIndex {
+    by_priority: BTreeMap<i32, VecDeque<ReadyEntry>>,
+}
+
+impl ReadyIndex {
+    /// Appends; returns whether the index was empty before.
+    pub(crate) fn push(&mut self, priority: i32, entry: ReadyEntry) -> bool {
+        let was_empty = self.by_priority.is_empty();
+        self.by_priority.entry(priority).or_default().push_back(entry);
+        was_empty
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.by_priority.is_empty()
+    }
+
+    /// Takes the next entry: lowest priority, then earliest ready. May be stale.
+    pub(crate) fn pop(&mut self) -> Option<JobId> {
+        let mut entry = self.by_priority.first_entry()?;
+        let fifo = entry.get_mut();
+        let popped = fifo.pop_front();
+        if fifo.is_empty() {
+            entry.remove();
+        } else if fifo.capacity() > 64 && fifo.len() * 4 <= fifo.capacity() {
+            // A drained backlog should not keep its peak memory.
+            let keep = fifo.len() * 2;
+            fifo.shrink_to(keep);
+        }
+        popped.map(|e| e.id)
+    }
+
+    /// Takes `id` out of `priority`'s entries (a linear scan); whether it was there.
+    pub(crate) fn remove(&mut self, priority: i32, id: JobId) -> bool {
+        let Some(fifo) = self.by_priority.get_mut(&priority) else { return false };
+        let Some(at) = fifo.iter().position(|e| e.id == id) else { return false };
+        fifo.remove(at);
+        if fifo.is_empty() {
+            self.by_priority.remove(&priority);
+        }
+        true
+    }
+
+    /// Entries in pop order strictly after `(priority, seq)`.
+    pub(crate) fn after(
+        &self,
+        after: Option<(i32, u64)>,
+    ) -> impl Iterator<Item = (i32, ReadyEntry)> + '_ {
+        let start = after.map_or(i32::MIN, |(p, _)| p);
+        self.by_priority.range(start..).flat_map(move |(&prio, fifo)| {
+            // Seqs grow along the deque (invariant 2): skip up to the cursor by bisection.
+            let skip = match after {
+                Some((p, seq)) if p == prio => fifo.partition_point(|e| e.seq <= seq),
+                _ => 0,
+            };
+            fifo.range(skip..).map(move |e| (prio, *e))
+        })
+    }
+
+    fn oldest_since(&self, is_ready: impl Fn(JobId) -> bool) -> Option<Millis> {
+        // The front live entry of each priority is its oldest (FIFO by time of readiness).
+        self.by_priority
+            .values()
+            .filter_map(|fifo| fifo.iter().find(|e| is_ready(e.id)).map(|e| e.since))
+            .min()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,7 +403,7 @@ mod tests {
     fn pops_by_priority_then_fifo() {
         let mut q = Queue::new("q".into());
         for (prio, id) in [(5, 1), (0, 2), (5, 3), (-1, 4), (0, 5)] {
-            q.push_ready(prio, id, 0);
+            q.push_ready(prio, id, 0, None);
         }
         let listed: Vec<JobId> = q.ready_after(None).map(|(_, e)| e.id).collect();
         assert_eq!(listed, [4, 2, 5, 1, 3]);

@@ -44,6 +44,12 @@ impl WaiterTable {
     pub(crate) fn park(&mut self, waiter: Waiter) {
         let seq = self.next_seq;
         self.next_seq += 1;
+        self.reinstate(seq, waiter);
+    }
+
+    /// Parks a waiter again under the arrival number it had (`pop_first_for_queue` gave
+    /// it), so it keeps its place: a flow limit turned it away empty-handed.
+    pub(crate) fn reinstate(&mut self, seq: u64, waiter: Waiter) {
         self.by_key.insert(waiter.key, seq);
         self.by_conn.insert((waiter.key.conn, seq));
         for &q in &waiter.queues {
@@ -74,10 +80,11 @@ impl WaiterTable {
         self.remove_seq(seq)
     }
 
-    /// Removes and returns the longest-parked waiter that wants jobs from queue `q`.
-    pub(crate) fn pop_first_for_queue(&mut self, q: u32) -> Option<Waiter> {
+    /// Removes and returns the longest-parked waiter that wants jobs from queue `q`, with
+    /// its arrival number.
+    pub(crate) fn pop_first_for_queue(&mut self, q: u32) -> Option<(u64, Waiter)> {
         let seq = *self.by_queue.get(&q)?.first()?;
-        self.remove_seq(seq)
+        self.remove_seq(seq).map(|w| (seq, w))
     }
 
     /// Removes every waiter of `conn`.
@@ -120,10 +127,10 @@ mod tests {
         t.park(waiter(1, 1, &[0, 1], 500));
         t.park(waiter(2, 1, &[1], 100));
         t.park(waiter(1, 2, &[0], 300));
-        assert_eq!(t.pop_first_for_queue(1).map(|w| w.key.conn), Some(1));
+        assert_eq!(t.pop_first_for_queue(1).map(|(_, w)| w.key.conn), Some(1));
         // The first waiter left queue 0's index too.
         assert_eq!(
-            t.pop_first_for_queue(0).map(|w| w.key),
+            t.pop_first_for_queue(0).map(|(_, w)| w.key),
             Some(WaiterKey { conn: 1, request: 2 })
         );
         assert_eq!(t.pop_first_for_queue(0), None);

@@ -107,6 +107,8 @@ pub fn queue_info(now: Millis, view: QueueView) -> QueueInfo {
     info.completed_total = view.completed_total;
     info.failed_total = view.failed_total;
     info.dead_total = view.dead_total;
+    info.limits = view.limits;
+    info.rate_limited_until_ms = view.rate_limited_until_ms;
     info.minutes = view
         .minutes
         .iter()

@@ -329,7 +329,10 @@ mod tests {
             (Change::Reschedule { id: 5, run_at_ms: 0 }, "040500".into()),
             (Change::Remove { id: 128 }, "058001".into()),
             (
-                Change::Settings { queue: "q".into(), settings: QueueSettings { paused: true } },
+                Change::Settings {
+                    queue: "q".into(),
+                    settings: QueueSettings { paused: true, ..Default::default() },
+                },
                 "06017101".into(),
             ),
             (Change::IdFloor { next_id: 1 << 20 }, "07808040".into()),

@@ -996,7 +996,7 @@ mod tests {
                     },
                     12 => Change::Settings {
                         queue: format!("q{}", rng.gen_range(0..4)),
-                        settings: QueueSettings { paused: rng.gen_bool(0.5) },
+                        settings: QueueSettings { paused: rng.gen_bool(0.5), ..Default::default() },
                     },
                     // Ids promised ahead of the inserts, as the broker's floor does.
                     13 => Change::IdFloor { next_id: next_id + rng.gen_range(0..100) },

@@ -391,7 +391,7 @@ mod tests {
                     5 => change(Change::Reschedule { id: a, run_at_ms: b }),
                     6 => change(Change::Settings {
                         queue: format!("q{a}"),
-                        settings: QueueSettings { paused: b == 1 },
+                        settings: QueueSettings { paused: b == 1, ..Default::default() },
                     }),
                     7 => change(Change::IdFloor { next_id: a }),
                     11 => change(Change::Replace {
