@@ -6,13 +6,20 @@
 //! the queue's dead set, where an operator can look at it. A mailbox that does not exist is
 //! a permanent failure: dead-lettered at once, without the retries.
 //!
+//! The mail provider allows 50 sends a second, so the `emails` queue is rate-limited on the
+//! server (for every worker at once), and a nightly digest is a cron schedule the server
+//! fires at 03:00 UTC, whether or not a worker is up.
+//!
 //! Run a server (`cargo run --release -p qd -- serve`) and then:
 //! `cargo run -p qd-client --example signup`
 
 use std::time::Duration;
 
 use anyhow::anyhow;
-use qd_client::{Backoff, Client, Job, JobContext, JobError, LeasedJobExt, Outcome, Worker};
+use qd_client::{
+    Backoff, Client, Job, JobContext, JobError, LeasedJobExt, NewJob, Outcome, QueueLimits, Rate,
+    Schedule, ScheduleSpec, Worker,
+};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -54,6 +61,18 @@ async fn send_welcome(ctx: JobContext) -> Result<Outcome, JobError> {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = std::env::var("QD_ADDR").unwrap_or_else(|_| "127.0.0.1:7700".into());
     let client = Client::connect(&addr).await?;
+
+    // Set-up an app does at each start (both are idempotent; they need an admin connection
+    // on a server with secrets). At most 50 welcome mails start per second, across workers.
+    let limits = QueueLimits { rate: Some(Rate::new(50, 1_000)), ..QueueLimits::default() };
+    client.set_queue_limits("emails", limits).await?;
+    // A digest job every night at 03:00 UTC; a night missed while qd was down runs once.
+    let digest: NewJob = Job::new("digest", "{}").attempts(5).into();
+    let spec = ScheduleSpec::Cron { expr: "0 0 3 * * *".into(), tz: "UTC".into() };
+    let nightly =
+        Schedule { name: "nightly-digest".into(), spec, queue: "digests".into(), job: digest };
+    let info = client.upsert_schedule(nightly).await?;
+    println!("nightly digest scheduled; next at unix ms {:?}", info.next_fire_ms);
 
     for user_id in 1..=20 {
         println!("{}", signup_handler(&client, user_id).await?);
