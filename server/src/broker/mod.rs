@@ -123,6 +123,10 @@ pub struct BrokerConfig {
     pub dead_max_age_ms: u64,
     /// Idle queues (no jobs, settings or waiters) kept only for their completed history.
     pub idle_queues_kept: usize,
+    /// Bytes of ack results (`AckWithResult`) kept across every queue's completed ring;
+    /// past it the oldest results are dropped (their jobs stay listed, with an empty
+    /// result). Without it, results are bounded only by queues x retention x `MAX_RESULT`.
+    pub results_max_bytes: usize,
 }
 
 impl Default for BrokerConfig {
@@ -134,6 +138,7 @@ impl Default for BrokerConfig {
             dead_max_jobs: 10_000,
             dead_max_age_ms: 180 * 24 * 3_600_000,
             idle_queues_kept: 1000,
+            results_max_bytes: 64 << 20,
         }
     }
 }
@@ -204,6 +209,11 @@ pub struct Broker {
     waiters: WaiterTable,
     /// Producers waiting for a job's outcome (`job_waits.rs`).
     job_waits: JobWaits,
+    /// Results held in completed rings, oldest first, as `(queue, id, bytes)`; their sum is
+    /// `result_bytes`. An entry whose job already left its ring still counts until it is
+    /// popped, so the sum never underestimates what is held.
+    results: VecDeque<(u32, JobId, usize)>,
+    result_bytes: usize,
     effects: Vec<Effect>,
     /// Queues that gained ready jobs during the current call, in order; their parked
     /// waiters are served before the call returns, so that no waiter stays parked on a
@@ -239,6 +249,8 @@ impl Broker {
             leases,
             waiters: WaiterTable::default(),
             job_waits: JobWaits::default(),
+            results: VecDeque::new(),
+            result_bytes: 0,
             effects: Vec::new(),
             touched: Vec::new(),
             next_id: 1,
@@ -512,6 +524,9 @@ impl Broker {
         queue.push_completed(done, retention);
         self.effects.push(Effect::Persist(Change::Complete { id: lease.id }));
         self.notify_completed(lease.id, &result);
+        if !result.is_empty() && retention > 0 {
+            self.keep_result(meta.queue, lease.id, result.len());
+        }
         if !self.touched.is_empty() {
             // A flow limit let go of a slot: parked waiters may have a job now.
             self.serve_touched(now);
@@ -914,6 +929,20 @@ impl Broker {
     fn dead_remove(&mut self, q: u32, at: Millis, id: JobId) -> bool {
         let queue = &mut self.queues[q as usize];
         edit_timed(&mut self.dead_heads, &mut queue.dead, q, |set| set.remove(&(at, id)))
+    }
+
+    /// Counts a result just kept in queue `q`'s completed ring, dropping the oldest results
+    /// while the total is over `results_max_bytes`.
+    fn keep_result(&mut self, q: u32, id: JobId, len: usize) {
+        self.results.push_back((q, id, len));
+        self.result_bytes += len;
+        while self.result_bytes > self.config.results_max_bytes {
+            let Some((q, id, len)) = self.results.pop_front() else { break };
+            self.result_bytes -= len;
+            if let Some(queue) = self.queues.get_mut(q as usize) {
+                queue.drop_result(id);
+            }
+        }
     }
 
     /// Leases up to `max` ready jobs from `qs`, in order, to `conn`. Paused queues give

@@ -168,6 +168,13 @@ impl Queue {
         self.ready.remove(priority, id)
     }
 
+    /// Forgets the result of completed job `id` (the job stays in the ring).
+    pub(crate) fn drop_result(&mut self, id: JobId) {
+        if let Some(c) = self.completed.iter_mut().rev().find(|c| c.id == id) {
+            c.result = Bytes::new();
+        }
+    }
+
     /// The result of completed job `id`, if the ring still holds it.
     pub(crate) fn completed_result(&self, id: JobId) -> Option<&Bytes> {
         self.completed.iter().rev().find(|c| c.id == id).map(|c| &c.result)

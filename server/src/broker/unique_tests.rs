@@ -275,3 +275,27 @@ fn an_expiry_answers_its_waits_and_large_results_are_refused() {
     assert_eq!(lease.id, id);
     b.ack_with_result(T0 + 20, lref(&lease), Bytes::from(vec![0u8; MAX_RESULT])).unwrap();
 }
+
+/// Results are bounded across queues, not only per ring: past `results_max_bytes` the oldest
+/// result is dropped (its job stays completed), whichever queue holds it.
+#[test]
+fn results_beyond_the_budget_drop_the_oldest() {
+    let mut b = Broker::new(BrokerConfig { results_max_bytes: 25, ..BrokerConfig::default() });
+    let mut done = Vec::new();
+    for (i, queue) in ["a", "b", "a"].into_iter().enumerate() {
+        let id = b.add(T0, queue, vec![plain(|_| {})]).unwrap()[0];
+        b.commit_added(T0, &[id]);
+        let qs = [queue.to_string()];
+        let lease = b.reserve(T0, w(1, i as u64), &qs, 1, 0).unwrap().expect("ready").remove(0);
+        b.ack_with_result(T0 + 1, lref(&lease), Bytes::from(vec![b'x'; 10])).unwrap();
+        done.push(id);
+    }
+    effects(&mut b);
+    let result = |b: &mut Broker, id: JobId| match b.wait(T0 + 2, w(2, id), id, 0) {
+        Ok(Waited::Now(JobOutcome::Completed { result })) => result.len(),
+        other => panic!("job {id}: {other:?}"),
+    };
+    assert_eq!(result(&mut b, done[0]), 0, "the oldest result went over the budget");
+    assert_eq!(result(&mut b, done[1]), 10);
+    assert_eq!(result(&mut b, done[2]), 10);
+}
