@@ -146,6 +146,9 @@ impl Default for JobOptions {
 pub const MIN_LEASE_MS: u64 = 100;
 /// Longest lease, in ms (one day).
 pub const MAX_LEASE_MS: u64 = 86_400_000;
+/// Longest throttle window ([`Unique::Window`]), in ms (30 days): the server keeps a key's
+/// window in memory until it ends, even after its job completed.
+pub const MAX_UNIQUE_WINDOW_MS: u64 = 30 * 86_400_000;
 /// Most tries a job may ask for.
 pub const MAX_ATTEMPTS: u32 = 1_000;
 
@@ -192,10 +195,13 @@ impl JobOptions {
         }
         match self.unique {
             Unique::WhilePending => {}
-            Unique::Window { ms: 0 } => {
+            Unique::Window { ms } if ms == 0 || ms > MAX_UNIQUE_WINDOW_MS => {
                 return Err(WireError::new(
                     ErrorCode::InvalidArgument,
-                    "unique window is 0 ms; give it a length, or use WhilePending",
+                    format!(
+                        "unique window is {ms} ms; use 1 to {MAX_UNIQUE_WINDOW_MS} (30 days), \
+                         or WhilePending"
+                    ),
                 ));
             }
             Unique::Window { .. } | Unique::Debounce if self.key.is_none() => {
@@ -419,7 +425,10 @@ mod tests {
         assert!(keyless.validate().is_err());
         let keyed = JobOptions { key: Some("k".into()), ..keyless };
         assert!(keyed.validate().is_ok());
-        let empty = JobOptions { unique: Unique::Window { ms: 0 }, ..keyed };
+        let empty = JobOptions { unique: Unique::Window { ms: 0 }, ..keyed.clone() };
         assert!(empty.validate().is_err());
+        let forever =
+            JobOptions { unique: Unique::Window { ms: MAX_UNIQUE_WINDOW_MS + 1 }, ..keyed };
+        assert!(forever.validate().is_err());
     }
 }
