@@ -20,7 +20,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("engine", &["broker", "store", "model", "config", "metrics"]),
     ("net", &["engine", "model", "config"]),
     ("http", &["engine", "model", "config", "metrics"]),
-    ("faktory", &["engine", "model", "config"]),
+    ("faktory", &["net", "engine", "model", "config"]),
     (
         "server",
         &["net", "http", "faktory", "engine", "config", "model", "broker", "store", "metrics"],

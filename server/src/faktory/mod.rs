@@ -44,6 +44,7 @@ use tokio_util::task::TaskTracker;
 pub use link::FAKTORY_CONN;
 
 use crate::engine::Command;
+use crate::net::listener::accept_bounded;
 use auth::Challenge;
 use codec::{split_verb, FaktoryCodec, LineError, Reply};
 use link::EngineLink;
@@ -190,22 +191,9 @@ impl FaktoryListener {
             connections: AtomicU64::new(0),
             commands: AtomicU64::new(0),
         });
-        loop {
-            let permit = tokio::select! {
-                p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
-                _ = shutdown.cancelled() => return,
-            };
-            let (stream, peer) = tokio::select! {
-                r = self.listener.accept() => match r {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Faktory accept failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = shutdown.cancelled() => return,
-            };
+        while let Some((permit, stream, peer)) =
+            accept_bounded(&self.listener, &permits, &shutdown, "faktory").await
+        {
             let (front, token) = (front.clone(), shutdown.clone());
             conns.spawn(async move {
                 let _ = stream.set_nodelay(true);

@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -50,23 +50,9 @@ impl Listener {
     ) {
         let permits = Arc::new(Semaphore::new(max_connections));
         let next_conn = AtomicU64::new(1);
-        loop {
-            let permit = tokio::select! {
-                p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
-                _ = shutdown.cancelled() => return,
-            };
-            let (stream, peer) = tokio::select! {
-                r = self.listener.accept() => match r {
-                    Ok(s) => s,
-                    Err(e) => {
-                        // EMFILE and friends: back off a little instead of spinning.
-                        tracing::warn!(error = %e, "accept failed; retrying");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = shutdown.cancelled() => return,
-            };
+        while let Some((permit, stream, peer)) =
+            accept_bounded(&self.listener, &permits, &shutdown, "qd").await
+        {
             let conn = next_conn.fetch_add(1, Ordering::Relaxed);
             let (policy, commands, token) = (policy.clone(), commands.clone(), shutdown.clone());
             let tls = tls.clone();
@@ -92,6 +78,34 @@ impl Listener {
                 }
                 drop(permit);
             });
+        }
+    }
+}
+
+/// Waits for a free connection slot, then for a connection; `None` once `shutdown` fires.
+/// Shared by every listener of the server (the qd protocol, the Faktory port), so each
+/// bounds its connections and survives accept errors the same way.
+pub(crate) async fn accept_bounded(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
+    port: &str,
+) -> Option<(OwnedSemaphorePermit, TcpStream, SocketAddr)> {
+    let permit = tokio::select! {
+        p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+        _ = shutdown.cancelled() => return None,
+    };
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => return Some((permit, stream, peer)),
+                Err(e) => {
+                    // EMFILE and friends: back off a little instead of spinning.
+                    tracing::warn!(error = %e, port, "accept failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.cancelled() => return None,
         }
     }
 }
