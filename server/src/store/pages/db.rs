@@ -692,7 +692,7 @@ mod tests {
     fn a_new_dir_is_stamped_with_our_version() {
         let dir = tempfile::tempdir().unwrap();
         drop(open(dir.path()));
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::store::testutil::open_raw_after_drop(dir.path());
         let stored = db.open_tree(META_TREE).unwrap().get(FORMAT_VERSION_KEY).unwrap().unwrap();
         assert_eq!(stored.as_ref(), &STORE_FORMAT_VERSION.to_be_bytes());
     }
