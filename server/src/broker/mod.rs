@@ -84,7 +84,7 @@ pub use admin::{JobStateKind, JobView, MinuteCounts, Page, QueueView};
 pub use effects::Effect;
 pub use error::BrokerError;
 pub use job_waits::Waited;
-pub use operations::MAX_PAGE;
+pub use operations::{KILLED, MAX_PAGE};
 pub use schedules::{fire_key, MAX_SCHEDULES};
 pub use unique::EXPIRED;
 

@@ -1,5 +1,6 @@
 //! What an operator does to the core (issue 8): pause and resume a queue, look at queues
-//! and jobs page by page, retry or purge dead jobs, remove jobs, promote delayed ones.
+//! and jobs page by page, retry or purge dead jobs, remove jobs, promote delayed ones, kill
+//! waiting ones (move them to the dead set; issue 11, Faktory's MUTATE `kill`).
 //!
 //! Same rules as the worker-facing methods in `mod.rs`: `now` is an argument, every
 //! mutation is queued as an `Effect::Persist` (the engine answers only after the commit),
@@ -20,10 +21,13 @@ use qd_protocol::{validate_queue_name, JobId};
 use super::admin::{Cursor, JobStateKind, JobView, MinuteCounts, Page, QueueView};
 use super::job::{JobMeta, JobState};
 use super::{Broker, BrokerError};
-use crate::model::{Change, Millis};
+use crate::model::{AttemptError, Change, Millis};
 
 /// Most items one listing page returns, whatever the caller asks.
 pub const MAX_PAGE: usize = 1000;
+
+/// Error text recorded on a job an operator killed ([`Broker::kill`]).
+pub const KILLED: &str = "killed by an operator";
 
 impl Broker {
     /// Pauses `queue`: reserves get nothing from it and its parked waiters stay parked;
@@ -403,6 +407,84 @@ impl Broker {
         }
         self.serve_touched(now);
         promoted
+    }
+
+    /// Waiting jobs among `ids` (ready or delayed) go to their queue's dead set now; returns
+    /// how many. Active jobs are skipped, as `remove` skips them: a worker holds them, and
+    /// its ack or nack decides. Dead, uncommitted and unknown ids are skipped too.
+    ///
+    /// A kill is recorded like an expiry: a `Change::Fail` with `dead` and the error
+    /// [`KILLED`], under the next attempt number. So the stored record says why the job
+    /// died, replay needs no change kind of its own, and `Fail`'s replay rule (attempt
+    /// numbers only grow between retries) holds. It counts in `dead_total`, not as a failed
+    /// try. An operator's retry brings the job back with fresh attempts.
+    pub fn kill(&mut self, now: Millis, ids: &[JobId]) -> u64 {
+        let mut killed = 0;
+        let mut delayed_by_queue: Vec<(u32, HashSet<JobId>)> = Vec::new();
+        for &id in ids {
+            let Some(meta) = self.jobs.get(id).copied() else { continue };
+            match meta.state {
+                JobState::Ready => {
+                    // Unlike a removal, the job lives on (and may be retried): its ready
+                    // entry must go, or a retry would give it two (invariant 1 of queue.rs).
+                    let g = self.group_of(&meta);
+                    let queue = &mut self.queues[meta.queue as usize];
+                    let in_group = queue.flow.as_deref_mut().and_then(|f| f.groups.get_mut(&g));
+                    match in_group {
+                        Some(group) => group.ready.remove(meta.priority, id),
+                        None => queue.remove_ready(meta.priority, id),
+                    };
+                    self.bury(now, id, JobState::Ready, KILLED);
+                    killed += 1;
+                }
+                JobState::Delayed => match delayed_by_queue.iter_mut().find(|e| e.0 == meta.queue)
+                {
+                    Some((_, set)) => {
+                        set.insert(id);
+                    }
+                    None => delayed_by_queue.push((meta.queue, HashSet::from([id]))),
+                },
+                JobState::Active | JobState::Dead | JobState::Uncommitted => {}
+            }
+        }
+        for (q, wanted) in delayed_by_queue {
+            let chosen: Vec<(Millis, JobId)> = self.queues[q as usize]
+                .delayed
+                .iter()
+                .copied()
+                .filter(|e| wanted.contains(&e.1))
+                .collect();
+            for (at, id) in chosen {
+                self.delayed_remove(q, at, id);
+                self.bury(now, id, JobState::Delayed, KILLED);
+                killed += 1;
+            }
+        }
+        killed
+    }
+
+    /// Job `id` (in state `from`, already out of that state's index) goes to the dead set
+    /// without a try having failed (an expiry or a kill): persisted as a dead `Fail` with
+    /// `message` under the next attempt number, counted in `dead_total` only.
+    pub(super) fn bury(&mut self, now: Millis, id: JobId, from: JobState, message: &str) {
+        let Some(meta) = self.jobs.get_mut(id) else { return };
+        let attempt = meta.failures.saturating_add(1);
+        meta.failures = attempt;
+        meta.state = JobState::Dead;
+        let meta = *meta;
+        self.effects.push(super::Effect::Persist(Change::Fail {
+            id,
+            error: AttemptError { attempt, at_ms: now, message: message.to_owned() },
+            run_at_ms: now,
+            dead: true,
+        }));
+        self.park_key(&meta, id);
+        let queue = &mut self.queues[meta.queue as usize];
+        queue.recount(Some(from), Some(JobState::Dead));
+        queue.dead_total += 1;
+        self.dead_insert(meta.queue, now, id);
+        self.notify_ended(id, Some(message));
+        self.enforce_dead_max(meta.queue);
     }
 
     /// The fields every state shares; the caller fills the state's times.

@@ -538,3 +538,77 @@ fn lease_started_is_the_active_lease_start() {
     assert_eq!(b.lease_started(ids[0]), None, "completed");
     assert_eq!(b.lease_started(424_242), None);
 }
+
+/// Faktory's MUTATE `kill` (issue 11): waiting jobs go to the dead set, recorded as a dead
+/// `Fail` so a restart keeps them there; active, dead and unknown jobs are left alone.
+#[test]
+fn kill_moves_ready_and_delayed_jobs_to_the_dead_set() {
+    let mut b = Broker::new(BrokerConfig::default());
+    let keyed = job_with("k", |o| o.key = Some("once".into()));
+    let ids = add(
+        &mut b,
+        T0,
+        "q",
+        vec![
+            job_with("x", dies_at_once),
+            job("active"),
+            keyed.clone(),
+            job_with("d", |o| o.delay_ms = 50),
+        ],
+    );
+    let dead = kill(&mut b, T0, "q", 1)[0];
+    let active = take(&mut b, T0, &["q"], 1).remove(0);
+    assert_eq!((dead, active.id), (ids[0], ids[1]));
+    let mut records = std::collections::HashMap::new();
+    for change in changes(&mut b) {
+        if let Change::Insert(r) = change {
+            records.insert(r.id, *r);
+        }
+    }
+
+    assert_eq!(b.kill(T0 + 5, &[dead, active.id, ids[2], ids[3], ids[3], 999]), 2);
+    let got = changes(&mut b);
+    let killed = |id| Change::Fail {
+        id,
+        error: AttemptError { attempt: 1, at_ms: T0 + 5, message: KILLED.into() },
+        run_at_ms: T0 + 5,
+        dead: true,
+    };
+    assert_eq!(got, [killed(ids[2]), killed(ids[3])]);
+    let s = &b.stats()[0];
+    assert_eq!((s.ready, s.delayed, s.active, s.dead), (0, 0, 1, 3));
+    assert_eq!(take(&mut b, T0 + 100, &["q"], 5), [], "the killed jobs are not handed out");
+    assert_eq!(b.poll_timeout(), Some(active.deadline_ms), "no timer for the killed delayed job");
+    assert_eq!(b.queue_views(T0 + 5, None, 1).0[0].dead_total, 3);
+    assert_eq!(b.queue_views(T0 + 5, None, 1).0[0].failed_total, 1, "a kill is not a try");
+    assert_eq!(add(&mut b, T0 + 5, "q", vec![keyed]), [5], "a killed job's key is free");
+
+    // After a restart the killed jobs are still dead, died when they were killed.
+    for change in got {
+        if let Change::Fail { id, error, run_at_ms, dead } = change {
+            records.get_mut(&id).unwrap().apply_failure(error, run_at_ms, dead);
+        }
+    }
+    let mut restored = Broker::new(BrokerConfig::default());
+    restored.restore(T0 + 100, &records[&ids[3]]);
+    let view = restored.job_view(ids[3]).unwrap();
+    assert_eq!((view.state, view.finished_at_ms), (JobStateKind::Dead, Some(T0 + 5)));
+}
+
+/// A killed ready job leaves the ready index: retried, it is handed out once, not twice
+/// (a stale entry would look live again once the job is ready). Grouped jobs too.
+#[test]
+fn a_killed_then_retried_ready_job_is_delivered_once() {
+    for group in [None, Some("g")] {
+        let mut b = Broker::new(BrokerConfig::default());
+        let j = job_with("x", |o| o.group = group.map(str::to_owned));
+        let ids = add(&mut b, T0, "q", vec![j.clone(), j]);
+        assert_eq!(b.kill(T0, &[ids[0]]), 1);
+        assert_eq!(b.retry_dead(T0 + 1, "q", &[ids[0]]), 1);
+        let ready = b.list_jobs(T0 + 1, "q", JobStateKind::Ready, None, 10).unwrap();
+        assert_eq!(page_ids(&ready), [ids[1], ids[0]], "{group:?}");
+        let got: Vec<JobId> = take(&mut b, T0 + 1, &["q"], 5).iter().map(|l| l.id).collect();
+        assert_eq!(got, [ids[1], ids[0]], "{group:?}");
+        assert_eq!(take(&mut b, T0 + 1, &["q"], 5), [], "{group:?}");
+    }
+}

@@ -32,7 +32,7 @@ use qd_protocol::{JobId, JobOptions, NewJob, Unique};
 
 use super::job::{JobMeta, JobState};
 use super::{edit_timed, Broker, Effect};
-use crate::model::{AttemptError, Change, JobRecord, Millis};
+use crate::model::{Change, JobRecord, Millis};
 
 /// Error text recorded when a job expires before it started.
 pub const EXPIRED: &str = "expired";
@@ -180,25 +180,10 @@ impl Broker {
     /// set with the error [`EXPIRED`]. Not a failed try: `failed_total` is not counted.
     pub(super) fn expire(&mut self, now: Millis, id: JobId, from: JobState) {
         let Some(meta) = self.jobs.get_mut(id) else { return };
-        let attempt = meta.failures.saturating_add(1);
-        meta.failures = attempt;
         meta.expiry_spent = true;
-        meta.state = JobState::Dead;
-        let meta = *meta;
-        self.effects.push(Effect::Persist(Change::Fail {
-            id,
-            error: AttemptError { attempt, at_ms: now, message: EXPIRED.to_owned() },
-            run_at_ms: now,
-            dead: true,
-        }));
-        self.park_key(&meta, id);
-        let queue = &mut self.queues[meta.queue as usize];
-        queue.recount(Some(from), Some(JobState::Dead));
-        queue.dead_total += 1;
-        queue.expired_total += 1;
-        self.dead_insert(meta.queue, now, id);
-        self.notify_ended(id, Some(EXPIRED));
-        self.enforce_dead_max(meta.queue);
+        let q = meta.queue;
+        self.queues[q as usize].expired_total += 1;
+        self.bury(now, id, from, EXPIRED);
     }
 }
 
