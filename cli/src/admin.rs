@@ -1,5 +1,5 @@
 //! The operator's subcommands of `qd` (issue 8): `queues`, `jobs`, `job`, `search`,
-//! `retry`, `purge`, `remove`, `promote`, `pause`, `resume`, `limits`. Each connects with the admin
+//! `retry`, `purge`, `remove`, `promote`, `kill`, `pause`, `resume`, `limits`. Each connects with the admin
 //! role through the client library, prints a human table by default and one JSON value with
 //! `--json`. docs/OPERATIONS.md describes them; the server side is the engine's admin
 //! answers. `cli.rs` only registers them (`Command::Admin`) and prints errors.
@@ -105,6 +105,13 @@ pub enum AdminCommand {
         #[command(flatten)]
         conn: ConnArgs,
     },
+    /// Move waiting (ready or delayed) jobs to the dead set now; `qd retry` undoes it.
+    Kill {
+        #[arg(required = true)]
+        ids: Vec<JobId>,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
     /// Stop workers from taking a queue's jobs (adds still go in). Survives restarts.
     Pause {
         queue: String,
@@ -196,6 +203,11 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Promote { ids, conn } => {
             let n = connect(&conn).await?.promote(&ids).await?;
             print_count(&conn, n, "delayed jobs made ready");
+            Ok(())
+        }
+        AdminCommand::Kill { ids, conn } => {
+            let n = connect(&conn).await?.kill(&ids).await?;
+            print_count(&conn, n, "waiting jobs moved to the dead set (active, dead and unknown ids are skipped)");
             Ok(())
         }
         AdminCommand::Pause { queue, conn } => {

@@ -479,6 +479,12 @@ impl Client {
         self.count(Request::Promote { ids: ids.to_vec() }).await
     }
 
+    /// Moves these waiting jobs (ready or delayed) to their queue's dead set now; returns
+    /// how many moved. Active, dead and unknown ids are skipped; `retry_dead` undoes it.
+    pub async fn kill(&self, ids: &[JobId]) -> Result<u64, Error> {
+        self.count(Request::Kill { ids: ids.to_vec() }).await
+    }
+
     /// Stops reserves from taking jobs of `queue` (adds still go in).
     pub async fn pause(&self, queue: &str) -> Result<(), Error> {
         validate_queue_name(queue).map_err(Error::invalid)?;

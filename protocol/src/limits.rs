@@ -34,7 +34,7 @@ pub struct DecodeLimits {
     /// Jobs in one `Add`.
     pub max_jobs: usize,
     /// Leases in one `Ack`, and job ids in one admin request (`RetryDead`, `Remove`,
-    /// `Promote`).
+    /// `Promote`, `Kill`).
     pub max_ids: usize,
 }
 

@@ -194,6 +194,13 @@ pub enum Request {
     /// Replaces the flow limits of `queue` (all of them: a limit left `None` is lifted).
     /// Creates the queue if unknown. Answered `Done`.
     SetQueueLimits { queue: String, limits: QueueLimits },
+    /// Moves these waiting jobs (ready or delayed) to their queue's dead set now, with the
+    /// error `killed by an operator`. Others (active, dead, unknown) are skipped. Admin.
+    /// Answered `Count` (jobs moved).
+    Kill {
+        #[serde(deserialize_with = "de::ids")]
+        ids: Vec<JobId>,
+    },
 }
 
 impl Request {
@@ -225,7 +232,8 @@ impl Request {
             | Request::ScheduleUpsert { .. }
             | Request::ScheduleRemove { .. }
             | Request::Schedules { .. }
-            | Request::SetQueueLimits { .. } => true,
+            | Request::SetQueueLimits { .. }
+            | Request::Kill { .. } => true,
         }
     }
 }

@@ -675,3 +675,13 @@ fn nack_rate_limited() {
         "00 00 00 09 01 0b 03 02 03 01 65 03 fa",
     );
 }
+
+/// Issue 11: moving waiting jobs to the dead set (Faktory's MUTATE `kill`), appended after
+/// `SetQueueLimits`.
+#[test]
+fn kill() {
+    check_client(
+        &ClientFrame::Request { id: 23, body: Request::Kill { ids: vec![2, 3] } },
+        "00 00 00 06 01 17 1a 02 02 03",
+    );
+}

@@ -93,6 +93,7 @@ fn over_limit_requests_leave_the_stream_in_step() {
         (4, Request::Remove { ids: vec![1; 4] }),
         (5, Request::Promote { ids: vec![1; 3] }),
         (6, Request::Add { queue: "q".into(), jobs: vec![] }),
+        (7, Request::Kill { ids: vec![1; 4] }),
     ] {
         wire.unsplit(frame_of(&ClientFrame::Request { id, body }));
     }
@@ -106,7 +107,7 @@ fn over_limit_requests_leave_the_stream_in_step() {
         })
         .collect();
     let bad = Some(ErrorCode::InvalidArgument);
-    assert_eq!(summary, vec![(1, bad), (2, None), (3, bad), (4, bad), (5, None), (6, None)]);
+    assert_eq!(summary, vec![(1, bad), (2, None), (3, bad), (4, bad), (5, None), (6, None), (7, bad)]);
 }
 
 /// An unknown request kind is still `UnknownRequest`, not a limit.

@@ -571,6 +571,7 @@ impl Engine {
             }
             Request::Remove { ids } => count(b.remove(now, &ids)),
             Request::Promote { ids } => count(b.promote(now, &ids)),
+            Request::Kill { ids } => count(b.kill(now, &ids)),
             Request::Pause { queue } => {
                 b.pause(now, &queue).map(|()| Response::Done).map_err(Into::into)
             }

@@ -230,8 +230,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             max_line: config.max_frame,
             handshake_timeout: config.handshake_timeout,
             max_connections: config.max_connections,
+            idle_timeout: config.idle_timeout,
         };
-        conns.spawn(faktory.run(faktory_config, cmd_tx.clone(), shutdown.clone(), conns.clone()));
+        // With TLS configured, the Faktory port speaks it too: one certificate for both.
+        let (tx, token, tracker) = (cmd_tx.clone(), shutdown.clone(), conns.clone());
+        conns.spawn(faktory.run(faktory_config, tls.clone(), tx, token, tracker));
         tracing::info!(addr = %faktory_addr, "faktory is listening");
     }
     let accept =

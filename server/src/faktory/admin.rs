@@ -6,12 +6,13 @@
 //! *retries* a delayed job that failed at least once, *dead* the dead set. Listings and
 //! payload filters are O(jobs in the set), as in Faktory (which scans Redis).
 //!
-//! Not served: MUTATE `kill` (qd has no operation that moves a waiting job to the dead set
-//! yet) and QUEUE LATENCY; both answer `-ERR` saying so.
+//! MUTATE `kill` is qd's own `Kill` (the broker's `kill`: a waiting job goes to the dead
+//! set with the error `killed by an operator`). QUEUE LATENCY reads each queue's oldest
+//! ready age from qd's queue views (`Queues`).
 
 use std::collections::BTreeMap;
 
-use qd_protocol::admin::{JobState, JobSummary};
+use qd_protocol::admin::{JobState, JobSummary, QueueInfo};
 use qd_protocol::{JobId, Request, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -33,6 +34,23 @@ async fn all_stats(front: &Front) -> Result<Vec<qd_protocol::QueueStats>, LinkEr
     loop {
         match front.link.call(Request::Stats { after: after.clone(), limit: PAGE }).await? {
             Response::Stats { queues, next } => {
+                out.extend(queues);
+                match next {
+                    Some(n) => after = Some(n),
+                    None => return Ok(out),
+                }
+            }
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// Every queue's operator view (counts, oldest ready age), following pages.
+async fn all_queues(front: &Front) -> Result<Vec<QueueInfo>, LinkError> {
+    let (mut out, mut after) = (Vec::new(), None);
+    loop {
+        match front.link.call(Request::Queues { after: after.clone(), limit: PAGE }).await? {
+            Response::Queues { queues, next } => {
                 out.extend(queues);
                 match next {
                     Some(n) => after = Some(n),
@@ -167,13 +185,16 @@ pub async fn flush(front: &Front) -> Reply {
     result.map_or_else(link_error, |()| Reply::Ok)
 }
 
-/// `QUEUE PAUSE|RESUME|REMOVE name... | *`.
+/// `QUEUE PAUSE|RESUME|REMOVE name... | *`, and `QUEUE LATENCY name...`.
 pub async fn queue(front: &Front, args: &str) -> Reply {
     let mut words = args.split_whitespace();
     let op = words.next().unwrap_or_default().to_ascii_uppercase();
     let mut names: Vec<String> = words.map(str::to_owned).collect();
     if names.is_empty() {
         return Reply::err("QUEUE needs an operation and queue names (or *)");
+    }
+    if op == "LATENCY" {
+        return latency(front, &names).await;
     }
     if names.iter().any(|n| n == "*") {
         names = match all_stats(front).await {
@@ -201,10 +222,36 @@ pub async fn queue(front: &Front, args: &str) -> Reply {
     };
     match op.as_str() {
         "PAUSE" | "RESUME" | "REMOVE" => result.await.map_or_else(link_error, |()| Reply::Ok),
-        other => {
-            Reply::err(format!("QUEUE {other} is not served here; use PAUSE, RESUME or REMOVE"))
-        }
+        other => Reply::err(format!(
+            "QUEUE {other} is not served here; use PAUSE, RESUME, REMOVE or LATENCY"
+        )),
     }
+}
+
+/// `QUEUE LATENCY q1 q2...` (Faktory 1.9.2): `{"q1":seconds,...}`, how long each queue's
+/// oldest ready job has waited, in (fractional) seconds; 0 for a queue with none ready or
+/// unknown. qd counts from when the job became ready (its run time), which for a job that
+/// was never delayed is when it was pushed, as in Faktory.
+async fn latency(front: &Front, names: &[String]) -> Reply {
+    if names.iter().any(|n| n == "*") {
+        return Reply::err("QUEUE LATENCY does not support wildcards; name the queues");
+    }
+    let queues = match all_queues(front).await {
+        Ok(queues) => queues,
+        Err(e) => return link_error(e),
+    };
+    let mut out = serde_json::Map::new();
+    for name in names {
+        let age_ms = queues
+            .iter()
+            .find(|q| q.name == *name)
+            .and_then(|q| q.oldest_ready_age_ms)
+            .unwrap_or(0);
+        // Milliseconds as seconds: exact in f64 for any age a queue can have.
+        #[allow(clippy::cast_precision_loss)]
+        out.insert(name.clone(), json!(age_ms as f64 / 1000.0));
+    }
+    Reply::json(&Value::Object(out))
 }
 
 #[derive(Debug, Deserialize)]
@@ -225,7 +272,7 @@ struct Filter {
     regexp: Option<String>,
 }
 
-/// `MUTATE {"cmd","target","filter"}`: `clear`, `discard` and `requeue` over the
+/// `MUTATE {"cmd","target","filter"}`: `clear`, `discard`, `requeue` and `kill` over the
 /// scheduled, retries and dead sets, with Faktory's filters (jids first; else jobtype
 /// and a Redis glob over the job's JSON).
 pub async fn mutate(front: &Front, args: &str) -> Reply {
@@ -241,11 +288,15 @@ pub async fn mutate(front: &Front, args: &str) -> Reply {
             return Reply::err(format!("unknown target {other:?}: use scheduled, retries or dead"))
         }
     };
-    if !matches!(m.cmd.as_str(), "clear" | "discard" | "requeue") {
+    if !matches!(m.cmd.as_str(), "clear" | "discard" | "requeue" | "kill") {
         return Reply::err(format!(
-            "MUTATE {} is not served by qd's Faktory port; clear, discard and requeue are",
+            "unknown mutate operation {:?}: use clear, discard, requeue or kill",
             m.cmd
         ));
+    }
+    if m.cmd == "kill" && state == JobState::Dead {
+        // Killing what is already dead changes nothing, as in Faktory.
+        return Reply::Ok;
     }
     // `clear` ignores the filter, as in Faktory.
     let filter = if m.cmd == "clear" { Filter::default() } else { m.filter.unwrap_or_default() };
@@ -273,6 +324,7 @@ pub async fn mutate(front: &Front, args: &str) -> Reply {
                         .await?
                 }
                 ("requeue", _) => in_chunks(front, &ids, |ids| Request::Promote { ids }).await?,
+                ("kill", _) => in_chunks(front, &ids, |ids| Request::Kill { ids }).await?,
                 _ => in_chunks(front, &ids, |ids| Request::Remove { ids }).await?,
             }
         }

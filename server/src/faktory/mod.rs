@@ -11,13 +11,14 @@
 //! - `link.rs`: the engine connection and the `jid` to lease map;
 //! - `commands.rs`: PUSH, PUSHB, FETCH, ACK, FAIL, BEAT;
 //! - `admin.rs`: INFO, FLUSH, QUEUE, MUTATE;
-//! - this file: the accept loop, one task per socket (handshake, then one command at a
-//!   time, as every Faktory client sends them), and the state the sockets share
-//!   ([`Front`]: the worker registry, the queues INFO lists, counters).
+//! - this file: the accept loop, one task per socket (TLS when the server has it, the
+//!   handshake, then one command at a time, as every Faktory client sends them, until the
+//!   connection has been idle too long), and the state the sockets share ([`Front`]: the
+//!   worker registry, the queues INFO lists, counters).
 //!
-//! It leaves to others: the engine and everything below it; the secret (read from the
-//! server's configuration by the composition root); the refusal to listen beyond loopback
-//! without one (`server.rs`).
+//! It leaves to others: the engine and everything below it; the secret, the idle timeout
+//! and the TLS acceptor (the native port's, handed over by the composition root); the
+//! refusal to listen beyond loopback without a secret (`server.rs`).
 
 mod admin;
 mod auth;
@@ -35,7 +36,8 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -45,6 +47,7 @@ pub use link::FAKTORY_CONN;
 
 use crate::engine::Command;
 use crate::net::listener::accept_bounded;
+use crate::net::tls::TlsAcceptor;
 use auth::Challenge;
 use codec::{split_verb, FaktoryCodec, LineError, Reply};
 use link::EngineLink;
@@ -64,6 +67,9 @@ pub struct FaktoryConfig {
     pub handshake_timeout: Duration,
     /// Sockets served at once; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// A connection that sends no command for this long is closed (the server's
+    /// `idle_timeout`). A command being answered (a FETCH waiting) is not idleness.
+    pub idle_timeout: Duration,
 }
 
 /// What a worker was asked to do by an operator, told on its next BEAT.
@@ -166,10 +172,12 @@ impl FaktoryListener {
     }
 
     /// Connects to the engine over `commands` and serves until `shutdown` is cancelled,
-    /// each socket a task of `conns`.
+    /// each socket a task of `conns`, inside TLS when `tls` is given (Faktory clients then
+    /// connect with `tcp+tls://`).
     pub async fn run(
         self,
         config: FaktoryConfig,
+        tls: Option<TlsAcceptor>,
         commands: mpsc::Sender<Command>,
         shutdown: CancellationToken,
         conns: TaskTracker,
@@ -194,11 +202,24 @@ impl FaktoryListener {
         while let Some((permit, stream, peer)) =
             accept_bounded(&self.listener, &permits, &shutdown, "faktory").await
         {
-            let (front, token) = (front.clone(), shutdown.clone());
+            let (front, token, tls) = (front.clone(), shutdown.clone(), tls.clone());
             conns.spawn(async move {
                 let _ = stream.set_nodelay(true);
                 front.connections.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = serve(stream, &front, token).await {
+                let served = match tls {
+                    None => serve(stream, &front, token).await,
+                    // As on the native port, the TLS handshake counts against the handshake
+                    // timeout: a peer that opens a socket and says nothing holds no slot.
+                    Some(tls) => {
+                        let limit = front.config.handshake_timeout;
+                        match tokio::time::timeout(limit, tls.accept(stream)).await {
+                            Ok(Ok(stream)) => serve(stream, &front, token).await,
+                            Ok(Err(e)) => Err(e),
+                            Err(_) => Err(io::Error::other("TLS handshake timed out")),
+                        }
+                    }
+                };
+                if let Err(e) = served {
                     tracing::debug!(%peer, error = %e, "Faktory connection ended");
                 }
                 front.connections.fetch_sub(1, Ordering::Relaxed);
@@ -218,8 +239,13 @@ struct Hello {
     wid: Option<String>,
 }
 
-/// One socket: greeting, HELLO, then commands until END, EOF, bad input or shutdown.
-async fn serve(stream: TcpStream, front: &Front, shutdown: CancellationToken) -> io::Result<()> {
+/// The byte streams a Faktory connection runs over: plain TCP or TLS.
+trait Socket: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Socket for S {}
+
+/// One socket: greeting, HELLO, then commands until END, EOF, bad input, idleness or
+/// shutdown.
+async fn serve<S: Socket>(stream: S, front: &Front, shutdown: CancellationToken) -> io::Result<()> {
     let mut framed = Framed::new(stream, FaktoryCodec::new(front.config.max_line));
     let challenge = match &front.config.password {
         Some(_) => Some(Challenge::random().map_err(|e| io::Error::other(e.to_string()))?),
@@ -252,8 +278,15 @@ async fn serve(stream: TcpStream, front: &Front, shutdown: CancellationToken) ->
     send(&mut framed, Reply::Ok).await?;
 
     loop {
+        // Closed without a word when idle: a pooled client (Node, Go) then opens a new
+        // connection on its next command, where an unasked `-ERR` would be read as the
+        // answer to that command.
         let line = tokio::select! {
             line = framed.next() => line,
+            _ = tokio::time::sleep(front.config.idle_timeout) => {
+                tracing::debug!("closing an idle Faktory connection");
+                return Ok(());
+            }
             _ = shutdown.cancelled() => return Ok(()),
         };
         let line = match line {
@@ -312,7 +345,7 @@ fn signal(front: &Front, args: &str) -> Reply {
     }
 }
 
-async fn send(framed: &mut Framed<TcpStream, FaktoryCodec>, reply: Reply) -> io::Result<()> {
+async fn send<S: Socket>(framed: &mut Framed<S, FaktoryCodec>, reply: Reply) -> io::Result<()> {
     framed.send(reply).await.map_err(|e| match e {
         LineError::Io(e) => e,
         other => io::Error::other(other.to_string()),
@@ -320,7 +353,7 @@ async fn send(framed: &mut Framed<TcpStream, FaktoryCodec>, reply: Reply) -> io:
 }
 
 /// Input that is not a line we can read: say why, then close.
-async fn refuse(framed: &mut Framed<TcpStream, FaktoryCodec>, e: LineError) -> io::Result<()> {
+async fn refuse<S: Socket>(framed: &mut Framed<S, FaktoryCodec>, e: LineError) -> io::Result<()> {
     match e {
         LineError::Io(e) => Err(e),
         other => send(framed, Reply::err(other.to_string())).await,

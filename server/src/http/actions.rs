@@ -91,7 +91,7 @@ pub async fn on_queue(
     run(d, request, back, action, queue).await
 }
 
-/// Carries out `action` on job `id` (retry, delete, promote).
+/// Carries out `action` on job `id` (retry, delete, promote, kill).
 pub async fn on_job(
     d: &Dashboard,
     csrf: &str,
@@ -114,6 +114,16 @@ pub async fn on_job(
             )
         }
         "delete" => Request::Remove { ids: vec![id] },
+        "kill" if form.get("confirmed").is_none_or(|v| v != "1") => {
+            return confirm(
+                &format!("Move job #{id} to the dead set?"),
+                &format!("/jobs/{id}/kill"),
+                csrf,
+                form,
+                &back_to,
+            )
+        }
+        "kill" => Request::Kill { ids: vec![id] },
         _ => return Outcome::Failed(format!("no action {action:?}")),
     };
     // A deleted job's page is gone: go to its queue instead.

@@ -297,10 +297,12 @@ pub async fn job(d: &Dashboard, s: &Session, id: u64) -> (String, Option<String>
         }
         JobState::Delayed => {
             out += &button(&format!("/jobs/{id}/promote"), "Run now", &s.csrf, &fields, "");
+            out += &button(&format!("/jobs/{id}/kill"), "Kill", &s.csrf, &fields, "danger");
             out += &button(&format!("/jobs/{id}/delete"), "Delete", &s.csrf, &fields, "danger");
         }
         JobState::Ready => {
-            out += &button(&format!("/jobs/{id}/delete"), "Delete", &s.csrf, &fields, "danger")
+            out += &button(&format!("/jobs/{id}/kill"), "Kill", &s.csrf, &fields, "danger");
+            out += &button(&format!("/jobs/{id}/delete"), "Delete", &s.csrf, &fields, "danger");
         }
         JobState::Active | JobState::Completed => {}
     }
