@@ -1,7 +1,9 @@
 //! `qd serve --faktory`: Faktory's work protocol on a second port. Raw text lines over TCP
 //! for the handshake (with and without a password), push/fetch/ack, FAIL with Faktory's
 //! backoff, `retry` 0 and -1, leases that outlive the socket that fetched them, bad input
-//! and kill -9; then the real `faktory` crate from crates.io as a producer and a worker.
+//! and kill -9; MUTATE kill and QUEUE LATENCY; the idle timeout and TLS taken from the
+//! native port's settings; then the real `faktory` crate from crates.io as a producer and
+//! a worker.
 //! The Node and Python clients are driven by the scripts in `tests/faktory/` (`.ci/run`).
 
 use std::time::{Duration, Instant};
@@ -9,9 +11,9 @@ use std::time::{Duration, Instant};
 use qd_protocol::admin::JobState;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls;
 
 use crate::support::{counts, start_with, wait_for_count, Server};
 
@@ -55,17 +57,43 @@ impl Resp {
     }
 }
 
-/// A raw Faktory connection: lines out, RESP in.
+/// A raw Faktory connection: lines out, RESP in, over TCP or TLS.
 struct Conn {
-    read: BufReader<OwnedReadHalf>,
-    write: OwnedWriteHalf,
+    read: BufReader<Box<dyn AsyncRead + Unpin + Send>>,
+    write: Box<dyn AsyncWrite + Unpin + Send>,
 }
 
 impl Conn {
     /// Connects and reads the greeting's JSON.
     async fn open(addr: &str) -> (Conn, Value) {
-        let (read, write) = TcpStream::connect(addr).await.expect("connect").into_split();
-        let mut conn = Conn { read: BufReader::new(read), write };
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        Conn::greeted(Conn::over(stream)).await
+    }
+
+    /// Connects over TLS, trusting `ca` (DER) for the name `localhost`, and reads the
+    /// greeting, as a `tcp+tls://` client does.
+    async fn open_tls(addr: &str, ca: &rcgen::CertifiedKey) -> (Conn, Value) {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert.der().clone()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let stream = connector.connect(name, tcp).await.expect("TLS handshake");
+        Conn::greeted(Conn::over(stream)).await
+    }
+
+    fn over<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S) -> Conn {
+        let (read, write) = tokio::io::split(stream);
+        Conn { read: BufReader::new(Box::new(read)), write: Box::new(write) }
+    }
+
+    async fn greeted(mut conn: Conn) -> (Conn, Value) {
         let hi = match conn.read().await {
             Resp::Simple(s) => s,
             other => panic!("expected +HI, got {other:?}"),
@@ -77,7 +105,11 @@ impl Conn {
 
     /// Connects and says HELLO without a password.
     async fn hello(addr: &str) -> Conn {
-        let (mut conn, _) = Conn::open(addr).await;
+        let (conn, _) = Conn::open(addr).await;
+        Conn::say_hello(conn).await
+    }
+
+    async fn say_hello(mut conn: Conn) -> Conn {
         let hello = json!({"hostname":"test","wid":"w1","pid":1,"labels":[],"v":2});
         assert_eq!(conn.cmd(&format!("HELLO {hello}")).await, Resp::Simple("OK".into()));
         conn
@@ -85,6 +117,7 @@ impl Conn {
 
     async fn send(&mut self, bytes: &[u8]) {
         self.write.write_all(bytes).await.expect("write");
+        self.write.flush().await.expect("flush");
     }
 
     async fn cmd(&mut self, line: &str) -> Resp {
@@ -370,6 +403,104 @@ async fn queue_pause_resume_remove_and_flush() {
     assert_eq!(c.cmd("FLUSH").await, ok());
     assert_eq!(counts(&qd, "qa").await.0, 0);
     assert_eq!(counts(&qd, "qa").await.2, 1, "a held job is left to its worker");
+}
+
+/// Issue 11: MUTATE `kill` moves waiting (here: retrying) jobs to the dead set (qd's `Kill`,
+/// which `Client::kill` sends too), and the killed jobs can be requeued from there.
+#[tokio::test]
+async fn mutate_kill_moves_waiting_jobs_to_the_dead_set() {
+    let (server, _dir, addr) = start(&[]);
+    let qd = server.client().await;
+    let mut c = Conn::hello(&addr).await;
+    for (jid, kind) in [("jid-kill-1", "doomed"), ("jid-kill-2", "spared")] {
+        let push = job(jid, "kq", json!({})).replace("\"mail\"", &format!("\"{kind}\""));
+        assert_eq!(c.cmd(&push).await, ok());
+        assert_eq!(c.cmd("FETCH kq").await.json()["jid"], jid);
+        let fail = json!({"jid": jid, "errtype": "E", "message": "m"});
+        assert_eq!(c.cmd(&format!("FAIL {fail}")).await, ok(), "now in the retries set");
+    }
+    let kill = json!({"cmd":"kill","target":"retries","filter":{"jobtype":"doomed"}});
+    assert_eq!(c.cmd(&format!("MUTATE {kill}")).await, ok());
+    let info = c.cmd("INFO").await.json();
+    assert_eq!(info["faktory"]["tasks"]["Dead"]["size"], 1, "{info}");
+    assert_eq!(info["faktory"]["tasks"]["Retries"]["size"], 1, "{info}");
+    let dead = qd.jobs("kq", JobState::Dead, None, 10).await.unwrap().jobs;
+    assert_eq!(dead[0].name, "doomed");
+    assert_eq!(dead[0].last_error.as_deref(), Some("killed by an operator"));
+    // Killing the dead again changes nothing; an unknown operation says what is served.
+    let again = json!({"cmd":"kill","target":"dead"});
+    assert_eq!(c.cmd(&format!("MUTATE {again}")).await, ok());
+    let bad = json!({"cmd":"explode","target":"dead"});
+    assert!(matches!(c.cmd(&format!("MUTATE {bad}")).await, Resp::Error(e) if e.contains("kill")));
+    let requeue = json!({"cmd":"requeue","target":"dead"});
+    assert_eq!(c.cmd(&format!("MUTATE {requeue}")).await, ok());
+    assert_eq!(c.cmd("FETCH kq").await.json()["jobtype"], "doomed");
+
+    // The native client's `kill` is the same operation.
+    let spared = qd.jobs("kq", JobState::Delayed, None, 10).await.unwrap().jobs[0].id;
+    assert_eq!(qd.kill(&[spared, 999_999]).await.unwrap(), 1);
+    assert_eq!(counts(&qd, "kq").await.3, 1);
+}
+
+/// Issue 11: QUEUE LATENCY (Faktory 1.9.2) answers each named queue's oldest ready age in
+/// seconds: 0 for a queue with nothing ready, growing while a job waits.
+#[tokio::test]
+async fn queue_latency_is_the_oldest_ready_age_in_seconds() {
+    let (_server, _dir, addr) = start(&[]);
+    let mut c = Conn::hello(&addr).await;
+    assert_eq!(c.cmd(&job("jid-latency-1", "lq", json!({}))).await, ok());
+    let started = Instant::now();
+    loop {
+        let got = c.cmd("QUEUE LATENCY lq empty").await.json();
+        assert_eq!(got["empty"], 0.0, "{got}");
+        let age = got["lq"].as_f64().expect("seconds as a number");
+        if age > 0.0 {
+            assert!(age < 60.0, "{got}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the age never grew: {got}");
+    }
+    c.cmd("FETCH lq").await.json();
+    assert_eq!(c.cmd("QUEUE LATENCY lq").await.json(), json!({"lq": 0.0}));
+    assert!(matches!(c.cmd("QUEUE LATENCY *").await, Resp::Error(e) if e.contains("wildcard")));
+}
+
+/// Issue 11: the server's idle timeout closes a Faktory connection that sends nothing; a
+/// FETCH that waits longer than the timeout is a command, not idleness.
+#[tokio::test]
+async fn an_idle_connection_is_closed() {
+    let (_server, _dir, addr) = start(&["--idle-timeout", "1s"]);
+    let mut c = Conn::hello(&addr).await;
+    assert_eq!(c.cmd("FETCH nothing-here").await, Resp::Bulk(None), "a 2 s FETCH is answered");
+    let started = Instant::now();
+    assert_eq!(c.read().await, Resp::Closed);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// Issue 11: with `--tls-cert`/`--tls-key`, the Faktory port speaks TLS like the native
+/// one (clients use `tcp+tls://`), and a plain-text client gets nowhere.
+#[tokio::test]
+async fn tls_on_the_faktory_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let tls_args = ["--tls-cert", cert_path.to_str().unwrap(), "--tls-key", key_path.to_str().unwrap()];
+    let (_server, _data, addr) = start(&tls_args);
+    let (conn, hi) = Conn::open_tls(&addr, &cert).await;
+    assert_eq!(hi["v"], 2);
+    let mut c = Conn::say_hello(conn).await;
+    assert_eq!(c.cmd(&job("jid-tls-1", "tq", json!({}))).await, ok());
+    assert_eq!(c.cmd("FETCH tq").await.json()["jid"], "jid-tls-1");
+
+    // A plain-text client gets at most a TLS alert record (type 0x15), then the end.
+    let mut plain = TcpStream::connect(&addr).await.unwrap();
+    plain.write_all(b"HELLO {}\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let read = plain.read_to_end(&mut got);
+    tokio::time::timeout(Duration::from_secs(30), read).await.expect("closed").ok();
+    assert!(got.is_empty() || got[0] == 0x15, "no greeting in plain text: {got:02x?}");
 }
 
 /// kill -9 on the Faktory port: a PUSH that was answered `+OK` survives; an ACKed job

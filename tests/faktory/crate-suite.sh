@@ -22,11 +22,9 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 # Its own lock file and a target dir of its own: its dev-dependencies are not ours.
-# Skipped: mutation_kill_and_requeue_and_discard needs MUTATE kill (a waiting job straight
-# to the dead set), which qd's Faktory port refuses until qd has that operation
-# (docs/FAKTORY.md). The wildcard queue test is #[ignore]d by the crate (it pauses and
-# removes every queue); this server is ours alone, so it runs too, after the others.
+# The wildcard queue test is #[ignore]d by the crate (it pauses and removes every queue);
+# this server is ours alone, so it runs too, after the others.
 cd "$work/faktory-$version"
 export FAKTORY_URL="tcp://127.0.0.1:$port" CARGO_TARGET_DIR="$root/target/faktory-suite"
-cargo test --locked --test real -- --skip mutation_kill_and_requeue_and_discard
+cargo test --locked --test real
 cargo test --locked --test real -- --ignored
