@@ -207,7 +207,11 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
         }
         AdminCommand::Kill { ids, conn } => {
             let n = connect(&conn).await?.kill(&ids).await?;
-            print_count(&conn, n, "waiting jobs moved to the dead set (active, dead and unknown ids are skipped)");
+            print_count(
+                &conn,
+                n,
+                "waiting jobs moved to the dead set (active, dead and unknown ids are skipped)",
+            );
             Ok(())
         }
         AdminCommand::Pause { queue, conn } => {

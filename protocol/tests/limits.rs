@@ -107,7 +107,10 @@ fn over_limit_requests_leave_the_stream_in_step() {
         })
         .collect();
     let bad = Some(ErrorCode::InvalidArgument);
-    assert_eq!(summary, vec![(1, bad), (2, None), (3, bad), (4, bad), (5, None), (6, None), (7, bad)]);
+    assert_eq!(
+        summary,
+        vec![(1, bad), (2, None), (3, bad), (4, bad), (5, None), (6, None), (7, bad)]
+    );
 }
 
 /// An unknown request kind is still `UnknownRequest`, not a limit.

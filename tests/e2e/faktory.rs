@@ -486,7 +486,8 @@ async fn tls_on_the_faktory_port() {
     let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
-    let tls_args = ["--tls-cert", cert_path.to_str().unwrap(), "--tls-key", key_path.to_str().unwrap()];
+    let tls_args =
+        ["--tls-cert", cert_path.to_str().unwrap(), "--tls-key", key_path.to_str().unwrap()];
     let (_server, _data, addr) = start(&tls_args);
     let (conn, hi) = Conn::open_tls(&addr, &cert).await;
     assert_eq!(hi["v"], 2);

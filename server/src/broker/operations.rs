@@ -437,13 +437,14 @@ impl Broker {
                     self.bury(now, id, JobState::Ready, KILLED);
                     killed += 1;
                 }
-                JobState::Delayed => match delayed_by_queue.iter_mut().find(|e| e.0 == meta.queue)
-                {
-                    Some((_, set)) => {
-                        set.insert(id);
+                JobState::Delayed => {
+                    match delayed_by_queue.iter_mut().find(|e| e.0 == meta.queue) {
+                        Some((_, set)) => {
+                            set.insert(id);
+                        }
+                        None => delayed_by_queue.push((meta.queue, HashSet::from([id]))),
                     }
-                    None => delayed_by_queue.push((meta.queue, HashSet::from([id]))),
-                },
+                }
                 JobState::Active | JobState::Dead | JobState::Uncommitted => {}
             }
         }
