@@ -139,3 +139,26 @@ fn commands_read_the_secret_file_like_the_server() {
         assert!(!refused.status.success(), "{cmd} without the secret must fail");
     }
 }
+
+/// Issue 11: `qd kill` moves waiting jobs to the dead set and skips what is not waiting;
+/// the answer comes after the kill is durable, so it survives kill -9.
+#[tokio::test]
+async fn kill_moves_waiting_jobs_to_the_dead_set() {
+    let (server, _dir) = support::start();
+    let client = server.client().await;
+    let ready = client.add("kq", qd_client::Job::new("j", "x")).await.unwrap();
+    let addr = server.addr.clone();
+    let args = ["kill", "--addr", &addr, "--json", &ready.to_string(), "424242"].map(String::from);
+    let out = tokio::task::spawn_blocking(move || {
+        qd(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json is JSON");
+    assert_eq!(v, serde_json::json!({"count": 1}), "one job killed, the unknown id skipped");
+    assert_eq!(support::counts(&client, "kq").await.3, 1);
+    let server = server.kill9_and_restart().await;
+    let client = server.client().await;
+    assert_eq!(support::counts(&client, "kq").await, (0, 0, 0, 1, 0), "still dead after kill -9");
+}

@@ -245,3 +245,29 @@ fn dashboard_beyond_loopback_without_a_secret_is_refused() {
     assert!(err.contains("0.0.0.0") && err.contains("QD_SECRET"), "{err}");
     assert!(!dir.path().join("data").exists(), "a refused start touches nothing");
 }
+
+/// Issue 11: a waiting job's page has a Kill button; killing asks first, then moves the job
+/// to the dead set.
+#[tokio::test]
+async fn kill_on_the_job_page_asks_then_moves_the_job_to_dead() {
+    let (server, _dir) = start_with(&["--http", "127.0.0.1:0"]);
+    let base = format!("http://{}", http_addr(&server));
+    let client = server.client().await;
+    let id = client.add("kq", Job::new("j", "x")).await.unwrap();
+    let (cookie, token) = session(&base).await;
+    let page = http().get(format!("{base}/jobs/{id}")).header("cookie", &cookie).send().await;
+    let page = page.unwrap().text().await.unwrap();
+    assert!(page.contains(&format!("/jobs/{id}/kill")), "a Kill button: {page}");
+
+    let kill = |confirmed: &'static str| {
+        let form =
+            [("csrf", token.clone()), ("queue", "kq".into()), ("confirmed", confirmed.into())];
+        http().post(format!("{base}/jobs/{id}/kill")).header("cookie", &cookie).form(&form).send()
+    };
+    let ask = kill("0").await.unwrap();
+    assert_eq!(ask.status(), StatusCode::OK, "a confirmation page first");
+    assert_eq!(crate::support::counts(&client, "kq").await.3, 0, "nothing killed yet");
+    assert_eq!(kill("1").await.unwrap().status(), StatusCode::SEE_OTHER);
+    crate::support::wait_for_count(&client, "kq", 3, 1).await;
+    crate::support::wait_for_count(&client, "kq", 0, 0).await;
+}

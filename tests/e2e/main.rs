@@ -10,11 +10,12 @@ mod admin;
 mod bad_input;
 /// add -> reserve -> ack, delays, priorities, bulk add, idempotency keys.
 mod basics;
-/// `qd add` and `qd stats` from the command line.
+/// `qd add`, `qd stats` and `qd kill` from the command line.
 mod cli;
 /// kill -9 and SIGTERM of the server process: nothing acknowledged is lost.
 mod crash;
-/// `qd serve --faktory`: Faktory's protocol in raw lines, kill -9, and the `faktory` crate.
+/// `qd serve --faktory`: Faktory's protocol in raw lines (MUTATE kill, QUEUE LATENCY, idle
+/// timeout, TLS), kill -9, and the `faktory` crate.
 mod faktory;
 /// Flow control: queue limits, `qd limits`, group turns, a worker's RateLimited hold.
 mod flow;
