@@ -247,7 +247,7 @@ async fn latency(front: &Front, names: &[String]) -> Reply {
             .find(|q| q.name == *name)
             .and_then(|q| q.oldest_ready_age_ms)
             .unwrap_or(0);
-        // Milliseconds as seconds: exact in f64 for any age a queue can have.
+        // Fractional seconds; an f64 keeps any realistic age to the millisecond.
         #[allow(clippy::cast_precision_loss)]
         out.insert(name.clone(), json!(age_ms as f64 / 1000.0));
     }
