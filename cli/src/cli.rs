@@ -191,6 +191,9 @@ struct ServeArgs {
     /// A connection that sends nothing, with nothing in flight, this long is closed.
     #[arg(long, env = "QD_IDLE_TIMEOUT", default_value_t = defaults().idle_timeout.into())]
     idle_timeout: humantime::Duration,
+    /// A Faktory connection that sends nothing this long is closed (its clients never ping).
+    #[arg(long, env = "QD_FAKTORY_IDLE_TIMEOUT", default_value_t = defaults().faktory_idle_timeout.into())]
+    faktory_idle_timeout: humantime::Duration,
     /// Most queues named in one reserve.
     #[arg(long, env = "QD_MAX_RESERVE_QUEUES", default_value_t = defaults().decode_limits.max_queues)]
     max_reserve_queues: usize,
@@ -387,6 +390,7 @@ fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
     config.max_conn_buffer = args.max_conn_buffer;
     config.stuck_timeout = args.stuck_timeout.into();
     config.idle_timeout = args.idle_timeout.into();
+    config.faktory_idle_timeout = args.faktory_idle_timeout.into();
     config.decode_limits = qd_protocol::DecodeLimits {
         max_queues: args.max_reserve_queues,
         max_jobs: args.max_batch,

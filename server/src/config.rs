@@ -65,6 +65,10 @@ pub struct ServerConfig {
     /// A handshaken connection with nothing in flight that sends nothing this long is
     /// closed (clients ping when idle).
     pub idle_timeout: Duration,
+    /// The same for a Faktory connection. Longer than `idle_timeout`: Faktory clients have
+    /// no ping, and a producer may hold one quiet connection for a long time (Python's
+    /// `faktory.connection()`, Rust's `faktory::Client`); dead peers are still reaped.
+    pub faktory_idle_timeout: Duration,
     /// Elements per request vector: queues per `Reserve`, jobs per `Add`, ids per `Ack`
     /// and admin request.
     pub decode_limits: DecodeLimits,
@@ -140,6 +144,7 @@ impl Default for ServerConfig {
             max_conn_buffer: 8 << 20,
             stuck_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(5 * 60),
+            faktory_idle_timeout: Duration::from_secs(60 * 60),
             decode_limits: DecodeLimits::DEFAULT,
             max_reserve: 1000,
             http: None,

@@ -230,7 +230,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             max_line: config.max_frame,
             handshake_timeout: config.handshake_timeout,
             max_connections: config.max_connections,
-            idle_timeout: config.idle_timeout,
+            idle_timeout: config.faktory_idle_timeout,
         };
         // With TLS configured, the Faktory port speaks it too: one certificate for both.
         let (tx, token, tracker) = (cmd_tx.clone(), shutdown.clone(), conns.clone());

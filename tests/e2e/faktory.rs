@@ -465,11 +465,11 @@ async fn queue_latency_is_the_oldest_ready_age_in_seconds() {
     assert!(matches!(c.cmd("QUEUE LATENCY *").await, Resp::Error(e) if e.contains("wildcard")));
 }
 
-/// Issue 11: the server's idle timeout closes a Faktory connection that sends nothing; a
+/// Issue 11: --faktory-idle-timeout closes a Faktory connection that sends nothing; a
 /// FETCH that waits longer than the timeout is a command, not idleness.
 #[tokio::test]
 async fn an_idle_connection_is_closed() {
-    let (_server, _dir, addr) = start(&["--idle-timeout", "1s"]);
+    let (_server, _dir, addr) = start(&["--faktory-idle-timeout", "1s"]);
     let mut c = Conn::hello(&addr).await;
     assert_eq!(c.cmd("FETCH nothing-here").await, Resp::Bulk(None), "a 2 s FETCH is answered");
     let started = Instant::now();
