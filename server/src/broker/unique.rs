@@ -191,6 +191,9 @@ impl Broker {
             run_at_ms: now,
             dead: true,
         }));
+        if self.watching(meta.queue) {
+            self.emit_for(now, id, qd_protocol::EventKind::Expired);
+        }
         self.park_key(&meta, id);
         let queue = &mut self.queues[meta.queue as usize];
         queue.recount(Some(from), Some(JobState::Dead));
