@@ -75,39 +75,38 @@ impl Stream for Subscription {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        loop {
-            if let Some(rx) = &mut this.rx {
-                match rx.poll_recv(cx) {
-                    Poll::Ready(Some(event)) => return Poll::Ready(Some(Ok(event))),
-                    Poll::Ready(None) => this.rx = None,
-                    Poll::Pending => {
-                        // Caught up, but the reader dropped events since: say so now
-                        // rather than ahead of the next event, which may be long in coming.
-                        let mut lost = this.missed.lock().unwrap_or_else(|e| e.into_inner());
-                        if *lost > 0 {
-                            let missed = std::mem::take(&mut *lost);
-                            return Poll::Ready(Some(Ok(Event::Lagged { missed })));
-                        }
-                        return Poll::Pending;
+        if let Some(rx) = &mut this.rx {
+            match rx.poll_recv(cx) {
+                Poll::Ready(Some(event)) => return Poll::Ready(Some(Ok(event))),
+                // The socket died: renew below.
+                Poll::Ready(None) => this.rx = None,
+                Poll::Pending => {
+                    // Caught up, but the reader dropped events since: say so now rather
+                    // than ahead of the next event, which may be long in coming.
+                    let mut lost = this.missed.lock().unwrap_or_else(|e| e.into_inner());
+                    if *lost > 0 {
+                        let missed = std::mem::take(&mut *lost);
+                        return Poll::Ready(Some(Ok(Event::Lagged { missed })));
                     }
+                    return Poll::Pending;
                 }
             }
-            let renewal = this.renewing.get_or_insert_with(|| {
-                let (conn, queues) = (this.conn.clone(), this.queues.clone());
-                Box::pin(async move { conn.subscribe(queues).await })
-            });
-            let Poll::Ready(renewed) = renewal.as_mut().poll(cx) else { return Poll::Pending };
-            this.renewing = None;
-            match renewed {
-                Ok(StreamHandle { id, rx, missed }) => {
-                    tracing::info!(queues = ?this.queues, "event subscription renewed on a new connection");
-                    this.id = id;
-                    this.rx = Some(rx);
-                    this.missed = missed;
-                    return Poll::Ready(Some(Ok(Event::Resubscribed)));
-                }
-                Err(e) => return Poll::Ready(Some(Err(e))),
+        }
+        let renewal = this.renewing.get_or_insert_with(|| {
+            let (conn, queues) = (this.conn.clone(), this.queues.clone());
+            Box::pin(async move { conn.subscribe(queues).await })
+        });
+        let Poll::Ready(renewed) = renewal.as_mut().poll(cx) else { return Poll::Pending };
+        this.renewing = None;
+        match renewed {
+            Ok(StreamHandle { id, rx, missed }) => {
+                tracing::info!(queues = ?this.queues, "event subscription renewed on a new connection");
+                this.id = id;
+                this.rx = Some(rx);
+                this.missed = missed;
+                Poll::Ready(Some(Ok(Event::Resubscribed)))
             }
+            Err(e) => Poll::Ready(Some(Err(e))),
         }
     }
 }

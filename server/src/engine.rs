@@ -137,7 +137,7 @@ struct Ticket {
     dead_waits: Vec<(ConnId, u64, JobId)>,
     /// Lifecycle events reporting this ticket's changes, published once it is committed
     /// (dropped if the commit fails: they never happened).
-    events: Vec<Box<JobEvent>>,
+    events: Vec<JobEvent>,
 }
 
 /// A connected client, as the engine knows it.
@@ -748,7 +748,7 @@ impl Engine {
                     if self.open_changes.is_empty() {
                         self.publish(&event);
                     } else {
-                        self.open.events.push(event);
+                        self.open.events.push(*event);
                     }
                 }
                 Effect::Deliver { waiter, leases } => {

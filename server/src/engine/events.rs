@@ -113,7 +113,7 @@ impl Subscribers {
     /// event frames queued, counting it towards their next `Lagged`.
     pub fn publish(&mut self, event: &JobEvent, mut send: impl FnMut(ConnId, ServerFrame)) {
         for s in &mut self.subs {
-            if !s.queues.is_empty() && !s.queues.iter().any(|q| *q == event.queue) {
+            if !s.queues.is_empty() && !s.queues.contains(&event.queue) {
                 continue;
             }
             let frames = if s.missed > 0 { 2 } else { 1 };
