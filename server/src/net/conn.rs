@@ -23,6 +23,11 @@
 //!    (finding 2).
 //! 4. Frames: 4096 bytes until `Welcome`, then `max_frame`; list lengths are held to the
 //!    decode limits while decoding (protocol crate).
+//! 5. Pushed events (issue 9): the writer takes no engine frame while its unwritten bytes
+//!    are over `max_conn_buffer`, and the engine counts the event frames it sent that the
+//!    writer has not taken (`Shared::events`), dropping events past its limit. A
+//!    subscriber that does not read costs at most that many frames and the reply buffer.
+//!    The reader turns a `Subscribe` into `Command::Subscribe`, handing over that counter.
 
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
