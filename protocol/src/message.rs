@@ -7,7 +7,9 @@
 //! (granting that role) or `Goodbye` (`AuthFailed`). After that the client sends [`ClientFrame::Request`]s, each
 //! with an id it chose, and the server answers each with a [`ServerFrame::Response`]
 //! carrying the same id. Responses may come back in any order: a blocking reserve does not
-//! hold up the acks pipelined behind it. [`ServerFrame::Goodbye`] is the server's last
+//! hold up the acks pipelined behind it. A `Subscribe` is answered once and then followed by
+//! any number of [`ServerFrame::Event`]s (and [`ServerFrame::Lagged`] markers) carrying its
+//! id: pushed frames that answer no request. [`ServerFrame::Goodbye`] is the server's last
 //! frame before it closes a connection on purpose (protocol violation, shutdown).
 //!
 //! Variant order is part of the wire format (bincode encodes the variant index): append new
