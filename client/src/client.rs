@@ -19,6 +19,7 @@ use qd_protocol::{
 use serde::Serialize;
 
 use crate::connection::{Config, Connection, Secret};
+use crate::subscription::Subscription;
 use crate::tls::TlsOptions;
 
 /// Queues per page when `stats` and `queues` page through all of them.
@@ -285,6 +286,38 @@ impl Client {
             Response::Outcome { outcome } => Ok(outcome),
             other => Err(unexpected("Outcome", &other)),
         }
+    }
+
+    /// Streams the lifecycle events (added, completed, failed, dead-lettered, expired) of
+    /// `queues`, or of every queue when empty, from now on; see [`Subscription`] for lost
+    /// connections and slow readers. Events are sent once the change is durable, and
+    /// never replayed.
+    ///
+    /// ```no_run
+    /// # async fn f(client: qd_client::Client) -> Result<(), qd_client::Error> {
+    /// use futures::StreamExt;
+    /// use qd_client::{Event, EventKind};
+    /// let mut events = client.subscribe(["emails"]).await?;
+    /// while let Some(event) = events.next().await {
+    ///     match event? {
+    ///         Event::Job(e) if matches!(e.kind, EventKind::DeadLettered { .. }) => {
+    ///             println!("job {} of {} died", e.id, e.queue)
+    ///         }
+    ///         _ => {}
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn subscribe<Q: AsRef<str>>(
+        &self,
+        queues: impl IntoIterator<Item = Q>,
+    ) -> Result<Subscription, Error> {
+        let mut names = Vec::new();
+        for q in queues {
+            validate_queue_name(q.as_ref()).map_err(Error::invalid)?;
+            names.push(q.as_ref().to_owned());
+        }
+        Subscription::start(self.conn.clone(), names).await
     }
 
     /// Completes many jobs in one request. Returns the leases that could not be acked, with

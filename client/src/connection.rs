@@ -34,6 +34,14 @@
 //!
 //! Keepalive: when nothing was written for `idle_ping`, the writer sends a `Ping` (its
 //! answer is dropped), so a server's idle timeout closes dead clients, not quiet ones.
+//!
+//! Streams (issue 9): a `Subscribe` is answered once like any request, and then the server
+//! pushes `Event`/`Lagged` frames tagged with its request id. The reader routes them to the
+//! subscription's bounded channel (`streams`, registered before the `Subscribe` is written)
+//! with `try_send`: a caller that does not poll its stream must not stop the reader, which
+//! also carries every other caller's answers. What does not fit is counted and announced as
+//! one `Event::Lagged` when room returns. When the socket dies the channels close, and
+//! `subscription.rs` subscribes again on the next socket.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,6 +62,7 @@ use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
+use crate::subscription::Event;
 use crate::tls::Tls;
 
 /// Either half of a plain or TLS socket. Boxed: one indirection per read or write batch
@@ -69,6 +78,9 @@ const WRITE_BATCH: usize = 512;
 /// How often one call may land on a connection that died before its request was written.
 /// Each such retry means a fresh connection died at once; past this, give up.
 const MAX_UNSENT_RETRIES: usize = 5;
+/// Events a subscription buffers on this side while its stream is not polled; past it they
+/// are counted and announced as one `Event::Lagged`.
+const STREAM_BUFFER: usize = 1024;
 
 /// Settings fixed when the client is built.
 #[derive(Debug, Clone)]
@@ -122,7 +134,31 @@ struct Live {
     /// Cancelled when the driver task ends.
     closed: CancellationToken,
     welcome: Welcome,
+    /// The subscriptions made on this socket, by their `Subscribe` request id.
+    streams: StreamMap,
 }
+
+/// Where a subscription's pushed events go.
+#[derive(Debug)]
+struct Sink {
+    tx: mpsc::Sender<Event>,
+    missed: Missed,
+}
+
+/// Events dropped (here or by the server) since the last one delivered. Shared with the
+/// stream, which reports it itself when its channel is empty (otherwise a count would wait
+/// for the next event); every change happens under this lock, so a drop is counted once.
+pub(crate) type Missed = Arc<StdMutex<u64>>;
+
+/// A subscription on one socket: its `Subscribe` request id, its events, its drop count.
+#[derive(Debug)]
+pub(crate) struct StreamHandle {
+    pub id: u64,
+    pub rx: mpsc::Receiver<Event>,
+    pub missed: Missed,
+}
+
+type StreamMap = Arc<StdMutex<HashMap<u64, Sink>>>;
 
 /// What a caller hands the driver.
 #[derive(Debug)]
@@ -227,6 +263,63 @@ impl Connection {
                 MAX_UNSENT_RETRIES + 1
             ),
         })
+    }
+
+    /// Sends `Subscribe { queues }` on the current socket (or a new one) and returns its
+    /// request id, which tags its events, and the channel they arrive on. The channel
+    /// closes when the socket dies.
+    pub(crate) async fn subscribe(&self, queues: Vec<String>) -> Result<StreamHandle, Error> {
+        let live = self.live().await?;
+        let lost =
+            || Error::Disconnected { reason: "the connection closed while subscribing".into() };
+        let permit = live.permits.clone().acquire_owned().await.map_err(|_| lost())?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        // Registered before the request is written: events may follow its answer at once.
+        let missed = Missed::default();
+        lock(&live.streams).insert(id, Sink { tx, missed: missed.clone() });
+        let (reply, answer) = oneshot::channel();
+        let cmd = Command { id, body: Request::Subscribe { queues }, reply, permit };
+        let answered = async {
+            live.tx.send(cmd).await.map_err(|_| lost())?;
+            match answer.await {
+                Ok(Outcome::Done(result)) => result,
+                Ok(Outcome::NotSent(_)) | Err(_) => Err(lost()),
+            }
+        };
+        let result = match self.config.request_timeout {
+            Some(after) => {
+                tokio::time::timeout(after, answered).await.unwrap_or(Err(Error::Timeout { after }))
+            }
+            None => answered.await,
+        };
+        match result {
+            Ok(Response::Done) => Ok(StreamHandle { id, rx, missed }),
+            Ok(other) => {
+                lock(&live.streams).remove(&id);
+                Err(Error::Protocol(format!("expected Done to Subscribe, got {other:?}")))
+            }
+            Err(e) => {
+                lock(&live.streams).remove(&id);
+                Err(e)
+            }
+        }
+    }
+
+    /// The subscription made by request `id` is dropped: stop routing its events and, if
+    /// its socket is still up and a permit is free, tell the server (answer ignored). Not
+    /// async, so a `Drop` can call it; when it cannot tell the server, the subscription
+    /// ends with the socket.
+    pub(crate) fn forget_stream(&self, id: u64) {
+        let Some(live) = self.current_live() else { return };
+        if lock(&live.streams).remove(&id).is_none() {
+            return;
+        }
+        let Ok(permit) = live.permits.clone().try_acquire_owned() else { return };
+        let (reply, _ignored) = oneshot::channel();
+        let request = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let body = Request::Unsubscribe { subscription: id };
+        let _ = live.tx.try_send(Command { id: request, body, reply, permit });
     }
 
     /// The current socket, or a new one.
@@ -412,7 +505,9 @@ async fn dial(config: &Config, next_id: &Arc<AtomicU64>) -> Result<Live, Error> 
     // `in_flight` commands; the bound only keeps memory small for huge limits.
     let (tx, rx) = mpsc::channel(in_flight.min(4096));
     let closed = CancellationToken::new();
+    let streams = StreamMap::default();
     let driver = Driver {
+        streams: streams.clone(),
         addr: config.addr.clone(),
         // Encode against the server's limit so an oversized request fails here, alone,
         // instead of getting the whole connection closed by the server.
@@ -427,7 +522,7 @@ async fn dial(config: &Config, next_id: &Arc<AtomicU64>) -> Result<Live, Error> 
         next_id: next_id.clone(),
     };
     tokio::spawn(driver.run(rd, wr, buf, rx));
-    Ok(Live { tx, permits, closed, welcome })
+    Ok(Live { tx, permits, closed, welcome, streams })
 }
 
 /// The task that owns one socket.
@@ -440,6 +535,7 @@ struct Driver {
     closed: CancellationToken,
     idle_ping: Option<Duration>,
     next_id: Arc<AtomicU64>,
+    streams: StreamMap,
 }
 
 impl Driver {
@@ -453,7 +549,7 @@ impl Driver {
         // new connection instead of failing with an unknown outcome.
         let why = tokio::select! {
             biased;
-            why = read_loop(self.decoder, &self.pending, rd, buf) => why,
+            why = read_loop(self.decoder, &self.pending, &self.streams, rd, buf) => why,
             why = write_loop(&self, wr, &mut rx) => why,
         };
         // Order matters. First make the socket look dead so new callers reconnect, then
@@ -462,6 +558,8 @@ impl Driver {
         self.closed.cancel();
         self.permits.close();
         rx.close();
+        // Closing every stream's channel tells its subscription to subscribe again.
+        lock(&self.streams).clear();
         while let Ok(cmd) = rx.try_recv() {
             // Never written, so the caller may safely send it again on a new socket.
             let _ = cmd.reply.send(Outcome::NotSent(cmd.body));
@@ -559,6 +657,7 @@ impl Driver {
 async fn read_loop(
     mut codec: ClientCodec,
     pending: &PendingMap,
+    streams: &StreamMap,
     mut rd: Reader,
     mut buf: BytesMut,
 ) -> Closed {
@@ -575,6 +674,12 @@ async fn read_loop(
                         None => tracing::debug!(id, "answer to an unknown request id; ignored"),
                     }
                 }
+                Ok(Some(ServerFrame::Event { subscription, event })) => {
+                    route(streams, subscription, Some(event), 0)
+                }
+                Ok(Some(ServerFrame::Lagged { subscription, missed })) => {
+                    route(streams, subscription, None, missed)
+                }
                 Ok(Some(ServerFrame::Goodbye(e))) => return Closed::Goodbye(e),
                 Ok(Some(ServerFrame::Welcome(_) | ServerFrame::Challenge { .. })) => {
                     return Closed::Lost("protocol error: a handshake frame after Welcome".into())
@@ -589,4 +694,49 @@ async fn read_loop(
             Err(e) => return Closed::Lost(format!("read failed: {e}")),
         }
     }
+}
+
+/// Hands a pushed event (or, with `None`, the server's count of `missed` events) to its
+/// subscription without ever waiting: what does not fit is counted, and the count goes out
+/// as one `Event::Lagged` ahead of the next event that fits. Events of a subscription
+/// unknown here (dropped, or from before a reconnect) are ignored.
+fn route(
+    streams: &StreamMap,
+    subscription: u64,
+    event: Option<qd_protocol::JobEvent>,
+    missed: u64,
+) {
+    let mut map = lock(streams);
+    let Some(sink) = map.get_mut(&subscription) else { return };
+    let closed = {
+        let mut lost = lock(&sink.missed);
+        *lost += missed;
+        let mut closed = false;
+        if *lost > 0 {
+            match sink.tx.try_send(Event::Lagged { missed: *lost }) {
+                Ok(()) => *lost = 0,
+                Err(mpsc::error::TrySendError::Full(_)) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => closed = true,
+            }
+        }
+        match event {
+            // Behind a count still unsent, an event must not overtake it.
+            Some(_) if *lost > 0 => *lost += 1,
+            Some(event) => match sink.tx.try_send(Event::Job(event)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => *lost += 1,
+                Err(mpsc::error::TrySendError::Closed(_)) => closed = true,
+            },
+            None => {}
+        }
+        closed
+    };
+    if closed {
+        // The stream was dropped; `forget_stream` may not have run on this socket.
+        map.remove(&subscription);
+    }
+}
+
+fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -98,6 +98,7 @@ mod context;
 mod error;
 mod job;
 mod outcome;
+mod subscription;
 mod tls;
 mod worker;
 
@@ -106,15 +107,16 @@ pub use crate::context::{CancelReason, JobContext};
 pub use crate::error::Error;
 pub use crate::job::{AsLease, Backoff, Job, LeasedJobExt};
 pub use crate::outcome::{permanent, JobError, Outcome};
+pub use crate::subscription::{Event, Subscription};
 pub use crate::tls::TlsOptions;
 pub use crate::worker::Worker;
 
 pub use qd_protocol::message::{LeaseRef, NackOutcome, Welcome};
 pub use qd_protocol::{
-    Cursor, ErrorCode, JobDetail, JobFailure, JobId, JobOutcome, JobState, JobSummary, LeasedJob,
-    MinuteCounts, NewJob, QueueInfo, QueueLimits, QueueStats, Rate, RetryHint, Role, Schedule,
-    ScheduleInfo, ScheduleSpec, SearchQuery, Unique, WireError, MAX_ERROR_TEXT, MAX_PROGRESS,
-    MAX_RESULT,
+    Cursor, ErrorCode, EventKind, JobDetail, JobEvent, JobFailure, JobId, JobOutcome, JobState,
+    JobSummary, LeasedJob, MinuteCounts, NewJob, QueueInfo, QueueLimits, QueueStats, Rate,
+    RetryHint, Role, Schedule, ScheduleInfo, ScheduleSpec, SearchQuery, Unique, WireError,
+    MAX_ERROR_TEXT, MAX_PROGRESS, MAX_RESULT,
 };
 pub use tokio_util::sync::CancellationToken;
 

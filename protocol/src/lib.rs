@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod auth;
 pub mod error;
+pub mod event;
 pub mod flow;
 pub mod frame;
 pub mod limits;
@@ -28,6 +29,7 @@ pub use admin::{
 };
 pub use auth::Role;
 pub use error::{DecodeError, ErrorCode, WireError};
+pub use event::{EventKind, JobEvent};
 pub use flow::{QueueLimits, Rate};
 pub use frame::{FrameDecoder, DEFAULT_MAX_FRAME, HARD_MAX_FRAME, MAX_HANDSHAKE_FRAME};
 pub use limits::DecodeLimits;

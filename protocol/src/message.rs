@@ -7,7 +7,9 @@
 //! (granting that role) or `Goodbye` (`AuthFailed`). After that the client sends [`ClientFrame::Request`]s, each
 //! with an id it chose, and the server answers each with a [`ServerFrame::Response`]
 //! carrying the same id. Responses may come back in any order: a blocking reserve does not
-//! hold up the acks pipelined behind it. [`ServerFrame::Goodbye`] is the server's last
+//! hold up the acks pipelined behind it. A `Subscribe` is answered once and then followed by
+//! any number of [`ServerFrame::Event`]s (and [`ServerFrame::Lagged`] markers) carrying its
+//! id: pushed frames that answer no request. [`ServerFrame::Goodbye`] is the server's last
 //! frame before it closes a connection on purpose (protocol violation, shutdown).
 //!
 //! Variant order is part of the wire format (bincode encodes the variant index): append new
@@ -20,6 +22,7 @@ use crate::admin::{Cursor, JobDetail, JobState, JobSummary, QueueInfo, SearchQue
 pub use crate::auth::Role;
 use crate::auth::NONCE_LEN;
 use crate::error::WireError;
+use crate::event::JobEvent;
 use crate::flow::QueueLimits;
 use crate::limits::de;
 use crate::schedule::{Schedule, ScheduleInfo};
@@ -76,6 +79,21 @@ pub enum ServerFrame {
     /// The server wants proof of a secret before its `Welcome`: a fresh random nonce.
     Challenge {
         nonce: [u8; NONCE_LEN],
+    },
+    /// A lifecycle event for the subscription made by request `subscription` (the id of its
+    /// `Subscribe`). Not a `Response`: a subscription is answered once (`Done`) and then
+    /// streams any number of these, which neither answer a request nor count against the
+    /// connection's requests in flight.
+    Event {
+        subscription: u64,
+        event: JobEvent,
+    },
+    /// The subscriber read too slowly: `missed` events of `subscription` were dropped here,
+    /// between the events before and after this frame. The server never buffers more than
+    /// a bounded number of events per connection.
+    Lagged {
+        subscription: u64,
+        missed: u64,
     },
 }
 
@@ -201,6 +219,18 @@ pub enum Request {
         #[serde(deserialize_with = "de::ids")]
         ids: Vec<JobId>,
     },
+    /// Streams the lifecycle events of `queues` (of every queue when empty) on this
+    /// connection as [`ServerFrame::Event`]s tagged with this request's id, until
+    /// `Unsubscribe` or the connection closes. Answered `Done` once registered; events of
+    /// changes committed after that follow. Not replayed: events from before, or while
+    /// disconnected, are not sent.
+    Subscribe {
+        #[serde(deserialize_with = "de::queues")]
+        queues: Vec<String>,
+    },
+    /// Ends the subscription made by request `subscription` of this connection. Answered
+    /// `Count` (1 if it existed, else 0); events already on their way may still arrive.
+    Unsubscribe { subscription: u64 },
 }
 
 impl Request {
@@ -217,7 +247,9 @@ impl Request {
             | Request::Progress { .. }
             | Request::Snooze { .. }
             | Request::AckWithResult { .. }
-            | Request::Wait { .. } => false,
+            | Request::Wait { .. }
+            | Request::Subscribe { .. }
+            | Request::Unsubscribe { .. } => false,
             Request::Queues { .. }
             | Request::Jobs { .. }
             | Request::Job { .. }

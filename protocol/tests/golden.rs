@@ -685,3 +685,33 @@ fn kill() {
         "00 00 00 06 01 17 1a 02 02 03",
     );
 }
+
+/// Issue 9: lifecycle event subscriptions, appended after `Kill` (requests) and
+/// `Challenge` (server frames).
+#[test]
+fn subscribe_and_events() {
+    check_client(
+        &ClientFrame::Request { id: 30, body: Request::Subscribe { queues: vec!["q".into()] } },
+        "00 00 00 06 01 1e 1b 01 01 71",
+    );
+    check_client(
+        &ClientFrame::Request { id: 31, body: Request::Unsubscribe { subscription: 30 } },
+        "00 00 00 04 01 1f 1c 1e",
+    );
+    let event = |kind| ServerFrame::Event {
+        subscription: 30,
+        event: JobEvent { queue: "q".into(), id: 5, name: "n".into(), kind, at_ms: 1000 },
+    };
+    check_server(&event(EventKind::Added), "00 00 00 0b 04 1e 01 71 05 01 6e 00 fb e8 03");
+    check_server(&event(EventKind::Completed), "00 00 00 0b 04 1e 01 71 05 01 6e 01 fb e8 03");
+    check_server(
+        &event(EventKind::Failed { error: "e".into(), run_at_ms: 2000 }),
+        "00 00 00 10 04 1e 01 71 05 01 6e 02 01 65 fb d0 07 fb e8 03",
+    );
+    check_server(
+        &event(EventKind::DeadLettered { error: "e".into() }),
+        "00 00 00 0d 04 1e 01 71 05 01 6e 03 01 65 fb e8 03",
+    );
+    check_server(&event(EventKind::Expired), "00 00 00 0b 04 1e 01 71 05 01 6e 04 fb e8 03");
+    check_server(&ServerFrame::Lagged { subscription: 30, missed: 7 }, "00 00 00 03 05 1e 07");
+}

@@ -62,6 +62,9 @@ pub struct ServerConfig {
     pub max_conn_buffer: usize,
     /// A connection whose replies stay over `max_conn_buffer` this long is closed.
     pub stuck_timeout: Duration,
+    /// Event frames (`Subscribe`) one connection may have waiting for its writer; past it
+    /// the subscriber loses events and later gets a `Lagged { missed }`.
+    pub subscriber_buffer: usize,
     /// A handshaken connection with nothing in flight that sends nothing this long is
     /// closed (clients ping when idle).
     pub idle_timeout: Duration,
@@ -143,6 +146,7 @@ impl Default for ServerConfig {
             tls: None,
             max_conn_buffer: 8 << 20,
             stuck_timeout: Duration::from_secs(30),
+            subscriber_buffer: 1024,
             idle_timeout: Duration::from_secs(5 * 60),
             faktory_idle_timeout: Duration::from_secs(60 * 60),
             decode_limits: DecodeLimits::DEFAULT,

@@ -29,16 +29,21 @@
 //! a new core and starts the writer, so nothing above the engine builds a broker or a store.
 
 mod admin;
+mod events;
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use qd_protocol::admin::{Cursor, JobState, JobSummary, SearchQuery};
 use qd_protocol::message::{LeaseRef, NackOutcome, ServerFrame};
-use qd_protocol::{ErrorCode, JobId, JobOutcome, LeasedJob, Request, Response, WireError};
+use qd_protocol::{
+    ErrorCode, JobEvent, JobId, JobOutcome, LeasedJob, Request, Response, WireError,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -105,6 +110,12 @@ pub enum Command {
     Request { conn: ConnId, id: u64, body: Request },
     /// The connection is gone: release its leases and parked reserves.
     Disconnect { conn: ConnId },
+    /// Request `id` is a `Subscribe` to `queues` (issue 9): its events go to the
+    /// connection's reply channel as `ServerFrame::Event`s. `queued` counts the event
+    /// frames sent there that the connection's writer has not taken yet; the writer
+    /// decrements it (see `engine/events.rs`). Sent by `net/conn.rs` instead of a
+    /// `Request`, since only it can hand over that counter.
+    Subscribe { conn: ConnId, id: u64, queues: Vec<String>, queued: Arc<AtomicUsize> },
 }
 
 /// A reply held back until the batch holding its changes is committed.
@@ -124,6 +135,9 @@ struct Ticket {
     /// `Wait`s on dead jobs `(conn, request, job)`, answered from the store once this
     /// ticket (which may hold the job's last `Fail`) is committed.
     dead_waits: Vec<(ConnId, u64, JobId)>,
+    /// Lifecycle events reporting this ticket's changes, published once it is committed
+    /// (dropped if the commit fails: they never happened).
+    events: Vec<JobEvent>,
 }
 
 /// A connected client, as the engine knows it.
@@ -174,6 +188,8 @@ pub struct Engine {
     effects: Vec<Effect>,
     /// Set by the first failed commit; the engine then stops (see `run`).
     storage_failure: Option<String>,
+    /// Lifecycle event subscriptions (`engine/events.rs`).
+    subscribers: events::Subscribers,
 }
 
 /// What [`Engine::open`] found in the data dir.
@@ -231,6 +247,7 @@ impl Engine {
         let mut engine = Engine::new(broker, reader, writer, done_rx);
         engine.clock = clock;
         engine.max_frame = config.max_frame;
+        engine.subscribers = events::Subscribers::new(config.subscriber_buffer);
         Ok((engine, Recovered { jobs: recovered.records }))
     }
 
@@ -257,6 +274,7 @@ impl Engine {
             clock: Clock::default(),
             effects: Vec::new(),
             storage_failure: None,
+            subscribers: events::Subscribers::new(ServerConfig::default().subscriber_buffer),
         }
     }
 
@@ -366,9 +384,21 @@ impl Engine {
                 if self.conns.remove(&conn).is_some() {
                     crate::metrics::connection_closed(conn); // metrics hook
                 }
+                if self.subscribers.remove_conn(conn) {
+                    self.broker.watch(self.subscribers.filter());
+                }
                 let now = self.clock.now();
                 self.broker.disconnect(now, conn);
                 self.apply_effects(None);
+            }
+            Command::Subscribe { conn, id, queues, queued } => {
+                // Answered at once: nothing to persist. Events of changes already in
+                // flight may follow, but never one from before this point.
+                let result = self.subscribers.add(conn, id, queues, queued).map(|()| {
+                    self.broker.watch(self.subscribers.filter());
+                    Response::Done
+                });
+                self.send(conn, id, result);
             }
             Command::Request { conn, id, body } => {
                 let result = self.on_request(conn, id, body);
@@ -489,6 +519,17 @@ impl Engine {
             Request::Progress { lease, progress } => {
                 b.report_progress(lease, progress).map(|()| Response::Done).map_err(Into::into)
             }
+            Request::Unsubscribe { subscription } => {
+                let n = u64::from(self.subscribers.remove(conn, subscription));
+                self.broker.watch(self.subscribers.filter());
+                Ok(Response::Count { n })
+            }
+            // A qd connection turns `Subscribe` into `Command::Subscribe`; other front ends
+            // (the dashboard, Faktory) have no way to stream events.
+            Request::Subscribe { .. } => Err(WireError::new(
+                ErrorCode::InvalidArgument,
+                "subscriptions are served on qd protocol connections only; connect with the qd client",
+            )),
             other => return self.on_admin(now, conn, id, other),
         };
         Some(result)
@@ -702,6 +743,15 @@ impl Engine {
                     self.open_changes.push(change);
                     persisted = true;
                 }
+                Effect::Event(event) => {
+                    // Persist, then announce: the change it reports is in this round's
+                    // open ticket (the core emits it right after that change).
+                    if self.open_changes.is_empty() {
+                        self.publish(&event);
+                    } else {
+                        self.open.events.push(*event);
+                    }
+                }
                 Effect::Deliver { waiter, leases } => {
                     let jobs = self.leased(leases);
                     self.send(waiter.conn, waiter.request, Ok(Response::Reserved { jobs }));
@@ -798,6 +848,9 @@ impl Engine {
                     for held in t.replies {
                         self.send(held.conn, held.id, held.result);
                     }
+                    for event in &t.events {
+                        self.publish(event);
+                    }
                     for (conn, id, job) in t.dead_waits {
                         self.answer_dead_wait(conn, id, job);
                     }
@@ -880,6 +933,16 @@ impl Engine {
                 Some(job)
             })
             .collect()
+    }
+
+    /// Hands one committed lifecycle event to its subscribers (bounded: `events.rs`).
+    fn publish(&mut self, event: &JobEvent) {
+        let conns = &self.conns;
+        self.subscribers.publish(event, |conn, frame| {
+            if let Some(c) = conns.get(&conn) {
+                let _ = c.replies.send(frame);
+            }
+        });
     }
 
     fn send(&self, conn: ConnId, id: u64, result: Result<Response, WireError>) {
@@ -1042,6 +1105,48 @@ mod tests {
         assert_eq!(got[1], (2, Ok(Response::Added { ids: vec![1] })));
         h.shutdown.cancel();
         h.engine.await.unwrap().unwrap();
+    }
+
+    /// Issue 9: an event announces a change only once it is committed, and never one whose
+    /// commit failed.
+    #[tokio::test]
+    async fn a_subscriber_hears_of_an_add_only_after_its_commit() {
+        let mut h = harness().await;
+        let queued = Arc::new(AtomicUsize::new(0));
+        let subscribe = Command::Subscribe { conn: 1, id: 1, queues: vec![], queued };
+        h.commands.send(subscribe).await.unwrap();
+        assert_eq!(next_reply(&mut h).await, (1, Ok(Response::Done)));
+        let release = block_commits(&h.store);
+        h.commands.send(add(2, b"x")).await.unwrap();
+        h.commands.send(request(3, Request::Ping)).await.unwrap();
+        match h.replies.recv().await {
+            Some(ServerFrame::Response { id: 3, .. }) => {}
+            other => panic!("nothing before the commit, got {other:?}"),
+        }
+        drop(release);
+        let mut frames = Vec::new();
+        while frames.len() < 2 {
+            let frame = tokio::time::timeout(Duration::from_secs(10), h.replies.recv()).await;
+            frames.push(frame.unwrap().unwrap());
+        }
+        assert!(matches!(&frames[0], ServerFrame::Response { id: 2, result: Ok(_) }));
+        assert!(
+            matches!(&frames[1], ServerFrame::Event { subscription: 1, event }
+                if event.kind == qd_protocol::EventKind::Added && event.queue == "q"),
+            "{frames:?}"
+        );
+
+        // A commit that fails announces nothing.
+        h.store.fail_always.store(true, Ordering::SeqCst);
+        h.commands.send(add(4, b"lost")).await.unwrap();
+        match h.replies.recv().await {
+            Some(ServerFrame::Response { id: 4, result: Err(_) }) => {}
+            other => panic!("expected the storage error, got {other:?}"),
+        }
+        let _ = h.engine.await;
+        while let Ok(frame) = h.replies.try_recv() {
+            assert!(!matches!(frame, ServerFrame::Event { .. }), "announced a lost add: {frame:?}");
+        }
     }
 
     #[tokio::test]

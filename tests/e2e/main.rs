@@ -14,6 +14,9 @@ mod basics;
 mod cli;
 /// kill -9 and SIGTERM of the server process: nothing acknowledged is lost.
 mod crash;
+/// Lifecycle event subscriptions: a queue's events and no other's, a slow subscriber's
+/// Lagged, announced changes survive kill -9.
+mod events;
 /// `qd serve --faktory`: Faktory's protocol in raw lines (MUTATE kill, QUEUE LATENCY, idle
 /// timeout, TLS), kill -9, and the `faktory` crate.
 mod faktory;

@@ -3,7 +3,7 @@
 //! `Broker::take_effects`, makes the `Persist`s durable, and only then releases the replies
 //! and deliveries that depend on them.
 
-use qd_protocol::{JobId, JobOutcome};
+use qd_protocol::{JobEvent, JobId, JobOutcome};
 
 use crate::model::Change;
 
@@ -23,4 +23,9 @@ pub enum Effect {
     /// (`Pending`); `None` when the job was deleted (removed by an operator) while waited
     /// for. Like a reply, it goes out after the `Persist`s queued ahead of it commit.
     Outcome { waiter: WaiterKey, id: JobId, outcome: Option<JobOutcome> },
+    /// A lifecycle event for subscribers (`events.rs`), emitted only for watched queues.
+    /// It reports the `Persist` just before it: the engine announces it only once that
+    /// change is committed, so no subscriber hears of something a crash could undo.
+    /// Boxed: rare next to the other effects.
+    Event(Box<JobEvent>),
 }

@@ -44,6 +44,7 @@ pub mod admin;
 pub mod backoff;
 mod effects;
 mod error;
+mod events;
 mod flow;
 mod intern;
 mod job;
@@ -74,8 +75,8 @@ use bytes::Bytes;
 
 use qd_protocol::message::{LeaseRef, NackOutcome};
 use qd_protocol::{
-    validate_lease, validate_queue_name, JobId, NewJob, QueueStats, RetryHint, MAX_ERROR_TEXT,
-    MAX_RESULT,
+    validate_lease, validate_queue_name, EventKind, JobId, NewJob, QueueStats, RetryHint,
+    MAX_ERROR_TEXT, MAX_RESULT,
 };
 
 use crate::model::{AttemptError, Change, ConnId, JobRecord, Millis, PersistedState};
@@ -83,6 +84,7 @@ use crate::model::{AttemptError, Change, ConnId, JobRecord, Millis, PersistedSta
 pub use admin::{JobStateKind, JobView, MinuteCounts, Page, QueueView};
 pub use effects::Effect;
 pub use error::BrokerError;
+pub use events::EventFilter;
 pub use job_waits::Waited;
 pub use operations::{KILLED, MAX_PAGE};
 pub use schedules::{fire_key, MAX_SCHEDULES};
@@ -225,6 +227,9 @@ pub struct Broker {
     id_floor: JobId,
     /// Named schedules and when each fires next (`schedules.rs`).
     schedules: Schedules,
+    /// Queues whose lifecycle events are wanted (`events.rs`); empty unless someone
+    /// subscribed.
+    watch: EventFilter,
 }
 
 impl Broker {
@@ -256,6 +261,7 @@ impl Broker {
             next_id: 1,
             id_floor: 1,
             schedules: Schedules::default(),
+            watch: EventFilter::default(),
         }
     }
 
@@ -396,6 +402,9 @@ impl Broker {
                 state: PersistedState::Waiting,
                 errors: Vec::new(),
             }))));
+            if self.watching(q) {
+                self.emit_for(now, id, EventKind::Added);
+            }
             ids.push(id);
         }
         // All keys may have been held: a queue created by this call may be idle.
@@ -506,6 +515,8 @@ impl Broker {
         let max_attempts = self.policies.get(meta.policy).map_or(1, |p| p.max_attempts);
         self.names.release(meta.name);
         self.policies.release(meta.policy);
+        // Cloned only when someone listens (`events.rs`): the name moves into the ring.
+        let event_name = self.watching(meta.queue).then(|| name.clone());
         let retention = self.config.completed_retention;
         let queue = &mut self.queues[meta.queue as usize];
         queue.recount(Some(meta.state), None);
@@ -523,6 +534,9 @@ impl Broker {
         };
         queue.push_completed(done, retention);
         self.effects.push(Effect::Persist(Change::Complete { id: lease.id }));
+        if let Some(name) = event_name {
+            self.emit(now, meta.queue, lease.id, &name, EventKind::Completed);
+        }
         self.notify_completed(lease.id, &result);
         if !result.is_empty() && retention > 0 {
             self.keep_result(meta.queue, lease.id, result.len());
@@ -1092,6 +1106,10 @@ impl Broker {
         queue.count_minute(now, 0, 1);
         // For producers waiting on the job (`Wait`), when this is its end.
         let last_error = dead.then(|| message.clone());
+        let event = self.watching(meta.queue).then(|| match dead {
+            true => EventKind::DeadLettered { error: message.clone() },
+            false => EventKind::Failed { error: message.clone(), run_at_ms },
+        });
         // The Fail goes first: a dead-set overflow below removes older dead jobs after it.
         self.effects.push(Effect::Persist(Change::Fail {
             id,
@@ -1099,6 +1117,9 @@ impl Broker {
             run_at_ms,
             dead,
         }));
+        if let Some(kind) = event {
+            self.emit_for(now, id, kind);
+        }
         if dead {
             self.park_key(&meta, id);
             if let Some(m) = self.jobs.get_mut(id) {

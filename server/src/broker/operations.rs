@@ -434,7 +434,7 @@ impl Broker {
                         Some(group) => group.ready.remove(meta.priority, id),
                         None => queue.remove_ready(meta.priority, id),
                     };
-                    self.bury(now, id, JobState::Ready, KILLED);
+                    self.bury(now, id, JobState::Ready, KILLED, killed_event);
                     killed += 1;
                 }
                 JobState::Delayed => {
@@ -457,7 +457,7 @@ impl Broker {
                 .collect();
             for (at, id) in chosen {
                 self.delayed_remove(q, at, id);
-                self.bury(now, id, JobState::Delayed, KILLED);
+                self.bury(now, id, JobState::Delayed, KILLED, killed_event);
                 killed += 1;
             }
         }
@@ -467,7 +467,15 @@ impl Broker {
     /// Job `id` (in state `from`, already out of that state's index) goes to the dead set
     /// without a try having failed (an expiry or a kill): persisted as a dead `Fail` with
     /// `message` under the next attempt number, counted in `dead_total` only.
-    pub(super) fn bury(&mut self, now: Millis, id: JobId, from: JobState, message: &str) {
+    /// `event` builds the lifecycle event, called only when someone watches the queue.
+    pub(super) fn bury(
+        &mut self,
+        now: Millis,
+        id: JobId,
+        from: JobState,
+        message: &str,
+        event: impl FnOnce() -> qd_protocol::EventKind,
+    ) {
         let Some(meta) = self.jobs.get_mut(id) else { return };
         let attempt = meta.failures.saturating_add(1);
         meta.failures = attempt;
@@ -479,6 +487,9 @@ impl Broker {
             run_at_ms: now,
             dead: true,
         }));
+        if self.watching(meta.queue) {
+            self.emit_for(now, id, event());
+        }
         self.park_key(&meta, id);
         let queue = &mut self.queues[meta.queue as usize];
         queue.recount(Some(from), Some(JobState::Dead));
@@ -534,4 +545,9 @@ impl Broker {
             finished_at_ms: Some(c.finished_at_ms),
         }
     }
+}
+
+/// The event of an operator's kill: the job is dead-lettered, with [`KILLED`] as its error.
+fn killed_event() -> qd_protocol::EventKind {
+    qd_protocol::EventKind::DeadLettered { error: KILLED.to_owned() }
 }

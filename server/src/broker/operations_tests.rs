@@ -41,7 +41,7 @@ fn changes(b: &mut Broker) -> Vec<Change> {
         .into_iter()
         .filter_map(|e| match e {
             Effect::Persist(c) => Some(c),
-            Effect::Deliver { .. } | Effect::Outcome { .. } => None,
+            Effect::Deliver { .. } | Effect::Outcome { .. } | Effect::Event(_) => None,
         })
         .collect()
 }

@@ -183,7 +183,7 @@ impl Broker {
         meta.expiry_spent = true;
         let q = meta.queue;
         self.queues[q as usize].expired_total += 1;
-        self.bury(now, id, from, EXPIRED);
+        self.bury(now, id, from, EXPIRED, || qd_protocol::EventKind::Expired);
     }
 }
 

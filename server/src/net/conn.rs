@@ -23,6 +23,11 @@
 //!    (finding 2).
 //! 4. Frames: 4096 bytes until `Welcome`, then `max_frame`; list lengths are held to the
 //!    decode limits while decoding (protocol crate).
+//! 5. Pushed events (issue 9): the writer takes no engine frame while its unwritten bytes
+//!    are over `max_conn_buffer`, and the engine counts the event frames it sent that the
+//!    writer has not taken (`Shared::events`), dropping events past its limit. A
+//!    subscriber that does not read costs at most that many frames and the reply buffer.
+//!    The reader turns a `Subscribe` into `Command::Subscribe`, handing over that counter.
 
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -96,6 +101,10 @@ struct Shared {
     writer_done: CancellationToken,
     /// Cancelled by the reader to make the writer drop the connection without flushing.
     kill: CancellationToken,
+    /// Event frames (issue 9) the engine sent that the writer has not taken yet: the
+    /// engine adds, the writer subtracts, and the engine drops events past its limit
+    /// (`engine/events.rs`), so a subscriber that does not read costs a bounded amount.
+    events: Arc<AtomicUsize>,
 }
 
 /// Serves one connection until the peer leaves, breaks the protocol, or the server shuts
@@ -124,6 +133,7 @@ pub async fn serve<S>(
         own_rx,
         engine_rx,
         limits.max_frame,
+        limits.max_conn_buffer,
         shared.clone(),
         shutdown.clone(),
     ));
@@ -431,7 +441,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
         ) {
             shared.lease_ops.lock().expect("never poisoned").insert(id);
         }
-        if commands.send(Command::Request { conn, id, body }).await.is_err() {
+        let command = match body {
+            Request::Subscribe { queues } => {
+                Command::Subscribe { conn, id, queues, queued: shared.events.clone() }
+            }
+            body => Command::Request { conn, id, body },
+        };
+        if commands.send(command).await.is_err() {
             return Outcome::ServerStopping;
         }
     }
@@ -467,6 +483,9 @@ impl Writer {
             if from_engine {
                 self.account(*id, result);
             }
+        }
+        if matches!(frame, ServerFrame::Event { .. } | ServerFrame::Lagged { .. }) {
+            self.shared.events.fetch_sub(1, Ordering::AcqRel);
         }
         self.done |= matches!(frame, ServerFrame::Goodbye(_));
         encode_or_explain(&frame, &mut self.pending, self.max_frame);
@@ -527,6 +546,7 @@ async fn write_loop<S: AsyncWrite>(
     mut own: mpsc::Receiver<ServerFrame>,
     mut engine: mpsc::UnboundedReceiver<ServerFrame>,
     max_frame: usize,
+    max_conn_buffer: usize,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
@@ -543,6 +563,10 @@ async fn write_loop<S: AsyncWrite>(
             break true;
         }
         let taking = !w.done;
+        // Frames from the engine wait in its channel while too much is unwritten: replies
+        // are bounded by `max_in_flight` there, and events by the engine's count of them
+        // (`Shared::events`), which only moves when they are taken here.
+        let room = w.pending.len() < max_conn_buffer;
         tokio::select! {
             biased;
             _ = shared.kill.cancelled() => break false,
@@ -550,7 +574,7 @@ async fn write_loop<S: AsyncWrite>(
                 Some(f) => w.take(f, false),
                 None => own_open = false,
             },
-            f = engine.recv(), if taking && engine_open => match f {
+            f = engine.recv(), if taking && room && engine_open => match f {
                 Some(f) => w.take(f, true),
                 None => engine_open = false,
             },
