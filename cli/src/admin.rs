@@ -212,7 +212,13 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
         }
         AdminCommand::Limits { queue, show: true, conn, .. } => show_limits(&conn, &queue).await,
         AdminCommand::Limits {
-            queue, rate, concurrency, group_concurrency, group_rate, conn, ..
+            queue,
+            rate,
+            concurrency,
+            group_concurrency,
+            group_rate,
+            conn,
+            ..
         } => {
             let limits = QueueLimits { rate, concurrency, group_concurrency, group_rate };
             connect(&conn).await?.set_queue_limits(&queue, limits).await?;

@@ -277,8 +277,7 @@ async fn the_schedules_page_lists_them_and_removes_one_with_csrf_and_confirmatio
     let no_token =
         http().post(&remove).header("cookie", &cookie).form(&[("x", "1")]).send().await.unwrap();
     assert_eq!(no_token.status(), StatusCode::FORBIDDEN);
-    let ask =
-        http().post(&remove).header("cookie", &cookie).form(&[("csrf", &token)]).send().await;
+    let ask = http().post(&remove).header("cookie", &cookie).form(&[("csrf", &token)]).send().await;
     let ask = ask.unwrap().text().await.unwrap();
     assert!(ask.contains("This cannot be undone"), "asks first: {ask}");
     assert_eq!(client.schedules().await.unwrap().len(), 2, "nothing removed before the yes");

@@ -41,7 +41,8 @@ pub fn url(s: &str) -> String {
 pub fn page(title: &str, crumbs: &str, notice: Option<&str>, body: &str) -> Html<String> {
     let notice = notice.map(|n| format!("<p class=notice>{}</p>", esc(n))).unwrap_or_default();
     // The login and error pages have no crumbs, and no way on but back.
-    let side = if crumbs.is_empty() { "" } else { "<a class=side href=\"/schedules\">Schedules</a>" };
+    let side =
+        if crumbs.is_empty() { "" } else { "<a class=side href=\"/schedules\">Schedules</a>" };
     Html(format!(
         "<!doctype html><html lang=en><head><meta charset=utf-8>\
          <meta name=viewport content=\"width=device-width,initial-scale=1\">\

@@ -229,8 +229,10 @@ fn limits_section(info: &QueueInfo) -> String {
         );
     }
     let none = || "—".to_string();
-    let concurrency =
-        l.concurrency.map(|c| format!("{c} at once ({} active now)", info.active)).unwrap_or_else(none);
+    let concurrency = l
+        .concurrency
+        .map(|c| format!("{c} at once ({} active now)", info.active))
+        .unwrap_or_else(none);
     format!(
         "<h2>Flow limits</h2><dl id=limits><dt>Rate</dt><dd id=limit-rate>{}</dd>\
          <dt>Concurrency</dt><dd id=limit-concurrency>{concurrency}</dd>\
@@ -427,7 +429,9 @@ pub async fn schedules(d: &Dashboard, s: &Session) -> String {
     for info in &list {
         let sch = &info.schedule;
         let (spec, zone) = match &sch.spec {
-            ScheduleSpec::Cron { expr, tz } => (format!("cron <code>{}</code>", esc(expr)), esc(tz)),
+            ScheduleSpec::Cron { expr, tz } => {
+                (format!("cron <code>{}</code>", esc(expr)), esc(tz))
+            }
             ScheduleSpec::Every { every_ms } => {
                 (format!("every {}", html::window(*every_ms)), "—".into())
             }
