@@ -1,5 +1,6 @@
 //! The operator's subcommands of `qd` (issue 8): `queues`, `jobs`, `job`, `search`,
-//! `retry`, `purge`, `remove`, `promote`, `kill`, `pause`, `resume`, `limits`. Each connects with the admin
+//! `retry`, `purge`, `remove`, `promote`, `kill`, `pause`, `resume`, `limits` (set, or `--show`).
+//! `qd queues` and `qd job` also show flow limits and a running job's progress. Each connects with the admin
 //! role through the client library, prints a human table by default and one JSON value with
 //! `--json`. docs/OPERATIONS.md describes them; the server side is the engine's admin
 //! answers. `cli.rs` only registers them (`Command::Admin`) and prints errors.
@@ -124,10 +125,13 @@ pub enum AdminCommand {
         #[command(flatten)]
         conn: ConnArgs,
     },
-    /// Set a queue's flow limits to exactly the flags given (no flag: lift them all).
-    /// Survives restarts. See docs/FLOW.md.
+    /// Set a queue's flow limits to exactly the flags given (no flag: lift them all), or
+    /// print them with --show. Survives restarts. See docs/FLOW.md.
     Limits {
         queue: String,
+        /// Print the queue's limits (and a worker's rate-limit hold) without changing them.
+        #[arg(long, conflicts_with_all = ["rate", "concurrency", "group_concurrency", "group_rate"])]
+        show: bool,
         /// Job starts per window across all workers, `MAX/DURATION`: `100/1s`, `5/1m`.
         #[arg(long, value_parser = parse_rate)]
         rate: Option<Rate>,
@@ -222,7 +226,16 @@ pub async fn run(cmd: AdminCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        AdminCommand::Limits { queue, rate, concurrency, group_concurrency, group_rate, conn } => {
+        AdminCommand::Limits { queue, show: true, conn, .. } => show_limits(&conn, &queue).await,
+        AdminCommand::Limits {
+            queue,
+            rate,
+            concurrency,
+            group_concurrency,
+            group_rate,
+            conn,
+            ..
+        } => {
             let limits = QueueLimits { rate, concurrency, group_concurrency, group_rate };
             connect(&conn).await?.set_queue_limits(&queue, limits).await?;
             print_done(&conn, &format!("limits of {queue}: {}", describe_limits(&limits)));
@@ -300,6 +313,33 @@ fn describe_limits(l: &QueueLimits) -> String {
     }
 }
 
+/// `qd limits QUEUE --show`: what `Queues` says of one queue's limits.
+async fn show_limits(conn: &ConnArgs, queue: &str) -> anyhow::Result<()> {
+    let queues = connect(conn).await?.queues().await?;
+    let Some(q) = queues.iter().find(|q| q.name == queue) else {
+        bail!("no queue {queue}: it has no jobs and no settings; list them with `qd queues`");
+    };
+    if conn.json {
+        println!("{}", limits_json(&q.limits, q.rate_limited_until_ms));
+        return Ok(());
+    }
+    println!("limits of {queue}: {}", describe_limits(&q.limits));
+    if let Some(until) = q.rate_limited_until_ms {
+        println!("starts held until {until} (unix ms) by a worker's rate-limited nack");
+    }
+    Ok(())
+}
+
+/// Limits as JSON, one field per limit (`null` when unlimited), rates as `{max, per_ms}`.
+fn limits_json(l: &QueueLimits, held_until_ms: Option<u64>) -> Value {
+    let rate = |r: &Option<Rate>| r.map(|r| json!({ "max": r.max, "per_ms": r.per_ms }));
+    json!({
+        "rate": rate(&l.rate), "concurrency": l.concurrency,
+        "group_concurrency": l.group_concurrency, "group_rate": rate(&l.group_rate),
+        "flags": describe_limits(l), "rate_limited_until_ms": held_until_ms,
+    })
+}
+
 /// Cursors are printed and taken as hex.
 fn parse_cursor(cursor: Option<String>) -> anyhow::Result<Option<Cursor>> {
     let Some(text) = cursor else { return Ok(None) };
@@ -328,8 +368,8 @@ async fn queues(conn: &ConnArgs) -> anyhow::Result<()> {
                     "active": q.active, "dead": q.dead, "completed": q.completed,
                     "oldest_ready_age_ms": q.oldest_ready_age_ms, "added_total": q.added_total,
                     "completed_total": q.completed_total, "failed_total": q.failed_total,
-                    "dead_total": q.dead_total, "limits": describe_limits(&q.limits),
-                    "rate_limited_until_ms": q.rate_limited_until_ms,
+                    "dead_total": q.dead_total,
+                    "limits": limits_json(&q.limits, q.rate_limited_until_ms),
                 })
             })
             .collect();
@@ -342,14 +382,19 @@ async fn queues(conn: &ConnArgs) -> anyhow::Result<()> {
     }
     let width = queues.iter().map(|q| q.name.len()).max().unwrap_or(5).max(5);
     println!(
-        "{:<width$} {:>8} {:>8} {:>8} {:>8} {:>9} {:>10}  state",
-        "queue", "ready", "delayed", "active", "dead", "completed", "oldest"
+        "{:<width$} {:>8} {:>8} {:>8} {:>8} {:>9} {:>10}  {:<7}  limits",
+        "queue", "ready", "delayed", "active", "dead", "completed", "oldest", "state"
     );
     for q in &queues {
         let oldest = q.oldest_ready_age_ms.map_or("-".into(), age);
-        let state = if q.paused { "paused" } else { "running" };
+        let state = match (q.paused, q.rate_limited_until_ms) {
+            (true, _) => "paused",
+            (false, Some(_)) => "held",
+            (false, None) => "running",
+        };
+        let limits = if q.limits.is_unlimited() { "-".into() } else { describe_limits(&q.limits) };
         println!(
-            "{:<width$} {:>8} {:>8} {:>8} {:>8} {:>9} {:>10}  {state}",
+            "{:<width$} {:>8} {:>8} {:>8} {:>8} {:>9} {:>10}  {state:<7}  {limits}",
             q.name, q.ready, q.delayed, q.active, q.dead, q.completed, oldest
         );
     }
@@ -413,6 +458,7 @@ fn print_job(conn: &ConnArgs, job: &JobDetail) {
         v["errors"] = Value::Array(errors);
         v["started_at_ms"] = json!(job.started_at_ms);
         v["key"] = json!(job.options.key);
+        v["progress"] = job.progress.as_deref().map_or(Value::Null, progress_json);
         println!("{v}");
         return;
     }
@@ -426,10 +472,20 @@ fn print_job(conn: &ConnArgs, job: &JobDetail) {
     if let Some(key) = &job.options.key {
         println!("  key        {key}");
     }
+    if let Some(progress) = &job.progress {
+        println!("  progress   {}", one_line(&String::from_utf8_lossy(progress)));
+    }
     println!("  payload    {payload}");
     for e in &job.errors {
         println!("  try {} failed: {}", e.attempt, one_line(&e.message));
     }
+}
+
+/// A progress report as JSON: the value itself when it is JSON (`42`, `{"done":3}`), else
+/// its text.
+fn progress_json(progress: &[u8]) -> Value {
+    serde_json::from_slice(progress)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(progress).into_owned()))
 }
 
 fn print_count(conn: &ConnArgs, n: u64, what: &str) {

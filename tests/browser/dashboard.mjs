@@ -4,7 +4,8 @@
 // JSON log lines, like the e2e tests do), fills it through the real client (`qd add`, and the
 // client crate's `signup` example, whose worker sends two jobs to the dead set), then:
 // checks the counts the dashboard shows against `qd stats --json`, retries a dead job and
-// sees it leave the dead list, pauses a queue and sees the flag. Screenshots go to
+// sees it leave the dead list, pauses a queue and sees the flag, sees flow limits set with
+// `qd limits`, and lists and removes a schedule. Screenshots go to
 // target/screenshots/. Waits poll a condition with a deadline; nothing sleeps blindly.
 //
 // Run from the repository root after `cargo build -p qd --bin qd` and
@@ -125,6 +126,31 @@ try {
   await page.click('button:has-text("Delete")');
   await page.waitForSelector('text=This cannot be undone');
   await page.screenshot({ path: path.join(shots, 'confirm.png'), fullPage: true });
+
+  // 5. Flow limits set with `qd limits` show in the overview and on the queue's page.
+  qdCli(server.addr, 'limits', 'reports', '--rate', '50/1s', '--group-concurrency', '1');
+  await page.goto(`${base}/`);
+  const limits = await page.textContent('tr[data-queue="reports"] td.limits');
+  check(limits.includes('rate 50/1s') && limits.includes('per group: 1 at once'), `limits shown: ${limits}`);
+  await page.goto(`${base}/queues/reports`);
+  check((await page.textContent('#limit-rate')) === '50/1s', 'the queue page shows the rate');
+  await page.screenshot({ path: path.join(shots, 'limits.png'), fullPage: true });
+
+  // 6. A schedule set with `qd schedule` is on the schedules page (the header links it), and
+  // removing it asks first.
+  qdCli(server.addr, 'schedule', 'set', 'nightly', 'reports', 'build', '--cron', '0 30 2 * * *',
+    '--tz', 'Europe/Berlin');
+  await page.click('header a.side');
+  const row = page.locator('tr[data-schedule="nightly"]');
+  const text = await row.textContent();
+  check(text.includes('0 30 2 * * *') && text.includes('Europe/Berlin') && text.includes('UTC'), `schedule row: ${text}`);
+  await page.screenshot({ path: path.join(shots, 'schedules.png'), fullPage: true });
+  await row.locator('button:has-text("Remove")').click();
+  await page.waitForSelector('text=This cannot be undone');
+  await page.click('button:has-text("Yes, do it")');
+  await eventually('the schedule to leave the page', async () =>
+    (await page.locator('tr[data-schedule="nightly"]').count()) === 0);
+  check((await page.textContent('.notice')).includes('removed schedule nightly'), 'the outcome is shown');
   console.log(`ok: dashboard checks passed; screenshots in ${shots}`);
 } finally {
   if (browser) await browser.close();

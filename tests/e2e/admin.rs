@@ -263,3 +263,54 @@ async fn job_detail_keeps_every_tries_error() {
         vec![(1, "fail 1".to_string()), (2, "fail 2".to_string()), (3, "fail 3".to_string())]
     );
 }
+
+/// Issue 9's views in the CLI: `qd job` shows a running job's progress, `qd limits --show`
+/// and `qd queues` a queue's flow limits, as the `qd limits` flags spell them.
+#[tokio::test]
+async fn the_cli_shows_progress_and_limits() {
+    let (server, _dir) = support::start();
+    let client = server.client().await;
+    let limits = qd_client::QueueLimits {
+        rate: Some(qd_client::Rate::new(100, 1000)),
+        concurrency: Some(10),
+        group_concurrency: Some(1),
+        group_rate: None,
+    };
+    client.set_queue_limits("p", limits).await.unwrap();
+    let id = client.add("p", Job::new("import", "{}").group("t1")).await.unwrap();
+    let leased = client.reserve(&["p"], 1, Duration::from_secs(5)).await.unwrap();
+    client.progress(&leased[0], br#"{"rows":40,"of":100}"#.to_vec().into()).await.unwrap();
+    let addr = server.addr.clone();
+    let id = id.to_string();
+    let (job, job_json, show, show_json, queues, bad) = tokio::task::spawn_blocking(move || {
+        (
+            qd(&["job", &id, "--addr", &addr]),
+            qd(&["job", &id, "--json", "--addr", &addr]),
+            qd(&["limits", "p", "--show", "--addr", &addr]),
+            qd(&["limits", "p", "--show", "--json", "--addr", &addr]),
+            qd(&["queues", "--addr", &addr]),
+            qd(&["limits", "p", "--show", "--rate", "1/1s", "--addr", &addr]),
+        )
+    })
+    .await
+    .unwrap();
+    for out in [&job, &job_json, &show, &show_json, &queues] {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&job.stdout);
+    assert!(text.contains(r#"progress   {"rows":40,"of":100}"#), "{text}");
+    let v: serde_json::Value = serde_json::from_slice(&job_json.stdout).unwrap();
+    assert_eq!(v["progress"]["rows"], 40, "progress as JSON when it is JSON: {v}");
+    let flags = "--rate 100/1s --concurrency 10 --group-concurrency 1";
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(text.contains(&format!("limits of p: {flags}")), "{text}");
+    let v: serde_json::Value = serde_json::from_slice(&show_json.stdout).unwrap();
+    assert_eq!((v["rate"]["max"].as_u64(), v["concurrency"].as_u64()), (Some(100), Some(10)));
+    assert!(v["group_rate"].is_null(), "{v}");
+    let text = String::from_utf8_lossy(&queues.stdout);
+    let row = text.lines().find(|l| l.starts_with("p ")).expect("queue p listed");
+    assert!(row.ends_with(flags), "{text}");
+    assert!(!bad.status.success(), "--show changes nothing, so it takes no limit flags");
+    let after = client.queues().await.unwrap().into_iter().find(|q| q.name == "p").unwrap();
+    assert_eq!(after.limits, limits, "--show left the limits as they were");
+}

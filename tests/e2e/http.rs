@@ -2,11 +2,12 @@
 //! admin secret, `/metrics`, `/healthz` and `/readyz`. A real server process (or, where a
 //! flag the CLI does not have yet is needed, the server library in-process) and a real HTTP
 //! client; the dashboard's HTML is checked for the numbers it shows, not its looks (the
-//! browser test in `tests/browser/` looks).
+//! browser test in `tests/browser/` looks). Issue 9's views: a queue's flow limits, a running
+//! job's progress, the schedules page and its remove action, all escaped.
 
 use std::time::Duration;
 
-use qd_client::Job;
+use qd_client::{Job, QueueLimits, Rate, Schedule, ScheduleSpec};
 use qd_protocol::RetryHint;
 use reqwest::redirect::Policy;
 use reqwest::StatusCode;
@@ -187,6 +188,117 @@ async fn pages_show_the_counts_and_a_retry_moves_a_dead_job_to_ready() {
     let client = server.client().await;
     crate::support::wait_for_count(&client, "mail", 0, 1).await;
     crate::support::wait_for_count(&client, "mail", 3, 1).await;
+}
+
+/// GET `path` with the session `cookie`; the page's body.
+async fn page(base: &str, cookie: &str, path: &str) -> String {
+    let resp = http().get(format!("{base}{path}")).header("cookie", cookie).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "GET {path}");
+    resp.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn pages_show_flow_limits_and_a_running_jobs_progress_escaped() {
+    let (server, _dir) = start_with(&["--http", "127.0.0.1:0"]);
+    let base = format!("http://{}", http_addr(&server));
+    let client = server.client().await;
+    let limits = QueueLimits {
+        rate: Some(Rate::new(100, 1000)),
+        concurrency: Some(10),
+        group_concurrency: Some(1),
+        group_rate: Some(Rate::new(5, 60_000)),
+    };
+    client.set_queue_limits("q", limits).await.unwrap();
+    let id = client.add("q", Job::new("send", b"{}".to_vec()).group("tenant-1")).await.unwrap();
+    let leased = client.reserve(&["q"], 1, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(leased.len(), 1);
+    let report = br#"{"step":"</pre><script>alert(1)</script>","done":3}"#;
+    client.progress(&leased[0], report.to_vec().into()).await.unwrap();
+    let (cookie, _) = session(&base).await;
+
+    let home = page(&base, &cookie, "/").await;
+    assert!(
+        home.contains("rate 100/1s · 10 at once · per group: 1 at once, rate 5/1m"),
+        "the overview shows the limits: {home}"
+    );
+    let queue = page(&base, &cookie, "/queues/q").await;
+    assert!(queue.contains("<dd id=limit-rate>100/1s</dd>"), "{queue}");
+    assert!(queue.contains("<dd id=limit-concurrency>10 at once (1 active now)</dd>"), "{queue}");
+    assert!(queue.contains("<dd id=limit-group-concurrency>1</dd>"), "{queue}");
+    assert!(queue.contains("<dd id=limit-group-rate>5/1m</dd>"), "{queue}");
+    let none = page(&base, &cookie, "/queues/other").await;
+    assert!(none.contains("No flow limits"), "{none}");
+
+    let job = page(&base, &cookie, &format!("/jobs/{id}")).await;
+    assert!(job.contains("<pre id=progress>"), "the progress is shown: {job}");
+    assert!(job.contains("&lt;/pre&gt;&lt;script&gt;alert(1)&lt;/script&gt;"), "{job}");
+    assert!(!job.contains("<script>"), "a worker's progress cannot run script: {job}");
+    assert!(job.contains("&quot;done&quot;: 3"), "{job}");
+}
+
+#[tokio::test]
+async fn the_schedules_page_lists_them_and_removes_one_with_csrf_and_confirmation() {
+    let (server, _dir) = start_with(&["--http", "127.0.0.1:0"]);
+    let base = format!("http://{}", http_addr(&server));
+    let client = server.client().await;
+    let (cookie, token) = session(&base).await;
+    let empty = page(&base, &cookie, "/schedules").await;
+    assert!(empty.contains("No schedules"), "{empty}");
+    let nightly = Schedule {
+        name: "nightly".into(),
+        spec: ScheduleSpec::Cron { expr: "0 30 2 * * *".into(), tz: "Europe/Berlin".into() },
+        queue: "reports".into(),
+        job: Job::new("<script>build</script>", b"{}".to_vec()).into(),
+    };
+    let info = client.upsert_schedule(nightly).await.unwrap();
+    let next = info.next_fire_ms.expect("a daily cron fires again");
+    let beat = Schedule {
+        name: "heartbeat".into(),
+        spec: ScheduleSpec::Every { every_ms: 30_000 },
+        queue: "health".into(),
+        job: Job::new("ping", b"".to_vec()).into(),
+    };
+    client.upsert_schedule(beat).await.unwrap();
+
+    let list = page(&base, &cookie, "/schedules").await;
+    let row = list.split("<tr data-schedule=\"nightly\">").nth(1).expect("nightly listed");
+    let row = row.split("</tr>").next().unwrap();
+    assert!(row.contains("cron <code>0 30 2 * * *</code>"), "{row}");
+    assert!(row.contains("<td>Europe/Berlin</td>"), "{row}");
+    assert!(row.contains("<a href=\"/queues/reports\">reports</a>"), "{row}");
+    assert!(row.contains("&lt;script&gt;build&lt;/script&gt;"), "the job name escaped: {row}");
+    let next_utc = http_utc(next);
+    assert!(row.contains(&next_utc), "next run {next_utc} shown: {row}");
+    assert!(row.contains("not yet"), "no fire yet: {row}");
+    assert!(!list.contains("<script>"), "{list}");
+    assert!(list.contains("every 30s"), "{list}");
+
+    let remove = format!("{base}/schedules/nightly/remove");
+    let no_token =
+        http().post(&remove).header("cookie", &cookie).form(&[("x", "1")]).send().await.unwrap();
+    assert_eq!(no_token.status(), StatusCode::FORBIDDEN);
+    let ask = http().post(&remove).header("cookie", &cookie).form(&[("csrf", &token)]).send().await;
+    let ask = ask.unwrap().text().await.unwrap();
+    assert!(ask.contains("This cannot be undone"), "asks first: {ask}");
+    assert_eq!(client.schedules().await.unwrap().len(), 2, "nothing removed before the yes");
+    let yes = http()
+        .post(&remove)
+        .header("cookie", &cookie)
+        .form(&[("csrf", token.as_str()), ("confirmed", "1")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(yes.status(), StatusCode::SEE_OTHER);
+    let names: Vec<String> =
+        client.schedules().await.unwrap().into_iter().map(|s| s.schedule.name).collect();
+    assert_eq!(names, ["heartbeat"]);
+}
+
+/// Unix ms as the dashboard writes UTC times (`2026-03-29 00:30:00`), by `chrono`, not by
+/// the server's own date arithmetic.
+fn http_utc(ms: u64) -> String {
+    let at = chrono::DateTime::from_timestamp_millis(ms as i64).expect("a time in range");
+    at.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
 #[tokio::test]

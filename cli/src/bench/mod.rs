@@ -49,6 +49,15 @@ pub struct BenchArgs {
     /// W3's add rate, jobs/s.
     #[arg(long, default_value_t = 2_000)]
     pub rate: u64,
+    /// W2 under flow control: a rate limit of N job starts per second on its queue, set
+    /// before the fill (docs/FLOW.md). Pick it well above the drain rate to measure what
+    /// the limiter costs, below to see it hold.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(qd_protocol::flow::MAX_RATE)))]
+    pub rate_limit: Option<u32>,
+    /// W2 with groups: its jobs spread round robin over N group keys (`g0` ... `gN-1`), so
+    /// every reserve takes turns across them.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub groups: Option<u64>,
     /// W3's duration, seconds.
     #[arg(long, default_value_t = 15)]
     pub seconds: u64,
@@ -135,7 +144,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let result = match w {
             "W1" => workloads::w1_enqueue(&client, &queue, args.jobs).await,
             "W1b" => workloads::w1b_bulk(&client, &queue, args.jobs).await,
-            "W2" => workloads::w2_drain(&client, &queue, args.jobs).await,
+            "W2" => {
+                let flow = workloads::W2Flow { rate: args.rate_limit, groups: args.groups };
+                match set_w2_limits(&addr, &queue, &flow).await {
+                    Ok(()) => workloads::w2_drain(&client, &queue, args.jobs, &flow).await,
+                    Err(e) => Err(e),
+                }
+            }
             "W3" => workloads::w3_latency(&client, &queue, args.rate, args.seconds).await,
             "W4" => workloads::w4_retries(&client, &queue, args.retry_jobs).await,
             "W5" => w5_big_queue(&client, &queue, args.big_jobs, spawned.as_ref()).await,
@@ -215,6 +230,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(f) = failed {
         bail!("a workload failed its check: {f}");
     }
+    Ok(())
+}
+
+/// `--rate`: the rate limit on W2's queue, set through an admin connection (the secret, if
+/// the server has one, comes from the environment as for `qd limits`).
+async fn set_w2_limits(addr: &str, queue: &str, flow: &workloads::W2Flow) -> anyhow::Result<()> {
+    let Some(max) = flow.rate else { return Ok(()) };
+    let admin = crate::cli::client_builder(addr, qd_protocol::Role::Admin)?
+        .connect()
+        .await
+        .context("--rate needs an admin connection to set the queue's limit")?;
+    let limits = qd_client::QueueLimits {
+        rate: Some(qd_client::Rate::new(max, 1000)),
+        ..Default::default()
+    };
+    admin.set_queue_limits(queue, limits).await.context("cannot set W2's rate limit")?;
     Ok(())
 }
 

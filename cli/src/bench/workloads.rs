@@ -102,14 +102,33 @@ pub async fn bulk_fill(
     len: usize,
     label: &str,
 ) -> anyhow::Result<f64> {
+    bulk_fill_grouped(client, queue, n, len, label, None).await
+}
+
+/// [`bulk_fill`], with job `i` in group `g{i % groups}` when `groups` is given.
+pub async fn bulk_fill_grouped(
+    client: &Client,
+    queue: &str,
+    n: u64,
+    len: usize,
+    label: &str,
+    groups: Option<u64>,
+) -> anyhow::Result<f64> {
     let body = Bytes::from(payload_of(len));
+    let job = |i: u64| {
+        let job = Job::new("bench", body.clone());
+        match groups {
+            Some(g) => job.group(format!("g{}", i % g)),
+            None => job,
+        }
+    };
     let (done, _progress) = Progress::start(label, n);
     let started = Instant::now();
     let batches = n.div_ceil(1000);
     let mut adds = futures::stream::iter(0..batches)
         .map(|b| {
             let size = (n - b * 1000).min(1000);
-            let jobs: Vec<Job> = (0..size).map(|_| Job::new("bench", body.clone())).collect();
+            let jobs: Vec<Job> = (b * 1000..b * 1000 + size).map(job).collect();
             async move { client.add_bulk(queue, jobs).await.map(|ids| ids.len() as u64) }
         })
         .buffer_unordered(4);
@@ -178,11 +197,33 @@ pub async fn drain(client: &Client, queue: &str, n: u64, label: &str) -> anyhow:
     Ok(n as f64 / secs)
 }
 
-/// W2: 100,000 queued jobs, drained by one worker with concurrency 64.
-pub async fn w2_drain(client: &Client, queue: &str, n: u64) -> anyhow::Result<Vec<Figure>> {
-    bulk_fill(client, queue, n, PAYLOAD, "W2 fill").await?;
+/// What flow control W2 runs under (`qd bench --rate`, `--groups`); none by default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct W2Flow {
+    /// The queue's rate limit, starts per second (set by the caller before the fill).
+    pub rate: Option<u32>,
+    /// How many group keys the jobs are spread over.
+    pub groups: Option<u64>,
+}
+
+/// W2: 100,000 queued jobs, drained by one worker with concurrency 64. With `flow`, the
+/// jobs carry group keys and the queue has a rate limit; the figures say which.
+pub async fn w2_drain(
+    client: &Client,
+    queue: &str,
+    n: u64,
+    flow: &W2Flow,
+) -> anyhow::Result<Vec<Figure>> {
+    bulk_fill_grouped(client, queue, n, PAYLOAD, "W2 fill", flow.groups).await?;
     let rate = drain(client, queue, n, "W2 drain").await?;
-    Ok(vec![fig("drain_jobs_per_s", rate)])
+    let mut figures = vec![fig("drain_jobs_per_s", rate)];
+    if let Some(max) = flow.rate {
+        figures.push(fig("rate_limit_per_s", f64::from(max)));
+    }
+    if let Some(groups) = flow.groups {
+        figures.push(fig("groups", groups as f64));
+    }
+    Ok(figures)
 }
 
 /// W3: a producer adds at a fixed rate while a worker consumes; latency percentiles.

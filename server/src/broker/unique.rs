@@ -30,6 +30,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use qd_protocol::{JobId, JobOptions, NewJob, Unique};
 
+use super::flow::UNGROUPED;
 use super::job::{JobMeta, JobState};
 use super::{edit_timed, Broker, Effect};
 use crate::model::{Change, JobRecord, Millis};
@@ -141,7 +142,21 @@ impl Broker {
         let q = meta.queue;
         match meta.state {
             JobState::Ready => {
-                self.queues[q as usize].remove_ready(meta.priority, id);
+                // A grouped job's entry is in its group's index (queue.rs invariant 2), not
+                // the queue's: left there, it would be a second live entry once the
+                // replace is committed and the job is ready again.
+                let g = self.group_of(meta);
+                let queue = &mut self.queues[q as usize];
+                match queue.flow.as_deref_mut().filter(|_| g != UNGROUPED) {
+                    Some(flow) => {
+                        if let Some(group) = flow.groups.get_mut(&g) {
+                            group.ready.remove(meta.priority, id);
+                        }
+                    }
+                    None => {
+                        queue.remove_ready(meta.priority, id);
+                    }
+                }
             }
             JobState::Delayed => {
                 let hint = self.queues[q as usize].debounce_at.get(&id).copied();

@@ -2,7 +2,7 @@
 //! `job_waits.rs`), one rule per test, on a fake clock.
 
 use bytes::Bytes;
-use qd_protocol::{JobOptions, JobOutcome, Unique};
+use qd_protocol::{JobOptions, JobOutcome, QueueLimits, Unique};
 
 use super::*;
 
@@ -172,6 +172,35 @@ fn debounce_of_a_ready_job_takes_it_out_of_the_ready_index() {
     let leases = take(&mut b, T0 + 2);
     assert_eq!(leases.iter().map(|l| l.id).collect::<Vec<_>>(), [id], "once, from one entry");
     assert!(take(&mut b, T0 + 3).is_empty());
+}
+
+/// Regression: in a queue with groups the debounce took a ready holder out of the queue's
+/// own index, where a grouped job has no entry, so its group's entry stayed: once the
+/// replace was committed the job had two entries (listed twice, started from its old place
+/// ahead of jobs that were waiting before the debounce), one more per debounce.
+#[test]
+fn debounce_of_a_ready_grouped_job_leaves_no_second_entry() {
+    let mut b = broker();
+    b.set_queue_limits(T0, "q", QueueLimits { concurrency: Some(100), ..Default::default() })
+        .unwrap();
+    let grouped = |o: &mut JobOptions| o.group = Some("g".into());
+    let id = add(&mut b, T0, keyed(b"one", Unique::Debounce, grouped));
+    let other = add(&mut b, T0, plain(grouped));
+    for i in 1..=20 {
+        let ids = b.add(T0 + i, "q", vec![keyed(b"two", Unique::Debounce, grouped)]).unwrap();
+        assert_eq!(ids, [id]);
+        b.commit_added(T0 + i, &ids);
+    }
+    let listed = b.list_jobs(T0 + 30, "q", JobStateKind::Ready, None, 100).unwrap();
+    let listed: Vec<JobId> = listed.items.iter().map(|v| v.id).collect();
+    assert_eq!(listed, [other, id], "each ready job listed once, the debounced one last");
+    let leases = take(&mut b, T0 + 30);
+    assert_eq!(leases.iter().map(|l| l.id).collect::<Vec<_>>(), [other, id]);
+    for l in &leases {
+        b.ack(T0 + 31, lref(l)).unwrap();
+    }
+    let flow = b.queues[0].flow.as_deref();
+    assert!(flow.is_none_or(|f| f.groups.is_empty()), "an idle group is forgotten");
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! The dashboard's actions (POSTs): retry, delete and promote a job; pause, resume, retry
-//! all dead and purge dead of a queue. Each checks the session's CSRF token first (see
-//! `session.rs`). Destructive ones (delete, purge, retry all) answer a confirmation page the
+//! all dead and purge dead of a queue; remove a schedule. Each checks the session's CSRF token first (see
+//! `session.rs`). Destructive ones (delete, purge, retry all, remove) answer a confirmation page the
 //! first time and act only when it is submitted with `confirmed=1`; that needs no script.
 //! Afterwards the browser is sent back (303) to where it came from, with the outcome.
 
@@ -133,6 +133,39 @@ pub async fn on_job(
         back_to
     };
     run(d, request, back_to, action, &format!("job #{id}")).await
+}
+
+/// Carries out `action` on schedule `name` (remove). There is no "run now": the protocol has
+/// no request for it, and the dashboard asks nothing a `qd` client cannot.
+pub async fn on_schedule(
+    d: &Dashboard,
+    csrf: &str,
+    name: &str,
+    action: &str,
+    form: &HashMap<String, String>,
+) -> Outcome {
+    const HOME: &str = "/schedules";
+    match action {
+        "remove" if form.get("confirmed").is_none_or(|v| v != "1") => confirm(
+            &format!("Remove schedule {name}? The jobs it already added stay."),
+            &format!("{HOME}/{}/remove", super::html::url(name)),
+            csrf,
+            form,
+            HOME,
+        ),
+        "remove" => match d.admin.call(Request::ScheduleRemove { name: name.into() }).await {
+            Ok(Response::Count { n: 1 }) => {
+                Outcome::Done { back: HOME.into(), notice: format!("removed schedule {name}") }
+            }
+            Ok(Response::Count { .. }) => Outcome::Done {
+                back: HOME.into(),
+                notice: format!("no schedule {name}: someone removed it already"),
+            },
+            Ok(other) => Outcome::Failed(format!("unexpected answer {other:?}")),
+            Err(e) => Outcome::Failed(format!("remove schedule {name}: {e}")),
+        },
+        _ => Outcome::Failed(format!("no action {action:?}")),
+    }
 }
 
 async fn run(d: &Dashboard, request: Request, back: String, action: &str, target: &str) -> Outcome {

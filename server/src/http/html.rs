@@ -1,11 +1,11 @@
-//! The dashboard's HTML toolkit: escaping, the page frame and its stylesheet, times and the
-//! throughput sparkline. Pages are plain `format!` strings; every value from outside (queue
+//! The dashboard's HTML toolkit: escaping, the page frame and its stylesheet, times, flow
+//! limits as text and the throughput sparkline. Pages are plain `format!` strings; every value from outside (queue
 //! and job names, payloads, error texts) goes through [`esc`] before it is written.
 
 use std::fmt::Write;
 
 use axum::response::Html;
-use qd_protocol::{JobState, MinuteCounts};
+use qd_protocol::{JobState, MinuteCounts, QueueLimits, Rate};
 
 /// `s` with the five HTML-special characters escaped, safe in text and quoted attributes.
 pub fn esc(s: &str) -> String {
@@ -40,11 +40,14 @@ pub fn url(s: &str) -> String {
 /// `error` an engine error, shown on top.
 pub fn page(title: &str, crumbs: &str, notice: Option<&str>, body: &str) -> Html<String> {
     let notice = notice.map(|n| format!("<p class=notice>{}</p>", esc(n))).unwrap_or_default();
+    // The login and error pages have no crumbs, and no way on but back.
+    let side =
+        if crumbs.is_empty() { "" } else { "<a class=side href=\"/schedules\">Schedules</a>" };
     Html(format!(
         "<!doctype html><html lang=en><head><meta charset=utf-8>\
          <meta name=viewport content=\"width=device-width,initial-scale=1\">\
          <title>{title} · qd</title><style>{STYLE}</style></head><body>\
-         <header><a class=brand href=\"/\">qd</a><nav>{crumbs}</nav></header>\
+         <header><a class=brand href=\"/\">qd</a><nav>{crumbs}</nav>{side}</header>\
          <main>{notice}{body}</main></body></html>",
         title = esc(title)
     ))
@@ -114,6 +117,46 @@ pub fn when(ms: u64, now: u64) -> String {
     format!("<time title=\"{} UTC\">{rel}</time>", utc(ms))
 }
 
+/// A window in ms as the `qd limits` flags spell it: `1s`, `5m`, `2h`, `1d`, `250ms`.
+pub fn window(ms: u64) -> String {
+    match ms {
+        0 => "0ms".into(),
+        ms if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
+}
+
+/// A rate as `qd limits --rate` takes it: `100/1s`.
+pub fn rate(r: &Rate) -> String {
+    format!("{}/{}", r.max, window(r.per_ms))
+}
+
+/// A queue's limits on one line (`rate 100/1s · 10 at once · per group: 1 at once`), or
+/// `None` when it has none. Numbers only: nothing here needs escaping.
+pub fn limits_line(l: &QueueLimits) -> Option<String> {
+    let mut queue = Vec::new();
+    if let Some(r) = &l.rate {
+        queue.push(format!("rate {}", rate(r)));
+    }
+    if let Some(n) = l.concurrency {
+        queue.push(format!("{n} at once"));
+    }
+    let mut group = Vec::new();
+    if let Some(n) = l.group_concurrency {
+        group.push(format!("{n} at once"));
+    }
+    if let Some(r) = &l.group_rate {
+        group.push(format!("rate {}", rate(r)));
+    }
+    if !group.is_empty() {
+        queue.push(format!("per group: {}", group.join(", ")));
+    }
+    (!queue.is_empty()).then(|| queue.join(" · "))
+}
+
 /// Completed (blue) and failed (red) per minute as two polylines, scaled to the busiest.
 pub fn sparkline(minutes: &[MinuteCounts]) -> String {
     let (w, h) = (120.0_f64, 24.0_f64);
@@ -173,7 +216,7 @@ const STYLE: &str = r#"
 body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;color:var(--fg);background:var(--bg)}
 header{display:flex;gap:16px;align-items:center;padding:10px 24px;background:#24292f;color:#fff}
 header a{color:#fff;text-decoration:none}.brand{font-weight:700;font-size:18px;letter-spacing:.5px}
-nav{display:flex;gap:8px;align-items:center;color:#afb8c1}nav a{color:#d0d7de}
+nav{display:flex;gap:8px;align-items:center;color:#afb8c1}nav a{color:#d0d7de}header a.side{margin-left:auto;color:#d0d7de}
 main{max-width:1200px;margin:20px auto;padding:0 24px}
 h1{font-size:20px;margin:0 0 12px;display:flex;gap:12px;align-items:center;flex-wrap:wrap}
 h2{font-size:15px;margin:20px 0 8px}
@@ -220,6 +263,23 @@ mod tests {
             "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
         );
         assert_eq!(url("a b/ü"), "a%20b%2F%C3%BC");
+    }
+
+    #[test]
+    fn limits_read_as_the_flags_spell_them() {
+        assert_eq!(limits_line(&QueueLimits::default()), None);
+        let l = QueueLimits {
+            rate: Some(Rate::new(100, 1000)),
+            concurrency: Some(10),
+            group_concurrency: Some(1),
+            group_rate: Some(Rate::new(5, 60_000)),
+        };
+        assert_eq!(
+            limits_line(&l).unwrap(),
+            "rate 100/1s · 10 at once · per group: 1 at once, rate 5/1m"
+        );
+        assert_eq!(window(1500), "1500ms");
+        assert_eq!(window(86_400_000), "1d");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The HTTP side of the server: the dashboard (server-rendered HTML, no script), `/metrics`,
+//! The HTTP side of the server: the dashboard (server-rendered HTML, no script: queues with
+//! their flow limits, jobs with their progress, schedules), `/metrics`,
 //! `/healthz` and `/readyz`. It is an admin client of the engine like any protocol
 //! connection ([`admin::AdminConn`]), so it sees exactly what `qd` clients see and needs no
 //! access to the core. Off unless `ServerConfig::http` is set; started by the composition
@@ -93,6 +94,8 @@ fn router(d: Shared) -> Router {
         .route("/queues/{name}/{action}", post(queue_action))
         .route("/jobs/{id}", get(job_page))
         .route("/jobs/{id}/{action}", post(job_action))
+        .route("/schedules", get(schedules_page))
+        .route("/schedules/{name}/{action}", post(schedule_action))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/metrics", get(metrics))
@@ -233,6 +236,25 @@ async fn job_page(
     html_response(StatusCode::OK, page, cookie)
 }
 
+async fn schedules_page(
+    State(d): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let (s, cookie) = match session_for_page(&d, &headers) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let body = pages::schedules(&d, &s).await;
+    let page = html::page(
+        "Schedules",
+        &crumbs(&[("Schedules", None)]),
+        q.get("notice").map(String::as_str),
+        &body,
+    );
+    html_response(StatusCode::OK, page, cookie)
+}
+
 fn after_action(outcome: actions::Outcome) -> Response {
     match outcome {
         actions::Outcome::Done { back, notice } => {
@@ -272,6 +294,19 @@ async fn job_action(
         Err(r) => return *r,
     };
     after_action(actions::on_job(&d, &s.csrf, id, &action, &form).await)
+}
+
+async fn schedule_action(
+    State(d): State<Shared>,
+    headers: HeaderMap,
+    Path((name, action)): Path<(String, String)>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let s = match session_for_post(&d, &headers, &form) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    after_action(actions::on_schedule(&d, &s.csrf, &name, &action, &form).await)
 }
 
 fn login_form(error: Option<&str>) -> axum::response::Html<String> {

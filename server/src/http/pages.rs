@@ -1,17 +1,19 @@
-//! The dashboard's pages (GETs): all queues, one queue's jobs by state with cursor paging and
-//! search, and one job in full. Each asks the engine through the admin connection and turns
-//! an error into a readable message on the page.
+//! The dashboard's pages (GETs): all queues (with their flow limits), one queue's jobs by
+//! state with cursor paging and search, one job in full (with a running job's progress), and
+//! the named schedules. Each asks the engine through the admin connection and turns an error
+//! into a readable message on the page.
 
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use qd_protocol::{
-    Cursor, JobDetail, JobState, JobSummary, QueueInfo, Request, Response, SearchQuery,
+    Cursor, JobDetail, JobState, JobSummary, QueueInfo, Request, Response, ScheduleInfo,
+    ScheduleSpec, SearchQuery,
 };
 
 use super::admin::AdminError;
-use super::html::{self, age, button, esc, state_name, url, when, STATES};
+use super::html::{self, age, button, esc, state_name, url, utc, when, STATES};
 use super::session::Session;
 use super::Dashboard;
 
@@ -68,10 +70,17 @@ pub async fn queues(d: &Dashboard, s: &Session, notice: Option<&str>) -> String 
             "<span class=\"badge running\">running</span>"
         };
         let latency = q.oldest_ready_age_ms.map(age).unwrap_or_else(|| "—".into());
+        let limits = html::limits_line(&q.limits).unwrap_or_else(|| "—".into());
+        let held = if q.rate_limited_until_ms.is_some() {
+            " <span class=\"badge paused\">held</span>"
+        } else {
+            ""
+        };
         let _ = write!(
             rows,
-            "<tr data-queue=\"{name}\"><td><a href=\"{link}\">{name}</a></td><td>{status}</td>{}{}{}{}{}\
-             <td class=num>{latency}</td><td>{}</td><td class=\"num muted\">{} done · {} failed</td></tr>",
+            "<tr data-queue=\"{name}\"><td><a href=\"{link}\">{name}</a></td><td>{status}{held}</td>{}{}{}{}{}\
+             <td class=num>{latency}</td><td>{}</td><td class=\"num muted\">{} done · {} failed</td>\
+             <td class=\"muted limits\">{limits}</td></tr>",
             count_cell(q.ready, "ready"),
             count_cell(q.delayed, "delayed"),
             count_cell(q.active, "active"),
@@ -87,10 +96,11 @@ pub async fn queues(d: &Dashboard, s: &Session, notice: Option<&str>) -> String 
         "<h1>Queues <span class=muted>{}</span></h1><table id=queues><thead><tr><th>Queue</th><th>Status</th>\
          <th class=num>Ready</th><th class=num>Delayed</th><th class=num>Active</th><th class=num>Dead</th>\
          <th class=num>Completed</th><th class=num>Latency</th><th>Last hour</th>\
-         <th class=num>Since start</th></tr></thead><tbody>{rows}</tbody></table>\
+         <th class=num>Since start</th><th>Limits</th></tr></thead><tbody>{rows}</tbody></table>\
          <p class=muted>Latency: how long the oldest ready job has waited. Last hour: completed \
          (blue) and failed tries (red) per minute, with their sums. Since start: completed and \
-         failed tries since the server started.</p>",
+         failed tries since the server started. Limits: flow limits (<code>qd limits</code>); \
+         held: a worker's \"rate limited\" answer holds the queue's starts for a while.</p>",
         queues.len()
     )
 }
@@ -140,6 +150,7 @@ pub async fn queue(d: &Dashboard, s: &Session, name: &str, q: &HashMap<String, S
         esc(search.unwrap_or("")),
         st = state_name(state)
     );
+    out.push_str(&limits_section(&info));
 
     out.push_str("<div class=tabs>");
     for st in STATES {
@@ -197,6 +208,41 @@ pub async fn queue(d: &Dashboard, s: &Session, name: &str, q: &HashMap<String, S
         );
     }
     out
+}
+
+/// A queue's flow limits and hold, or a line saying it has none and how to set them.
+fn limits_section(info: &QueueInfo) -> String {
+    let l = &info.limits;
+    let held = info.rate_limited_until_ms.map(|t| {
+        format!(
+            "<dt>Held</dt><dd id=held>starts held until {} UTC (a worker's \"rate limited\" answer)</dd>",
+            utc(t)
+        )
+    });
+    if l.is_unlimited() {
+        return format!(
+            "<p class=muted id=limits>No flow limits: workers start its jobs as fast as they \
+             ask. Set some with <code>qd limits {} --rate 100/1s --concurrency 10</code> \
+             (docs/FLOW.md).</p>{}",
+            esc(&info.name),
+            held.map(|h| format!("<dl>{h}</dl>")).unwrap_or_default()
+        );
+    }
+    let none = || "—".to_string();
+    let concurrency = l
+        .concurrency
+        .map(|c| format!("{c} at once ({} active now)", info.active))
+        .unwrap_or_else(none);
+    format!(
+        "<h2>Flow limits</h2><dl id=limits><dt>Rate</dt><dd id=limit-rate>{}</dd>\
+         <dt>Concurrency</dt><dd id=limit-concurrency>{concurrency}</dd>\
+         <dt>Per group, at once</dt><dd id=limit-group-concurrency>{}</dd>\
+         <dt>Per group, rate</dt><dd id=limit-group-rate>{}</dd>{}</dl>",
+        l.rate.as_ref().map(html::rate).unwrap_or_else(none),
+        l.group_concurrency.map(|c| c.to_string()).unwrap_or_else(none),
+        l.group_rate.as_ref().map(html::rate).unwrap_or_else(none),
+        held.unwrap_or_default(),
+    )
 }
 
 fn job_table(jobs: &[JobSummary], state: JobState, csrf: &str, back: &str) -> String {
@@ -306,7 +352,17 @@ pub async fn job(d: &Dashboard, s: &Session, id: u64) -> (String, Option<String>
         }
         JobState::Active | JobState::Completed => {}
     }
-    out.push_str("</div><h2>Payload</h2>");
+    out.push_str("</div>");
+    if let Some(progress) = &job.progress {
+        // Opaque bytes from the worker: shown like a payload, escaped like one.
+        let _ = write!(
+            out,
+            "<h2>Progress</h2><pre id=progress>{}</pre>\
+             <p class=muted>The latest report of the running try.</p>",
+            esc(&pretty(progress))
+        );
+    }
+    out.push_str("<h2>Payload</h2>");
     let _ = write!(out, "<pre id=payload>{}</pre>", esc(&pretty(&job.payload)));
     out.push_str("<h2>Errors</h2>");
     if job.errors.is_empty() {
@@ -325,6 +381,91 @@ pub async fn job(d: &Dashboard, s: &Session, id: u64) -> (String, Option<String>
         out.push_str("</tbody></table>");
     }
     (out, Some(job.summary.queue))
+}
+
+/// Every schedule, all pages of the `Schedules` answer.
+async fn all_schedules(d: &Dashboard) -> Result<Vec<ScheduleInfo>, AdminError> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        match d.admin.call(Request::Schedules { after, limit: 0 }).await? {
+            Response::Schedules { schedules, next } => {
+                out.extend(schedules);
+                match next {
+                    Some(n) => after = Some(n),
+                    None => return Ok(out),
+                }
+            }
+            other => return Err(AdminError::Unexpected(format!("{other:?}"))),
+        }
+    }
+}
+
+/// A time as UTC with how far from now, for a schedule's fires.
+fn at_utc(ms: Option<u64>, now: u64, never: &str) -> String {
+    match ms {
+        Some(t) => format!("{} UTC <span class=muted>({})</span>", utc(t), when(t, now)),
+        None => format!("<span class=muted>{never}</span>"),
+    }
+}
+
+/// `/schedules`: the named schedules, their specs and fires, and a remove button each.
+pub async fn schedules(d: &Dashboard, s: &Session) -> String {
+    let list = match all_schedules(d).await {
+        Ok(l) => l,
+        Err(e) => {
+            return format!(
+                "<h1>Schedules</h1><p class=error>Cannot list the schedules: {}</p>",
+                esc(&e.to_string())
+            )
+        }
+    };
+    if list.is_empty() {
+        return "<h1>Schedules</h1><div class=empty>No schedules. Add one with \
+                <code>qd schedule set NAME QUEUE JOB --cron '0 30 2 * * *' --tz Europe/Berlin</code> \
+                (docs/SCHEDULES.md).</div>"
+            .into();
+    }
+    let now = now_ms();
+    let mut rows = String::new();
+    for info in &list {
+        let sch = &info.schedule;
+        let (spec, zone) = match &sch.spec {
+            ScheduleSpec::Cron { expr, tz } => {
+                (format!("cron <code>{}</code>", esc(expr)), esc(tz))
+            }
+            ScheduleSpec::Every { every_ms } => {
+                (format!("every {}", html::window(*every_ms)), "—".into())
+            }
+        };
+        let remove = button(
+            &format!("/schedules/{}/remove", url(&sch.name)),
+            "Remove",
+            &s.csrf,
+            &[],
+            "danger",
+        );
+        let _ = write!(
+            rows,
+            "<tr data-schedule=\"{name}\"><td>{name}</td><td>{spec}</td><td>{zone}</td>\
+             <td><a href=\"/queues/{qu}\">{q}</a></td><td>{job}</td><td>{next}</td><td>{last}</td>\
+             <td>{remove}</td></tr>",
+            name = esc(&sch.name),
+            qu = url(&sch.queue),
+            q = esc(&sch.queue),
+            job = esc(&sch.job.name),
+            next = at_utc(info.next_fire_ms, now, "never again"),
+            last = at_utc(info.last_fire_ms, now, "not yet"),
+        );
+    }
+    format!(
+        "<h1>Schedules <span class=muted>{}</span></h1><table id=schedules><thead><tr>\
+         <th>Name</th><th>Spec</th><th>Zone</th><th>Queue</th><th>Job</th><th>Next run</th>\
+         <th>Last fire</th><th></th></tr></thead><tbody>{rows}</tbody></table>\
+         <p class=muted>Each fire adds the job to its queue, once per tick; ticks missed while \
+         the server was down fire once at start. Removing a schedule keeps the jobs it added.</p>",
+        list.len()
+    )
 }
 
 /// A payload for reading: indented when it is JSON, as text when UTF-8, else hex.
