@@ -9,9 +9,10 @@
 //!   takes every free slot, reserves that many jobs in one request, and hands each job and
 //!   its slot to a job task. So at most `concurrency` handlers run, and a worker never
 //!   leases a job it has no slot for (a leased job waiting in memory would burn its lease).
-//! - A job task (one per job, in a `TaskTracker`) spawns the handler in a task of its own
-//!   (so a panic is caught as a `JoinError`, and a hung handler can be aborted), touches the
-//!   lease while the handler runs, watches the try's timeout and the worker's shutdown, then
+//! - A job task (one per job, in a `TaskTracker`) polls the handler's future itself (a
+//!   panic is caught with `catch_unwind`; dropping the future aborts a hung handler; a task
+//!   of its own per try cost W4 an allocation and a wake-up for nothing), touches the lease
+//!   while the handler runs, watches the try's timeout and the worker's shutdown, then
 //!   snoozes or nacks the job itself, or passes it to the ack task. Its slot is freed when
 //!   it is done.
 //! - The ack task drains a channel of finished jobs and acks everything queued in one
@@ -36,13 +37,14 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::FutureExt;
 use qd_protocol::message::NackOutcome;
 use qd_protocol::{validate_queue_name, ErrorCode, LeasedJob, RetryHint};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -396,21 +398,20 @@ struct Failure {
     retry: RetryHint,
 }
 
-/// How a job task starts the handler of one form, in a task of its own (so a panic comes
-/// back as a `JoinError` and a hung handler can be aborted), and gets back the try's result
-/// with any error already turned into text. The two forms pay only for what they use:
-/// `run_simple`'s handler sees no [`JobContext`], so none is made (no token, no second copy
-/// of the job), and its error is formatted once, straight to text: wrapping it in an
-/// `anyhow::Error` first captured a backtrace per failed try whenever `RUST_BACKTRACE` was
-/// set, which alone cost W4 (every job fails twice) about a seventh of the client's CPU.
+/// How a job task calls the handler of one form and reads what it returned. The two forms
+/// pay only for what they use: `run_simple`'s handler sees no [`JobContext`], so none is
+/// made (no token, no second copy of the job), and its error is formatted once, straight to
+/// text: wrapping it in an `anyhow::Error` first captured a backtrace per failed try
+/// whenever `RUST_BACKTRACE` was set, which alone cost W4 (every job fails twice) about a
+/// seventh of the client's CPU.
 trait Start: Send + Sync + 'static {
-    /// Spawns the handler on `job`; returns its task and, when the handler has one, the
+    type Fut: Future<Output = Self::Out> + Send + 'static;
+    type Out;
+    /// Calls the handler on `job`; returns its future and, when the handler has one, the
     /// context whose token the job task cancels.
-    fn start(
-        &self,
-        client: &Client,
-        job: &Arc<LeasedJob>,
-    ) -> (JoinHandle<Result<Outcome, Failure>>, Option<JobContext>);
+    fn start(&self, client: &Client, job: &Arc<LeasedJob>) -> (Self::Fut, Option<JobContext>);
+    /// What the handler's result means for the try.
+    fn settle(out: Self::Out) -> Result<Outcome, Failure>;
 }
 
 /// [`Worker::run`]'s handler: gets a [`JobContext`], returns an [`Outcome`] or a [`JobError`].
@@ -421,24 +422,23 @@ where
     F: Fn(JobContext) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Outcome, JobError>> + Send + 'static,
 {
-    fn start(
-        &self,
-        client: &Client,
-        job: &Arc<LeasedJob>,
-    ) -> (JoinHandle<Result<Outcome, Failure>>, Option<JobContext>) {
+    type Fut = Fut;
+    type Out = Result<Outcome, JobError>;
+
+    fn start(&self, client: &Client, job: &Arc<LeasedJob>) -> (Fut, Option<JobContext>) {
         let ctx = JobContext::shared(client.clone(), job.clone());
-        let fut = (self.0)(ctx.clone());
-        let handle = tokio::spawn(async move {
-            fut.await.map_err(|e| {
-                let retry = match &e {
-                    JobError::Retry(_) => RetryHint::Backoff,
-                    JobError::RetryAfter(d, _) => RetryHint::After { delay_ms: millis(*d) },
-                    JobError::Permanent(_) => RetryHint::Never,
-                };
-                Failure { text: e.text(), retry }
-            })
-        });
-        (handle, Some(ctx))
+        ((self.0)(ctx.clone()), Some(ctx))
+    }
+
+    fn settle(out: Self::Out) -> Result<Outcome, Failure> {
+        out.map_err(|e| {
+            let retry = match &e {
+                JobError::Retry(_) => RetryHint::Backoff,
+                JobError::RetryAfter(d, _) => RetryHint::After { delay_ms: millis(*d) },
+                JobError::Permanent(_) => RetryHint::Never,
+            };
+            Failure { text: e.text(), retry }
+        })
     }
 }
 
@@ -451,21 +451,20 @@ where
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: fmt::Display + 'static,
 {
-    fn start(
-        &self,
-        _client: &Client,
-        job: &Arc<LeasedJob>,
-    ) -> (JoinHandle<Result<Outcome, Failure>>, Option<JobContext>) {
-        let fut = (self.0)(LeasedJob::clone(job));
-        // Turned into text right here, in the handler's task, so `E` need not be `Send`
-        // (a plain `Box<dyn Error>` works).
-        let handle = tokio::spawn(async move {
-            match fut.await {
-                Ok(()) => Ok(Outcome::Done),
-                Err(e) => Err(Failure { text: format!("{e:#}"), retry: RetryHint::Backoff }),
-            }
-        });
-        (handle, None)
+    type Fut = Fut;
+    type Out = Result<(), E>;
+
+    fn start(&self, _client: &Client, job: &Arc<LeasedJob>) -> (Fut, Option<JobContext>) {
+        ((self.0)(LeasedJob::clone(job)), None)
+    }
+
+    /// Called the moment the handler returns, before the job task awaits anything, so `E`
+    /// need not be `Send` (a plain `Box<dyn Error>` works).
+    fn settle(out: Self::Out) -> Result<Outcome, Failure> {
+        match out {
+            Ok(()) => Ok(Outcome::Done),
+            Err(e) => Err(Failure { text: format!("{e:#}"), retry: RetryHint::Backoff }),
+        }
     }
 }
 
@@ -485,42 +484,43 @@ enum Settle {
 
 async fn run_job<H: Start>(task: JobTask<H>) {
     let JobTask { client, job, slot, acks, hooks, handler, limits, shutdown } = task;
-    let (mut handle, ctx) = handler.start(&client, &job);
+    let (handler, ctx) = handler.start(&client, &job);
     let mut cancelled = Cancelled { ctx, reason: None, abort_at: None };
-
-    let started = Instant::now();
     let timeout = limits.timeout_for(&job);
-    let mut timeout_at = timeout.map(|t| started + t);
-    let mut deadline = job.lease_deadline_ms;
-    let mut heartbeat = true;
-    let mut watching_shutdown = true;
-    let joined = loop {
-        tokio::select! {
-            joined = &mut handle => break Some(joined),
-            _ = tokio::time::sleep(touch_every(deadline)), if heartbeat => {
-                match client.touch(&*job, None).await {
-                    Ok(d) => deadline = d,
-                    Err(e) if e.is_lease_lost() || e.code() == Some(ErrorCode::NotFound) => {
-                        tracing::warn!(id = job.id, queue = %job.queue, "lease lost while the handler runs; the job will be delivered again and this run's ack will fail");
-                        heartbeat = false;
-                        cancelled.cancel(CancelReason::LeaseLost, limits.timeout_grace);
-                    }
-                    Err(e) => tracing::warn!(id = job.id, error = %e, "could not extend the lease; will try again"),
+    let mut timeout_at = timeout.map(|t| Instant::now() + t);
+    // The handler and the heartbeat live in this block: leaving it drops them, which aborts
+    // a handler that still runs.
+    let joined = {
+        // Polled right here rather than spawned: a task per try cost an allocation, a
+        // scheduling round and a join wake-up, and the job task has nothing else to do.
+        // `catch_unwind` turns a panic into a failed try as the task boundary did.
+        let handler = AssertUnwindSafe(handler).catch_unwind();
+        tokio::pin!(handler);
+        // A future of its own, not a branch body, so the handler keeps running while a
+        // touch is on the wire.
+        let heartbeat = heartbeat(&client, &job);
+        tokio::pin!(heartbeat);
+        let mut heartbeat_on = true;
+        let mut watching_shutdown = true;
+        loop {
+            tokio::select! {
+                out = &mut handler => break Some(out.map(H::settle)),
+                () = &mut heartbeat, if heartbeat_on => {
+                    tracing::warn!(id = job.id, queue = %job.queue, "lease lost while the handler runs; the job will be delivered again and this run's ack will fail");
+                    heartbeat_on = false;
+                    cancelled.cancel(CancelReason::LeaseLost, limits.timeout_grace);
                 }
-            }
-            _ = sleep_until(timeout_at) => {
-                timeout_at = None;
-                let after = timeout.unwrap_or_default();
-                tracing::warn!(id = job.id, "handler ran past its timeout of {after:?}; cancelling it");
-                cancelled.cancel(CancelReason::TimedOut(after), limits.timeout_grace);
-            }
-            _ = shutdown.cancelled(), if watching_shutdown => {
-                watching_shutdown = false;
-                cancelled.cancel(CancelReason::ShuttingDown, limits.shutdown_grace);
-            }
-            _ = sleep_until(cancelled.abort_at) => {
-                handle.abort();
-                break None;
+                _ = sleep_until(timeout_at) => {
+                    timeout_at = None;
+                    let after = timeout.unwrap_or_default();
+                    tracing::warn!(id = job.id, "handler ran past its timeout of {after:?}; cancelling it");
+                    cancelled.cancel(CancelReason::TimedOut(after), limits.timeout_grace);
+                }
+                _ = shutdown.cancelled(), if watching_shutdown => {
+                    watching_shutdown = false;
+                    cancelled.cancel(CancelReason::ShuttingDown, limits.shutdown_grace);
+                }
+                _ = sleep_until(cancelled.abort_at) => break None,
             }
         }
     };
@@ -529,12 +529,8 @@ async fn run_job<H: Start>(task: JobTask<H>) {
         Some(Ok(Ok(Outcome::Done))) => Settle::Ack,
         Some(Ok(Ok(Outcome::Snooze(d)))) => Settle::Snooze(d),
         Some(Ok(Err(Failure { text, retry }))) => Settle::Nack { text, retry },
-        Some(Err(e)) if e.is_panic() => Settle::Nack {
-            text: format!("handler panicked: {}", panic_text(e.into_panic())),
-            retry: RetryHint::Backoff,
-        },
-        Some(Err(e)) => Settle::Nack {
-            text: format!("handler task was cancelled: {e}"),
+        Some(Err(panic)) => Settle::Nack {
+            text: format!("handler panicked: {}", panic_text(panic)),
             retry: RetryHint::Backoff,
         },
         None => match cancelled.reason {
@@ -626,6 +622,23 @@ impl Cancelled {
         self.reason.get_or_insert(reason);
         let at = Instant::now() + grace;
         self.abort_at = Some(self.abort_at.map_or(at, |t| t.min(at)));
+    }
+}
+
+/// Extends the lease every third of what is left of it, for as long as the handler runs;
+/// returns once the lease is lost (a touch answered `LeaseLost` or `NotFound`). Other
+/// errors are logged and the touch is tried again at the next beat.
+async fn heartbeat(client: &Client, job: &LeasedJob) {
+    let mut deadline = job.lease_deadline_ms;
+    loop {
+        tokio::time::sleep(touch_every(deadline)).await;
+        match client.touch(job, None).await {
+            Ok(d) => deadline = d,
+            Err(e) if e.is_lease_lost() || e.code() == Some(ErrorCode::NotFound) => return,
+            Err(e) => {
+                tracing::warn!(id = job.id, error = %e, "could not extend the lease; will try again")
+            }
+        }
     }
 }
 
