@@ -50,8 +50,13 @@ impl JobContext {
     /// A context for `job` whose progress reports go through `client`. The worker makes
     /// these; a test of a handler may make one too.
     pub fn new(client: Client, job: LeasedJob) -> Self {
+        Self::shared(client, Arc::new(job))
+    }
+
+    /// A context on a job the worker's job task also holds, so the job is not copied.
+    pub(crate) fn shared(client: Client, job: Arc<LeasedJob>) -> Self {
         JobContext {
-            job: Arc::new(job),
+            job,
             client,
             token: CancellationToken::new(),
             reason: Arc::new(OnceLock::new()),

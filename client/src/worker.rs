@@ -9,9 +9,10 @@
 //!   takes every free slot, reserves that many jobs in one request, and hands each job and
 //!   its slot to a job task. So at most `concurrency` handlers run, and a worker never
 //!   leases a job it has no slot for (a leased job waiting in memory would burn its lease).
-//! - A job task (one per job, in a `TaskTracker`) spawns the handler in a task of its own
-//!   (so a panic is caught as a `JoinError`, and a hung handler can be aborted), touches the
-//!   lease while the handler runs, watches the try's timeout and the worker's shutdown, then
+//! - A job task (one per job, in a `TaskTracker`) polls the handler's future itself (a
+//!   panic is caught with `catch_unwind`; dropping the future aborts a hung handler; a task
+//!   of its own per try cost W4 an allocation and a wake-up for nothing), touches the lease
+//!   while the handler runs, watches the try's timeout and the worker's shutdown, then
 //!   snoozes or nacks the job itself, or passes it to the ack task. Its slot is freed when
 //!   it is done.
 //! - The ack task drains a channel of finished jobs and acks everything queued in one
@@ -36,9 +37,11 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::FutureExt;
 use qd_protocol::message::NackOutcome;
 use qd_protocol::{validate_queue_name, ErrorCode, LeasedJob, RetryHint};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -190,6 +193,16 @@ impl Worker {
         F: Fn(JobContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Outcome, JobError>> + Send + 'static,
     {
+        self.drive(shutdown, Arc::new(WithContext(handler))).await
+    }
+
+    /// The reserve loop behind [`Worker::run`] and [`Worker::run_simple`], for either form of
+    /// handler (see [`Start`]).
+    async fn drive<H: Start>(
+        self,
+        shutdown: CancellationToken,
+        handler: Arc<H>,
+    ) -> Result<(), Error> {
         if self.queues.is_empty() {
             return Err(Error::invalid_arg("worker has no queues; name at least one"));
         }
@@ -207,7 +220,6 @@ impl Worker {
         let hooks = Hooks { completed: self.on_completed.clone(), failed: self.on_failed.clone() };
         let (ack_tx, ack_rx) = mpsc::channel(self.concurrency.saturating_mul(2).min(64 * 1024));
         let acker = tokio::spawn(ack_loop(self.client.clone(), ack_rx, hooks.clone()));
-        let handler = Arc::new(handler);
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let tracker = TaskTracker::new();
         let limits = Limits {
@@ -246,7 +258,7 @@ impl Worker {
                         let span = tracing::debug_span!("job", id = job.id, queue = %job.queue, name = %job.name, attempt = job.attempt);
                         let task = JobTask {
                             client: self.client.clone(),
-                            job,
+                            job: Arc::new(job),
                             slot,
                             acks: ack_tx.clone(),
                             hooks: hooks.clone(),
@@ -308,18 +320,7 @@ impl Worker {
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: fmt::Display + 'static,
     {
-        self.run(shutdown, move |ctx: JobContext| {
-            let fut = handler(ctx.job().clone());
-            async move {
-                // Turned into text right here, so `E` need not be `Send` (a plain
-                // `Box<dyn Error>` works).
-                match fut.await {
-                    Ok(()) => Ok(Outcome::Done),
-                    Err(e) => Err(JobError::Retry(anyhow::Error::msg(format!("{e:#}")))),
-                }
-            }
-        })
-        .await
+        self.drive(shutdown, Arc::new(Bare(handler))).await
     }
 }
 
@@ -361,14 +362,15 @@ impl Hooks {
 }
 
 /// Everything one job task needs.
-struct JobTask<F> {
+struct JobTask<H> {
     client: Client,
-    job: LeasedJob,
+    /// Shared with the handler's [`JobContext`] in `run`'s form, rather than copied.
+    job: Arc<LeasedJob>,
     /// This job's concurrency slot; freed when the task ends.
     slot: OwnedSemaphorePermit,
-    acks: mpsc::Sender<LeasedJob>,
+    acks: mpsc::Sender<Arc<LeasedJob>>,
     hooks: Hooks,
-    handler: Arc<F>,
+    handler: Arc<H>,
     limits: Limits,
     /// The worker's shutdown token: cancels the handler's token, then aborts it after
     /// `shutdown_grace`.
@@ -390,6 +392,82 @@ impl Limits {
     }
 }
 
+/// A failed try as the handler's task reports it: the nack's text and how to retry.
+struct Failure {
+    text: String,
+    retry: RetryHint,
+}
+
+/// How a job task calls the handler of one form and reads what it returned. The two forms
+/// pay only for what they use: `run_simple`'s handler sees no [`JobContext`], so none is
+/// made (no token, no second copy of the job), and its error is formatted once, straight to
+/// text: wrapping it in an `anyhow::Error` first captured a backtrace per failed try
+/// whenever `RUST_BACKTRACE` was set, which alone cost W4 (every job fails twice) about a
+/// seventh of the client's CPU.
+trait Start: Send + Sync + 'static {
+    type Fut: Future<Output = Self::Out> + Send + 'static;
+    type Out;
+    /// Calls the handler on `job`; returns its future and, when the handler has one, the
+    /// context whose token the job task cancels.
+    fn start(&self, client: &Client, job: &Arc<LeasedJob>) -> (Self::Fut, Option<JobContext>);
+    /// What the handler's result means for the try.
+    fn settle(out: Self::Out) -> Result<Outcome, Failure>;
+}
+
+/// [`Worker::run`]'s handler: gets a [`JobContext`], returns an [`Outcome`] or a [`JobError`].
+struct WithContext<F>(F);
+
+impl<F, Fut> Start for WithContext<F>
+where
+    F: Fn(JobContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Outcome, JobError>> + Send + 'static,
+{
+    type Fut = Fut;
+    type Out = Result<Outcome, JobError>;
+
+    fn start(&self, client: &Client, job: &Arc<LeasedJob>) -> (Fut, Option<JobContext>) {
+        let ctx = JobContext::shared(client.clone(), job.clone());
+        ((self.0)(ctx.clone()), Some(ctx))
+    }
+
+    fn settle(out: Self::Out) -> Result<Outcome, Failure> {
+        out.map_err(|e| {
+            let retry = match &e {
+                JobError::Retry(_) => RetryHint::Backoff,
+                JobError::RetryAfter(d, _) => RetryHint::After { delay_ms: millis(*d) },
+                JobError::Permanent(_) => RetryHint::Never,
+            };
+            Failure { text: e.text(), retry }
+        })
+    }
+}
+
+/// [`Worker::run_simple`]'s handler: gets the bare job, returns `Ok(())` or any `Display`.
+struct Bare<F>(F);
+
+impl<F, Fut, E> Start for Bare<F>
+where
+    F: Fn(LeasedJob) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: fmt::Display + 'static,
+{
+    type Fut = Fut;
+    type Out = Result<(), E>;
+
+    fn start(&self, _client: &Client, job: &Arc<LeasedJob>) -> (Fut, Option<JobContext>) {
+        ((self.0)(LeasedJob::clone(job)), None)
+    }
+
+    /// Called the moment the handler returns, before the job task awaits anything, so `E`
+    /// need not be `Send` (a plain `Box<dyn Error>` works).
+    fn settle(out: Self::Out) -> Result<Outcome, Failure> {
+        match out {
+            Ok(()) => Ok(Outcome::Done),
+            Err(e) => Err(Failure { text: format!("{e:#}"), retry: RetryHint::Backoff }),
+        }
+    }
+}
+
 /// How a try ended, as the job task settles it.
 enum Settle {
     Ack,
@@ -404,50 +482,45 @@ enum Settle {
     },
 }
 
-async fn run_job<F, Fut>(task: JobTask<F>)
-where
-    F: Fn(JobContext) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Outcome, JobError>> + Send + 'static,
-{
+async fn run_job<H: Start>(task: JobTask<H>) {
     let JobTask { client, job, slot, acks, hooks, handler, limits, shutdown } = task;
-    let ctx = JobContext::new(client.clone(), job.clone());
-    let mut handle = tokio::spawn(handler(ctx.clone()));
-
-    let started = Instant::now();
+    let (handler, ctx) = handler.start(&client, &job);
+    let mut cancelled = Cancelled { ctx, reason: None, abort_at: None };
     let timeout = limits.timeout_for(&job);
-    let mut timeout_at = timeout.map(|t| started + t);
-    // Set once the handler's token is cancelled: when it is aborted if still running.
-    let mut abort_at: Option<Instant> = None;
-    let mut deadline = job.lease_deadline_ms;
-    let mut heartbeat = true;
-    let mut watching_shutdown = true;
-    let joined = loop {
-        tokio::select! {
-            joined = &mut handle => break Some(joined),
-            _ = tokio::time::sleep(touch_every(deadline)), if heartbeat => {
-                match client.touch(&job, None).await {
-                    Ok(d) => deadline = d,
-                    Err(e) if e.is_lease_lost() || e.code() == Some(ErrorCode::NotFound) => {
-                        tracing::warn!(id = job.id, queue = %job.queue, "lease lost while the handler runs; the job will be delivered again and this run's ack will fail");
-                        heartbeat = false;
-                        cancel(&ctx, CancelReason::LeaseLost, limits.timeout_grace, &mut abort_at);
-                    }
-                    Err(e) => tracing::warn!(id = job.id, error = %e, "could not extend the lease; will try again"),
+    let mut timeout_at = timeout.map(|t| Instant::now() + t);
+    // The handler and the heartbeat live in this block: leaving it drops them, which aborts
+    // a handler that still runs.
+    let joined = {
+        // Polled right here rather than spawned: a task per try cost an allocation, a
+        // scheduling round and a join wake-up, and the job task has nothing else to do.
+        // `catch_unwind` turns a panic into a failed try as the task boundary did.
+        let handler = AssertUnwindSafe(handler).catch_unwind();
+        tokio::pin!(handler);
+        // A future of its own, not a branch body, so the handler keeps running while a
+        // touch is on the wire.
+        let heartbeat = heartbeat(&client, &job);
+        tokio::pin!(heartbeat);
+        let mut heartbeat_on = true;
+        let mut watching_shutdown = true;
+        loop {
+            tokio::select! {
+                out = &mut handler => break Some(out.map(H::settle)),
+                () = &mut heartbeat, if heartbeat_on => {
+                    tracing::warn!(id = job.id, queue = %job.queue, "lease lost while the handler runs; the job will be delivered again and this run's ack will fail");
+                    heartbeat_on = false;
+                    cancelled.cancel(CancelReason::LeaseLost, limits.timeout_grace);
                 }
-            }
-            _ = sleep_until(timeout_at) => {
-                timeout_at = None;
-                let after = timeout.unwrap_or_default();
-                tracing::warn!(id = job.id, "handler ran past its timeout of {after:?}; cancelling it");
-                cancel(&ctx, CancelReason::TimedOut(after), limits.timeout_grace, &mut abort_at);
-            }
-            _ = shutdown.cancelled(), if watching_shutdown => {
-                watching_shutdown = false;
-                cancel(&ctx, CancelReason::ShuttingDown, limits.shutdown_grace, &mut abort_at);
-            }
-            _ = sleep_until(abort_at) => {
-                handle.abort();
-                break None;
+                _ = sleep_until(timeout_at) => {
+                    timeout_at = None;
+                    let after = timeout.unwrap_or_default();
+                    tracing::warn!(id = job.id, "handler ran past its timeout of {after:?}; cancelling it");
+                    cancelled.cancel(CancelReason::TimedOut(after), limits.timeout_grace);
+                }
+                _ = shutdown.cancelled(), if watching_shutdown => {
+                    watching_shutdown = false;
+                    cancelled.cancel(CancelReason::ShuttingDown, limits.shutdown_grace);
+                }
+                _ = sleep_until(cancelled.abort_at) => break None,
             }
         }
     };
@@ -455,23 +528,12 @@ where
     let settle = match joined {
         Some(Ok(Ok(Outcome::Done))) => Settle::Ack,
         Some(Ok(Ok(Outcome::Snooze(d)))) => Settle::Snooze(d),
-        Some(Ok(Err(e))) => {
-            let retry = match &e {
-                JobError::Retry(_) => RetryHint::Backoff,
-                JobError::RetryAfter(d, _) => RetryHint::After { delay_ms: millis(*d) },
-                JobError::Permanent(_) => RetryHint::Never,
-            };
-            Settle::Nack { text: e.text(), retry }
-        }
-        Some(Err(e)) if e.is_panic() => Settle::Nack {
-            text: format!("handler panicked: {}", panic_text(e.into_panic())),
+        Some(Ok(Err(Failure { text, retry }))) => Settle::Nack { text, retry },
+        Some(Err(panic)) => Settle::Nack {
+            text: format!("handler panicked: {}", panic_text(panic)),
             retry: RetryHint::Backoff,
         },
-        Some(Err(e)) => Settle::Nack {
-            text: format!("handler task was cancelled: {e}"),
-            retry: RetryHint::Backoff,
-        },
-        None => match ctx.cancel_reason() {
+        None => match cancelled.reason {
             Some(CancelReason::TimedOut(after)) => Settle::Nack {
                 text: format!(
                     "timed out after {after:?}; the handler did not return within {:?} of being cancelled",
@@ -487,7 +549,7 @@ where
         },
     };
     // A settled try needs no more cancelling; dropping the context is enough.
-    drop(ctx);
+    drop(cancelled);
     match settle {
         Settle::Ack => {
             // Free the slot first: the next job may start while this ack waits for a batch.
@@ -498,7 +560,7 @@ where
         }
         Settle::Snooze(delay) => {
             let aborted = delay.is_zero() && shutdown.is_cancelled();
-            match client.snooze(&job, delay).await {
+            match client.snooze(&*job, delay).await {
                 Ok(_) => tracing::debug!(id = job.id, "snoozed for {delay:?}"),
                 Err(e) => {
                     tracing::warn!(id = job.id, error = %e, "snooze failed; the server retries the job when its lease runs out")
@@ -515,7 +577,12 @@ where
         }
         Settle::Nack { text, retry } => {
             tracing::debug!(id = job.id, error = %text, ?retry, "handler failed");
-            let will_retry = match client.nack(&job, text.clone(), retry).await {
+            // The request owns its text: copy it only when a hook wants it too.
+            let (sent, kept) = match hooks.failed {
+                Some(_) => (text.clone(), Some(text)),
+                None => (text, None),
+            };
+            let will_retry = match client.nack(&*job, sent, retry).await {
                 Ok(NackOutcome::Retrying { .. }) => true,
                 Ok(NackOutcome::Dead) => false,
                 Err(e) => {
@@ -523,7 +590,9 @@ where
                     retry != RetryHint::Never && job.attempt < job.max_attempts
                 }
             };
-            hooks.failed(&job, &text, will_retry);
+            if let Some(text) = kept {
+                hooks.failed(&job, &text, will_retry);
+            }
             drop(slot);
         }
         Settle::Abandon { text } => {
@@ -533,12 +602,44 @@ where
     }
 }
 
-/// Cancels the handler's token for `reason` and sets when it is aborted, keeping an earlier
-/// abort time if there is one.
-fn cancel(ctx: &JobContext, reason: CancelReason, grace: Duration, abort_at: &mut Option<Instant>) {
-    ctx.cancel(reason);
-    let at = Instant::now() + grace;
-    *abort_at = Some(abort_at.map_or(at, |t| t.min(at)));
+/// What the job task knows of cancelling its handler: the handler's context (none for
+/// `run_simple`'s, which cannot see a token), why it was cancelled, and when it is aborted.
+struct Cancelled {
+    ctx: Option<JobContext>,
+    /// The first reason wins, as in [`JobContext::cancel_reason`].
+    reason: Option<CancelReason>,
+    /// Set once the handler's token is cancelled: when it is aborted if still running.
+    abort_at: Option<Instant>,
+}
+
+impl Cancelled {
+    /// Cancels the handler's token for `reason` and sets when it is aborted, keeping an
+    /// earlier abort time if there is one.
+    fn cancel(&mut self, reason: CancelReason, grace: Duration) {
+        if let Some(ctx) = &self.ctx {
+            ctx.cancel(reason);
+        }
+        self.reason.get_or_insert(reason);
+        let at = Instant::now() + grace;
+        self.abort_at = Some(self.abort_at.map_or(at, |t| t.min(at)));
+    }
+}
+
+/// Extends the lease every third of what is left of it, for as long as the handler runs;
+/// returns once the lease is lost (a touch answered `LeaseLost` or `NotFound`). Other
+/// errors are logged and the touch is tried again at the next beat.
+async fn heartbeat(client: &Client, job: &LeasedJob) {
+    let mut deadline = job.lease_deadline_ms;
+    loop {
+        tokio::time::sleep(touch_every(deadline)).await;
+        match client.touch(job, None).await {
+            Ok(d) => deadline = d,
+            Err(e) if e.is_lease_lost() || e.code() == Some(ErrorCode::NotFound) => return,
+            Err(e) => {
+                tracing::warn!(id = job.id, error = %e, "could not extend the lease; will try again")
+            }
+        }
+    }
 }
 
 /// Sleeps until `at`, or forever when there is no `at`.
@@ -550,10 +651,11 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 /// Sends acks in batches: everything that finished while the previous batch was on the wire.
-async fn ack_loop(client: Client, mut rx: mpsc::Receiver<LeasedJob>, hooks: Hooks) {
+async fn ack_loop(client: Client, mut rx: mpsc::Receiver<Arc<LeasedJob>>, hooks: Hooks) {
     let mut batch = Vec::with_capacity(64);
     while rx.recv_many(&mut batch, ACK_BATCH).await > 0 {
-        match client.ack_many(&batch).await {
+        let leases: Vec<&LeasedJob> = batch.iter().map(|job| &**job).collect();
+        match client.ack_many(&leases).await {
             Ok(failed) => {
                 let failed: HashMap<u64, _> = failed.into_iter().collect();
                 for job in batch.drain(..) {

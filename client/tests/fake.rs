@@ -137,6 +137,8 @@ pub struct Record {
     pub progress: Vec<(u64, bytes::Bytes)>,
     /// Jobs whose touch answers LeaseLost.
     pub touch_lost: HashSet<u64>,
+    /// Jobs whose touches are never answered.
+    pub touch_unanswered: HashSet<u64>,
     /// Tokens whose lease is gone: acking them fails with LeaseLost.
     pub lost: HashSet<u64>,
     /// Close the connection instead of answering the next reserve.
@@ -204,6 +206,15 @@ impl FakeQueue {
         }
     }
 
+    /// A touch's answer: LeaseLost for the jobs in `touch_lost`, else a new deadline.
+    fn touch(&self, id: u64, lease_ms: Option<u64>) -> Result<Response, WireError> {
+        if self.with(|r| r.touch_lost.contains(&id)) {
+            return Err(WireError::new(ErrorCode::LeaseLost, "lease expired"));
+        }
+        let lease_deadline_ms = now_ms() + lease_ms.unwrap_or(600);
+        Ok(Response::Touched { lease_deadline_ms })
+    }
+
     async fn answer(&self, body: Request) -> Result<Response, WireError> {
         match body {
             Request::Reserve { max, timeout_ms, .. } => {
@@ -239,14 +250,16 @@ impl FakeQueue {
                 };
                 Ok(Response::Nacked { outcome })
             }),
-            Request::Touch { lease, lease_ms } => self.with(|r| {
-                r.touched.push(lease.id);
-                if r.touch_lost.contains(&lease.id) {
-                    return Err(WireError::new(ErrorCode::LeaseLost, "lease expired"));
+            Request::Touch { lease, lease_ms } => {
+                let hang = self.with(|r| {
+                    r.touched.push(lease.id);
+                    r.touch_unanswered.contains(&lease.id)
+                });
+                if hang {
+                    std::future::pending::<()>().await;
                 }
-                let lease_deadline_ms = now_ms() + lease_ms.unwrap_or(600);
-                Ok(Response::Touched { lease_deadline_ms })
-            }),
+                self.touch(lease.id, lease_ms)
+            }
             Request::Snooze { lease, delay_ms } => self.with(|r| {
                 r.snoozed.push((lease.id, delay_ms));
                 Ok(Response::Nacked {

@@ -373,6 +373,30 @@ async fn long_handlers_get_their_lease_touched() {
     assert!(fake.with(|r| r.touched.iter().all(|&id| id == 1)));
 }
 
+/// Regression: the job task awaited each touch inside its select loop, so a handler that
+/// returned while a touch was on the wire was not settled until the touch came back, and a
+/// touch never answered held its ack (and its slot) for good. The heartbeat now runs beside
+/// the handler.
+#[tokio::test]
+async fn a_touch_on_the_wire_does_not_hold_up_the_ack() {
+    let fake = FakeQueue::start(vec![leased(1, 300)]).await;
+    fake.with(|r| r.touch_unanswered.insert(1));
+    let shutdown = CancellationToken::new();
+    let worker =
+        Worker::new(client(&fake).await, "jobs").reserve_timeout(Duration::from_millis(100));
+    let f = fake.clone();
+    let run = tokio::spawn(worker.run_simple(shutdown.clone(), move |_job: LeasedJob| {
+        let fake = f.clone();
+        async move {
+            eventually("a touch sent", || fake.with(|r| r.touched.len()) >= 1).await;
+            Ok::<(), String>(())
+        }
+    }));
+    eventually("job acked", || fake.with(|r| r.acked.len()) == 1).await;
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+}
+
 /// The handler succeeded but the lease was lost meanwhile: the ack is refused, and the
 /// worker reports a failure rather than a completion.
 #[tokio::test]

@@ -286,6 +286,15 @@ impl Engine {
         shutdown: CancellationToken,
     ) -> Result<(), EngineError> {
         let mut batch = Vec::with_capacity(1024);
+        // One timer and one shutdown waiter for the whole loop, re-armed only when the
+        // core's next deadline moves: a fresh `sleep` per wake-up took the time driver's
+        // lock twice and, with an earlier deadline, woke the driver's thread for nothing.
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        // The deadline the timer is armed for; `None` when it must be re-armed.
+        let mut armed_for: Option<Option<Millis>> = None;
+        let stopping = shutdown.cancelled();
+        tokio::pin!(stopping);
         while self.storage_failure.is_none() {
             // Due timers first: under a constant stream of commands the sleep branch below
             // would never win the select, and delayed jobs and lease expiries would starve.
@@ -294,10 +303,15 @@ impl Engine {
                 self.broker.handle_timeout(now);
                 self.apply_effects(None);
             }
-            let sleep = match self.broker.poll_timeout() {
-                Some(at) => Duration::from_millis(at.saturating_sub(now)),
-                None => Duration::from_secs(3600),
-            };
+            let next = self.broker.poll_timeout();
+            if armed_for != Some(next) {
+                let sleep = match next {
+                    Some(at) => Duration::from_millis(at.saturating_sub(now)),
+                    None => Duration::from_secs(3600),
+                };
+                timer.as_mut().reset(tokio::time::Instant::now() + sleep);
+                armed_for = Some(next);
+            }
             tokio::select! {
                 biased;
                 Some(done) = self.committed.recv() => self.on_committed(done),
@@ -309,8 +323,8 @@ impl Engine {
                         self.on_command(cmd);
                     }
                 }
-                _ = tokio::time::sleep(sleep) => {}
-                _ = shutdown.cancelled() => break,
+                () = &mut timer => armed_for = None,
+                () = &mut stopping => break,
             }
             self.submit_round();
         }
