@@ -114,6 +114,11 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
+    /// Runtime threads serving connections (default: one per core). The broker itself is
+    /// one task either way; at light load one thread costs about a quarter less CPU
+    /// (docs/PERFORMANCE.md), under heavy load more threads encode and decode in parallel.
+    #[arg(long, env = "QD_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
     /// Address of the job protocol.
     #[arg(long, env = "QD_LISTEN", default_value_t = defaults().listen)]
     listen: SocketAddr,
@@ -318,11 +323,14 @@ fn main() -> anyhow::Result<()> {
     // The server logs what it does; the client commands only what goes wrong.
     let default_level = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
     init_tracing(cli.log_format, default_level);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("qd")
-        .build()
-        .context("cannot start the async runtime")?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Serve(args) = &cli.command {
+        if let Some(n) = args.threads {
+            builder.worker_threads(usize::from(n));
+        }
+    }
+    let runtime =
+        builder.enable_all().thread_name("qd").build().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(*args).await,
@@ -570,6 +578,14 @@ mod tests {
             assert_eq!(args.durability.name(), flag);
             assert_eq!(DurabilityArg::from(want), args.durability);
         }
+    }
+
+    #[test]
+    fn threads_is_at_least_one() {
+        let cli = Cli::try_parse_from(["qd", "serve", "--threads", "1"]).unwrap();
+        let Command::Serve(args) = cli.command else { panic!("parsed as serve") };
+        assert_eq!(args.threads, Some(1));
+        assert!(Cli::try_parse_from(["qd", "serve", "--threads", "0"]).is_err());
     }
 
     #[test]
