@@ -13,7 +13,9 @@
 //!   (so a panic is caught as a `JoinError`, and a hung handler can be aborted), touches the
 //!   lease while the handler runs, watches the try's timeout and the worker's shutdown, then
 //!   snoozes or nacks the job itself, or passes it to the ack task. Its slot is freed when
-//!   it is done.
+//!   it is done, an acked job's once its ack is queued: so jobs waiting for their ack are
+//!   bounded too (at most `ACK_BATCH` on the wire + `2 x concurrency` queued), and a server
+//!   slow to answer acks slows the reserves rather than letting leases run out in memory.
 //! - The ack task drains a channel of finished jobs and acks everything queued in one
 //!   `ack_many`: acks are the hot path, and while one batch is on the wire the next fills.
 //!
@@ -490,11 +492,16 @@ where
     drop(ctx);
     match settle {
         Settle::Ack => {
-            // Free the slot first: the next job may start while this ack waits for a batch.
-            drop(slot);
+            // The slot is freed once the ack is queued, not before: the queue is bounded,
+            // so while the server is slow to answer acks (each waits for a commit) the
+            // reserve loop waits too. Freed first, it went on leasing jobs whose acks piled
+            // up behind, until they reached the server after their leases had run out
+            // (issue 10: "64 stale leases" draining millions of jobs). The next job still
+            // starts while this ack waits for its batch.
             if let Err(mpsc::error::SendError(job)) = acks.send(job).await {
                 tracing::error!(id = job.id, "ack task is gone; the job will run again");
             }
+            drop(slot);
         }
         Settle::Snooze(delay) => {
             let aborted = delay.is_zero() && shutdown.is_cancelled();
