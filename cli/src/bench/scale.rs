@@ -124,6 +124,13 @@ pub async fn w7_scale(
         );
     };
     let recovering_rss_mib = restarted.peak_rss_mib().context("cannot read the server's RSS")?;
+    // Where the restart's time went (sled open, journal replay, the scan), as the server
+    // logged it: the first-reserve figure alone does not say which part grows.
+    for line in restarted.log().lines() {
+        if line.contains("opened the store") || line.contains("recovered the store") {
+            eprintln!("  W7 restart: {line}");
+        }
+    }
     let (present, _) = queue_counts(&client, queue).await?;
     // The acked job is no longer present.
     let lost = n.saturating_sub(present + 1);

@@ -17,4 +17,8 @@ pub mod queues;
 pub mod record;
 pub mod schedules;
 
-pub use db::{PageDb, PageReader, PagesWritten, SledConfig, DEFAULT_CACHE_CAPACITY};
+#[cfg(test)]
+pub(crate) use db::segment_size_for;
+pub use db::{
+    PageDb, PageReader, PagesWritten, SledConfig, DEFAULT_CACHE_CAPACITY, NEW_SEGMENT_SIZE,
+};
