@@ -458,6 +458,12 @@ impl PageReader {
             for (slot, body) in page.iter() {
                 visit(page::id_of(page_no, slot), body)?;
             }
+            drop(bytes);
+            // See `LRU_NUDGES`: re-reading the page (a cache hit) counts as accesses, so
+            // sled's cache gets to evict what the scan read before.
+            for _ in 0..LRU_NUDGES {
+                self.pages.get(&key).map_err(|e| StoreError::sled("scanning pages", e))?;
+            }
         }
         Ok(())
     }
@@ -508,6 +514,21 @@ impl PageReader {
         })
     }
 }
+
+/// How many times [`PageReader::scan`] reads each page again, from sled's cache, after
+/// visiting it.
+///
+/// Why: sled 0.34's cache (its `lru.rs`) has 256 shards (a node's shard is its page id
+/// modulo 256), and a shard looks at its accesses, and evicts, only once 64 of them have
+/// queued up. A scan reads each tree node once, so a shard saw its 64th access only after
+/// about 16,000 nodes had been read, all kept meanwhile whatever `--cache-mb` says: at
+/// W7's sizes that is every node of 1 million jobs and most of 10 million (heaptrack at
+/// 1M: 131 MiB of nodes pulled in by the scan, still held when the server listened). A
+/// cache hit is an access too, so reading each page 8 more times (a leaf node holds 8 to 17
+/// pages after a split) fills its shard's queue within the node, and the shard evicts down
+/// to its share of the cache. Costs 8 cache hits per 64 jobs. Tied to sled 0.34's
+/// constants, which the workspace pins.
+const LRU_NUDGES: usize = 8;
 
 /// How long `open` waits for sled's lock before reporting [`StoreError::Locked`].
 const LOCK_WAIT: Duration = Duration::from_secs(2);

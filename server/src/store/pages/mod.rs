@@ -19,6 +19,4 @@ pub mod schedules;
 
 #[cfg(test)]
 pub(crate) use db::segment_size_for;
-pub use db::{
-    PageDb, PageReader, PagesWritten, SledConfig, DEFAULT_CACHE_CAPACITY, NEW_SEGMENT_SIZE,
-};
+pub use db::{PageDb, PageReader, PagesWritten, SledConfig, DEFAULT_CACHE_CAPACITY};
