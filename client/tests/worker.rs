@@ -437,11 +437,13 @@ async fn keeps_working_after_the_connection_drops() {
 /// went on leasing jobs whose acks piled up behind: draining 5 million jobs, the oldest
 /// acks reached the server after their 30 s leases and the server closed the connection
 /// for "64 stale leases". Now the slot is held until the ack is queued, so with
-/// concurrency 1 at most 1 (the batch on the wire) + 2 (the ack channel) + 1 (waiting to
-/// queue) jobs are handed out before the first ack is answered.
+/// concurrency 1 at most 1 (the batch on the wire) + 1024 (the ack channel, one batch) + 1
+/// (waiting to queue) jobs are handed out before the first ack is answered.
 #[tokio::test]
 async fn slow_acks_hold_back_reserves() {
-    let fake = FakeQueue::start((1..=10).map(|id| leased(id, 30_000)).collect()).await;
+    const JOBS: u64 = 1100;
+    const BOUND: u64 = 1 + 1024 + 1;
+    let fake = FakeQueue::start((1..=JOBS).map(|id| leased(id, 30_000)).collect()).await;
     fake.with(|r| r.hold_acks = true);
     let gate = Arc::new(Semaphore::new(0));
     let finished = Arc::new(AtomicUsize::new(0));
@@ -459,28 +461,27 @@ async fn slow_acks_hold_back_reserves() {
         }
     }));
 
+    // Job 1 alone makes the first batch, whose answer is held.
     gate.add_permits(1);
     eventually("the first ack on the wire", || fake.with(|r| r.ack_requests) == 1).await;
-    gate.add_permits(3);
-    eventually("four handlers done", || finished.load(Ordering::SeqCst) == 4).await;
-    // Before the fix the fifth job was reserved within a millisecond of the fourth
-    // finishing. What is checked is that it does NOT happen, so this waits a bounded
-    // while for it (passing costs these 200 ms; failing ends the wait early).
+    gate.add_permits(JOBS as usize);
+    eventually("the ack channel full", || finished.load(Ordering::SeqCst) as u64 >= BOUND).await;
+    // Before the fix every job was reserved within milliseconds. What is checked is that
+    // this does NOT happen, so this waits a bounded while for it (passing costs these
+    // 200 ms; failing ends the wait early).
     let window = tokio::time::Instant::now() + Duration::from_millis(200);
-    while fake.with(|r| r.handed_out.len()) < 5 && tokio::time::Instant::now() < window {
+    while fake.with(|r| r.handed_out.len() as u64) <= BOUND && tokio::time::Instant::now() < window
+    {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let early: Vec<u64> = fake.with(|r| {
-        r.handed_out.iter().filter(|(_, answered)| *answered == 0).map(|(id, _)| *id).collect()
-    });
-    gate.add_permits(6);
+    let early = |fake: &FakeQueue| -> Vec<u64> {
+        fake.with(|r| r.handed_out.iter().filter(|(_, n)| *n == 0).map(|(id, _)| *id).collect())
+    };
+    let before = early(&fake);
     fake.with(|r| r.hold_acks = false);
-    eventually("all 10 acked", || fake.with(|r| r.acked.len()) == 10).await;
+    eventually("every job acked", || fake.with(|r| r.acked.len() as u64) == JOBS).await;
     shutdown.cancel();
     run.await.unwrap().unwrap();
-    let early_after: Vec<u64> = fake.with(|r| {
-        r.handed_out.iter().filter(|(_, answered)| *answered == 0).map(|(id, _)| *id).collect()
-    });
-    assert_eq!(early, vec![1, 2, 3, 4], "jobs handed out before any ack was answered");
-    assert_eq!(early_after, early, "a job was handed out before the first ack was answered");
+    assert_eq!(before, (1..=BOUND).collect::<Vec<_>>(), "jobs handed out before an ack answer");
+    assert_eq!(early(&fake), before, "a job was handed out before the first ack was answered");
 }
