@@ -831,7 +831,7 @@ mod tests {
         {
             let mut store = open(dir.path());
             // 200 pages: many full leaf nodes of sled.
-            let ids: Vec<JobId> = (0..200 * page::SLOTS as u64).collect();
+            let ids: Vec<JobId> = (0..200 * page::SLOTS).collect();
             let puts: Vec<(JobId, Box<[u8]>)> =
                 ids.iter().map(|&id| (id, record::encode(&record(id, 200)).unwrap())).collect();
             let entries: Vec<_> = puts.iter().map(|(id, b)| (*id, Some(&b[..]))).collect();
