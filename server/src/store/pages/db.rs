@@ -18,6 +18,10 @@
 //! - sled's cost is per key (memory for its page table and cache, bytes on disk, time to
 //!   open and scan): one key per job cost ~1.7 GiB of RSS, 534 MB of disk and 5.4 s of
 //!   recovery at a million jobs. Hence pages of 64 jobs per key.
+//! - Its cache bounds memory only for what it counts and looks at: a node written to a
+//!   blob file is charged a few dozen bytes, and a shard of its LRU looks at its accesses
+//!   only after 64 have queued. Hence [`NEW_SEGMENT_SIZE`] (nodes stay inline) and
+//!   [`LRU_NUDGES`] (the recovery scan's extra cache hits); docs/STORAGE.md, "Memory".
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
