@@ -20,8 +20,8 @@
 //!   recovery at a million jobs. Hence pages of 64 jobs per key.
 //! - Its cache bounds memory only for what it counts and looks at: a node written to a
 //!   blob file is charged a few dozen bytes, and a shard of its LRU looks at its accesses
-//!   only after 64 have queued. Hence [`NEW_SEGMENT_SIZE`] (nodes stay inline) and
-//!   [`LRU_NUDGES`] (the recovery scan's extra cache hits); docs/STORAGE.md, "Memory".
+//!   only after 64 have queued. Hence `NEW_SEGMENT_SIZE` (nodes stay inline) and
+//!   `LRU_NUDGES` (the recovery scan's extra cache hits); docs/STORAGE.md, "Memory".
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
