@@ -14,7 +14,10 @@
 //!   of its own per try cost W4 an allocation and a wake-up for nothing), touches the lease
 //!   while the handler runs, watches the try's timeout and the worker's shutdown, then
 //!   snoozes or nacks the job itself, or passes it to the ack task. Its slot is freed when
-//!   it is done.
+//!   it is done, an acked job's once its ack is queued: so jobs waiting for their ack are
+//!   bounded too (at most `ACK_BATCH` on the wire + `max(ACK_BATCH, 2 x concurrency)`
+//!   queued), and a server
+//!   slow to answer acks slows the reserves rather than letting leases run out in memory.
 //! - The ack task drains a channel of finished jobs and acks everything queued in one
 //!   `ack_many`: acks are the hot path, and while one batch is on the wire the next fills.
 //!
@@ -218,7 +221,11 @@ impl Worker {
         let max = u32::try_from(self.concurrency).unwrap_or(u32::MAX);
 
         let hooks = Hooks { completed: self.on_completed.clone(), failed: self.on_failed.clone() };
-        let (ack_tx, ack_rx) = mpsc::channel(self.concurrency.saturating_mul(2).min(64 * 1024));
+        // Room for a whole batch: `ack_loop` sends what queued while the previous batch was
+        // on the wire, so a smaller channel caps each batch (and the drain rate, one batch
+        // per commit) at its size; at 2 x 64 a drain made ~128 acks per fsync.
+        let ack_room = self.concurrency.saturating_mul(2).clamp(ACK_BATCH, 64 * 1024);
+        let (ack_tx, ack_rx) = mpsc::channel(ack_room);
         let acker = tokio::spawn(ack_loop(self.client.clone(), ack_rx, hooks.clone()));
         let slots = Arc::new(Semaphore::new(self.concurrency));
         let tracker = TaskTracker::new();
@@ -552,11 +559,16 @@ async fn run_job<H: Start>(task: JobTask<H>) {
     drop(cancelled);
     match settle {
         Settle::Ack => {
-            // Free the slot first: the next job may start while this ack waits for a batch.
-            drop(slot);
+            // The slot is freed once the ack is queued, not before: the queue is bounded,
+            // so while the server is slow to answer acks (each waits for a commit) the
+            // reserve loop waits too. Freed first, it went on leasing jobs whose acks piled
+            // up behind, until they reached the server after their leases had run out
+            // (issue 10: "64 stale leases" draining millions of jobs). The next job still
+            // starts while this ack waits for its batch.
             if let Err(mpsc::error::SendError(job)) = acks.send(job).await {
                 tracing::error!(id = job.id, "ack task is gone; the job will run again");
             }
+            drop(slot);
         }
         Settle::Snooze(delay) => {
             let aborted = delay.is_zero() && shutdown.is_cancelled();

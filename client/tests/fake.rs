@@ -145,6 +145,12 @@ pub struct Record {
     pub drop_on_reserve: bool,
     /// Pings received.
     pub pings: usize,
+    /// Hold every ack's answer until cleared (a server whose commits lag).
+    pub hold_acks: bool,
+    /// Ack requests answered so far.
+    pub acks_answered: usize,
+    /// Each job handed out by a reserve, with `acks_answered` at that moment.
+    pub handed_out: Vec<(u64, usize)>,
     /// Admin requests received, in order.
     pub admin: Vec<Request>,
 }
@@ -222,7 +228,10 @@ impl FakeQueue {
                 loop {
                     let jobs: Vec<LeasedJob> = self.with(|r| {
                         let n = (max as usize).min(r.ready.len());
-                        r.ready.drain(..n).collect()
+                        let jobs: Vec<LeasedJob> = r.ready.drain(..n).collect();
+                        let answered = r.acks_answered;
+                        r.handed_out.extend(jobs.iter().map(|j| (j.id, answered)));
+                        jobs
                     });
                     if !jobs.is_empty() || tokio::time::Instant::now() >= deadline {
                         return Ok(Response::Reserved { jobs });
@@ -230,18 +239,27 @@ impl FakeQueue {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }
-            Request::Ack { leases } => self.with(|r| {
-                r.ack_requests += 1;
-                let mut failed = Vec::new();
-                for l in leases {
-                    if r.lost.contains(&l.token) {
-                        failed.push((l.id, WireError::new(ErrorCode::LeaseLost, "lease expired")));
-                    } else {
-                        r.acked.push(l.id);
-                    }
+            Request::Ack { leases } => {
+                self.with(|r| r.ack_requests += 1);
+                while self.with(|r| r.hold_acks) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                Ok(Response::Acked { failed })
-            }),
+                self.with(|r| {
+                    r.acks_answered += 1;
+                    let mut failed = Vec::new();
+                    for l in leases {
+                        if r.lost.contains(&l.token) {
+                            failed.push((
+                                l.id,
+                                WireError::new(ErrorCode::LeaseLost, "lease expired"),
+                            ));
+                        } else {
+                            r.acked.push(l.id);
+                        }
+                    }
+                    Ok(Response::Acked { failed })
+                })
+            }
             Request::Nack { lease, error, retry } => self.with(|r| {
                 r.nacked.push((lease.id, error, retry));
                 let outcome = match retry {

@@ -124,6 +124,13 @@ pub async fn w7_scale(
         );
     };
     let recovering_rss_mib = restarted.peak_rss_mib().context("cannot read the server's RSS")?;
+    // Where the restart's time went (sled open, journal replay, the scan), as the server
+    // logged it: the first-reserve figure alone does not say which part grows.
+    for line in restarted.log().lines() {
+        if line.contains("opened the store") || line.contains("recovered the store") {
+            eprintln!("  W7 restart: {line}");
+        }
+    }
     let (present, _) = queue_counts(&client, queue).await?;
     // The acked job is no longer present.
     let lost = n.saturating_sub(present + 1);
@@ -143,6 +150,13 @@ pub async fn w7_scale(
     };
     let draining_rss_mib = restarted.peak_rss_mib().context("cannot read the server's RSS")?;
     let server_cpu_s = first_cpu + restarted.cpu_seconds().unwrap_or(0.0);
+    // A 10M point leaves ~3 GiB: remove it now rather than with the bench's temporary dir,
+    // so a run over several counts holds one point's data at a time.
+    let data = restarted.data.clone();
+    drop(restarted); // SIGKILL and reap: nothing writes into the dir after this
+    if let Err(e) = std::fs::remove_dir_all(&data) {
+        eprintln!("  W7: could not remove {}: {e}", data.display());
+    }
     Ok(ScalePoint {
         jobs: n,
         enqueue_jobs_per_s,

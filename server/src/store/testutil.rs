@@ -230,12 +230,14 @@ impl super::Store for FakeStore {
     }
 }
 
-/// `sled::open` of a dir whose previous `Db` was just dropped: sled's flusher thread can
+/// sled opened on a dir whose previous `Db` was just dropped: sled's flusher thread can
 /// hold the file lock a moment longer on a loaded machine, so retry for a while.
 pub fn open_raw_after_drop(path: &std::path::Path) -> sled::Db {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match sled::open(path) {
+        // With the size the dir was created with: sled refuses any other.
+        let segment_size = crate::store::pages::segment_size_for(path).expect("conf");
+        match sled::Config::new().path(path).segment_size(segment_size).open() {
             Ok(db) => return db,
             Err(_) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));

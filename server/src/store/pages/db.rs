@@ -18,9 +18,13 @@
 //! - sled's cost is per key (memory for its page table and cache, bytes on disk, time to
 //!   open and scan): one key per job cost ~1.7 GiB of RSS, 534 MB of disk and 5.4 s of
 //!   recovery at a million jobs. Hence pages of 64 jobs per key.
+//! - Its cache bounds memory only for what it counts and looks at: a node written to a
+//!   blob file is charged a few dozen bytes, and a shard of its LRU looks at its accesses
+//!   only after 64 have queued. Hence `NEW_SEGMENT_SIZE` (nodes stay inline) and
+//!   `LRU_NUDGES` (the recovery scan's extra cache hits); docs/STORAGE.md, "Memory".
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use qd_protocol::JobId;
@@ -458,6 +462,12 @@ impl PageReader {
             for (slot, body) in page.iter() {
                 visit(page::id_of(page_no, slot), body)?;
             }
+            drop(bytes);
+            // See `LRU_NUDGES`: re-reading the page (a cache hit) counts as accesses, so
+            // sled's cache gets to evict what the scan read before.
+            for _ in 0..LRU_NUDGES {
+                self.pages.get(&key).map_err(|e| StoreError::sled("scanning pages", e))?;
+            }
         }
         Ok(())
     }
@@ -509,8 +519,57 @@ impl PageReader {
     }
 }
 
+/// How many times [`PageReader::scan`] reads each page again, from sled's cache, after
+/// visiting it.
+///
+/// Why: sled 0.34's cache (its `lru.rs`) has 256 shards (a node's shard is its page id
+/// modulo 256), and a shard looks at its accesses, and evicts, only once 64 of them have
+/// queued up. A scan reads each tree node once, so a shard saw its 64th access only after
+/// about 16,000 nodes had been read, all kept meanwhile whatever `--cache-mb` says: at
+/// W7's sizes that is every node of 1 million jobs and most of 10 million (heaptrack at
+/// 1M: 131 MiB of nodes pulled in by the scan, still held when the server listened). A
+/// cache hit is an access too, so reading each page 8 more times (a leaf node holds 8 to 17
+/// pages after a split) fills its shard's queue within the node, and the shard evicts down
+/// to its share of the cache. Costs 8 cache hits per 64 jobs. Tied to sled 0.34's
+/// constants, which the workspace pins.
+const LRU_NUDGES: usize = 8;
+
 /// How long `open` waits for sled's lock before reporting [`StoreError::Locked`].
 const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// sled's log segment size for a new data dir: 2 MiB, four times sled's default.
+///
+/// Why: sled 0.34 writes a tree node larger than a quarter of a segment (minus a header) to
+/// a blob file, and its page cache then charges that node the size of its in-log pointer
+/// (a few dozen bytes), not the node's. Our leaf nodes hold 8 to 17 pages of 64 records
+/// (~15 KiB a page for 200-byte payloads), so at the default 512 KiB segments nearly every
+/// node was a blob and `--cache-mb` bounded nothing: every node the recovery scan or a
+/// reserve's payload read pulled in stayed in memory (heaptrack, 2M jobs: 73% of the heap
+/// after recovery). With 2 MiB segments nodes up to 512 KiB are written inline and
+/// charged their size, so the cache evicts them (pages whose record bodies average up to
+/// ~470 bytes; larger bodies make blob nodes again, see docs/STORAGE.md).
+pub const NEW_SEGMENT_SIZE: usize = 2 << 20;
+
+/// The segment size to open `path` with: sled refuses to open a directory with another
+/// size than the one it was created with (recorded in its `conf` file), so an existing
+/// directory keeps its own and a new one gets [`NEW_SEGMENT_SIZE`].
+pub(crate) fn segment_size_for(path: &Path) -> Result<usize, StoreError> {
+    let conf = path.join("conf");
+    let bytes = match std::fs::read(&conf) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(NEW_SEGMENT_SIZE),
+        Err(e) => return Err(StoreError::io(format!("cannot read {}", conf.display()), e)),
+    };
+    // `key: value` lines, then sled's CRC (4 binary bytes).
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter_map(|line| line.strip_prefix("segment_size:"))
+        .find_map(|value| value.trim().parse().ok())
+        .ok_or_else(|| StoreError::Corrupt {
+            what: format!("{} has no readable segment_size line", conf.display()),
+            hint: "the data dir is damaged; restore it from a backup".into(),
+        })
+}
 
 /// Opens sled, waiting a little for its lock. Another process is kept out by the data
 /// dir's own lock (`datadir.rs`), taken before this; but within one process sled 0.34
@@ -519,6 +578,7 @@ const LOCK_WAIT: Duration = Duration::from_secs(2);
 /// (tests, an embedding application) would otherwise fail at random.
 fn open_sled(config: &SledConfig) -> Result<sled::Db, StoreError> {
     let path = &config.path;
+    let segment_size = segment_size_for(path)?;
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
         // sled's default background flush (every 500 ms) stays on in every durability mode:
@@ -526,6 +586,7 @@ fn open_sled(config: &SledConfig) -> Result<sled::Db, StoreError> {
         let result = sled::Config::new()
             .path(path)
             .cache_capacity(config.cache_capacity)
+            .segment_size(segment_size)
             .mode(sled::Mode::HighThroughput)
             .open();
         match result {
@@ -761,6 +822,57 @@ mod tests {
         let store = open(dir.path());
         assert!(!junk.exists(), "the partial snapshot is still there");
         assert_eq!(scan(&store).len(), 2);
+    }
+
+    /// Regression (issue 10, W7): at sled's default 512 KiB segments, leaf nodes of 8-17
+    /// pages were written as blob files, which sled's cache charges a few dozen bytes each:
+    /// recovery and payload reads kept every node they touched (1.7 GiB of RSS recovering
+    /// 10M jobs with a 16 MiB cache). A new dir gets 2 MiB segments, and pages of 200-byte
+    /// payloads (W7's) are written inline, where the cache counts their size.
+    #[test]
+    fn a_new_dir_keeps_pages_of_small_jobs_out_of_blob_files() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = open(dir.path());
+            // 200 pages: many full leaf nodes of sled.
+            let ids: Vec<JobId> = (0..200 * page::SLOTS).collect();
+            let puts: Vec<(JobId, Box<[u8]>)> =
+                ids.iter().map(|&id| (id, record::encode(&record(id, 200)).unwrap())).collect();
+            let entries: Vec<_> = puts.iter().map(|(id, b)| (*id, Some(&b[..]))).collect();
+            store.apply_checkpoint(&entries, &[], ids.len() as u64).unwrap();
+            store.sync().unwrap();
+            assert_eq!(scan(&store).len(), ids.len());
+        }
+        assert_eq!(segment_size_for(dir.path()).unwrap(), NEW_SEGMENT_SIZE);
+        let blobs = std::fs::read_dir(dir.path().join("blobs")).map_or(0, |d| d.count());
+        assert_eq!(blobs, 0, "sled wrote nodes of small jobs to blob files");
+    }
+
+    /// A dir created with sled's default segments (every dir before issue 10's change)
+    /// opens with the size it was created with: sled refuses any other.
+    #[test]
+    fn an_existing_dir_keeps_its_segment_size() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = {
+                let db = sled::Config::new().path(dir.path()).segment_size(512 * 1024);
+                let db = db.open().unwrap();
+                db.open_tree(META_TREE)
+                    .unwrap()
+                    .insert(FORMAT_VERSION_KEY, &STORE_FORMAT_VERSION.to_be_bytes())
+                    .unwrap();
+                db.flush().unwrap();
+                drop(db);
+                let store = PageDb::open(&SledConfig::new(dir.path()));
+                store.expect("a dir with 512 KiB segments opens")
+            };
+            let body = record::encode(&record(3, 16)).unwrap();
+            store.apply_checkpoint(&[(3, Some(&body[..]))], &[], 3).unwrap();
+            store.sync().unwrap();
+        }
+        let store = open(dir.path());
+        assert_eq!(scan(&store), vec![record(3, 16)]);
+        assert_eq!(segment_size_for(dir.path()).unwrap(), 512 * 1024);
     }
 
     #[test]

@@ -17,4 +17,6 @@ pub mod queues;
 pub mod record;
 pub mod schedules;
 
+#[cfg(test)]
+pub(crate) use db::segment_size_for;
 pub use db::{PageDb, PageReader, PagesWritten, SledConfig, DEFAULT_CACHE_CAPACITY};
