@@ -257,10 +257,25 @@ async fn three_brokers_share_one_database_and_survive_a_kill() {
     let added = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
 
-    // Workers: two per broker; lease 1 s so the killed broker's leases expire soon.
+    // Workers: lease 1 s, so the killed broker's leases expire soon.
     let mut workers = Vec::new();
-    for (server, _) in &brokers {
-        for _ in 0..2 {
+    // The killed broker's workers take jobs and never ack them: those leases must expire
+    // and the jobs run again through the other brokers.
+    let hoarded = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    for _ in 0..2 {
+        let client = Client::connect(&brokers[0].0.addr).await.unwrap();
+        let hoarded = hoarded.clone();
+        workers.push(tokio::spawn(async move {
+            while hoarded.lock().unwrap().is_empty() {
+                if let Ok(jobs) = client.reserve(&["m"], 8, Duration::from_millis(500)).await {
+                    hoarded.lock().unwrap().extend(jobs.iter().map(|j| j.id));
+                }
+            }
+            std::future::pending::<()>().await;
+        }));
+    }
+    for (server, _) in &brokers[1..] {
+        for _ in 0..3 {
             let client = Client::connect(&server.addr).await.unwrap();
             let done = done.clone();
             let seen = seen.clone();
@@ -322,6 +337,11 @@ async fn three_brokers_share_one_database_and_survive_a_kill() {
         }
     })
     .await;
+    let hoarded = hoarded.lock().unwrap().clone();
+    assert!(!hoarded.is_empty(), "the killed broker's workers held jobs");
+    for id in &hoarded {
+        assert!(done.lock().unwrap().contains(id), "job {id}, held through the killed broker, ran again");
+    }
     let lost_answers = added.iter().filter(|id| !done.lock().unwrap().contains(id)).count();
     eprintln!(
         "all {} acknowledged adds ran, {lost_answers} of them acked through the killed broker; {:?} after the producers finished",
