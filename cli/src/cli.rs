@@ -399,7 +399,8 @@ fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
     config.max_reserve = args.max_reserve;
     config.http = args.http;
     config.faktory = args.faktory;
-    config.store = config::StoreChoice::parse(&args.store).map_err(|e| anyhow::anyhow!("--store: {e}"))?;
+    config.store =
+        config::StoreChoice::parse(&args.store).map_err(|e| anyhow::anyhow!("--store: {e}"))?;
     Ok(config)
 }
 

@@ -27,7 +27,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("faktory", &["net", "engine", "model", "config"]),
     (
         "server",
-        &["net", "http", "faktory", "engine", "pg", "config", "model", "broker", "store", "metrics"],
+        &[
+            "net", "http", "faktory", "engine", "pg", "config", "model", "broker", "store",
+            "metrics",
+        ],
     ),
 ];
 

@@ -30,7 +30,8 @@ struct Cluster {
 /// (the newest).
 fn pg_bin() -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).find(|p| p.join("initdb").is_file() && p.join("pg_ctl").is_file())
+        std::env::split_paths(&paths)
+            .find(|p| p.join("initdb").is_file() && p.join("pg_ctl").is_file())
     });
     on_path.or_else(|| {
         let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
@@ -48,7 +49,9 @@ fn pg_bin() -> Option<PathBuf> {
 
 fn is_root() -> bool {
     // The owner of /proc/self is the effective user.
-    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
 }
 
 impl Cluster {
@@ -71,14 +74,18 @@ impl Cluster {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let cluster = Cluster { bin, dir, port, as_postgres };
         let data = cluster.dir.path().join("db");
-        cluster.run("initdb", &["-D", path(&data), "-U", "qd", "--auth=trust", "-E", "UTF8", "--no-sync"]);
+        cluster.run(
+            "initdb",
+            &["-D", path(&data), "-U", "qd", "--auth=trust", "-E", "UTF8", "--no-sync"],
+        );
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c synchronous_commit=on -c fsync=off",
             port,
             path(cluster.dir.path())
         );
         let log = cluster.dir.path().join("log");
-        cluster.run("pg_ctl", &["-D", path(&data), "-o", &options, "-l", path(&log), "-w", "start"]);
+        cluster
+            .run("pg_ctl", &["-D", path(&data), "-o", &options, "-l", path(&log), "-w", "start"]);
         Some(cluster)
     }
 
@@ -138,10 +145,18 @@ async fn basics_add_reserve_ack_delay_priority_and_keys() {
 
     let low = client.add("q", Job::new("low", "l").priority(5)).await.unwrap();
     let high = client.add("q", Job::new("high", "h").priority(-1)).await.unwrap();
-    let later = client.add("q", Job::new("later", "").delay(Duration::from_secs(3600))).await.unwrap();
+    let later =
+        client.add("q", Job::new("later", "").delay(Duration::from_secs(3600))).await.unwrap();
     let keyed = client.add("q", Job::new("k", "").key("once")).await.unwrap();
-    assert_eq!(client.add("q", Job::new("k", "").key("once")).await.unwrap(), keyed, "same key, same job");
-    let bulk = client.add_bulk("q", vec![Job::new("b", "1").key("b"), Job::new("b", "2").key("b")]).await.unwrap();
+    assert_eq!(
+        client.add("q", Job::new("k", "").key("once")).await.unwrap(),
+        keyed,
+        "same key, same job"
+    );
+    let bulk = client
+        .add_bulk("q", vec![Job::new("b", "1").key("b"), Job::new("b", "2").key("b")])
+        .await
+        .unwrap();
     assert_eq!(bulk[0], bulk[1], "a key repeated within one add names one job");
     assert_eq!(counts(&client, "q").await, (4, 1, 0, 0, 0));
 
@@ -161,7 +176,8 @@ async fn basics_add_reserve_ack_delay_priority_and_keys() {
 
     // A parked reserve is woken by an add.
     let worker = server.client().await;
-    let waiting = tokio::spawn(async move { worker.reserve(&["w"], 1, Duration::from_secs(20)).await });
+    let waiting =
+        tokio::spawn(async move { worker.reserve(&["w"], 1, Duration::from_secs(20)).await });
     let id = client.add("w", Job::new("x", "")).await.unwrap();
     let got = waiting.await.unwrap().unwrap();
     assert_eq!(got[0].id, id);
@@ -186,15 +202,22 @@ async fn nack_retries_with_backoff_then_dead_letters() {
     let id = client.add("r", Job::new("x", "").attempts(2).backoff(backoff)).await.unwrap();
 
     let first = client.reserve(&["r"], 1, Duration::ZERO).await.unwrap().remove(0);
-    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    let NackOutcome::Retrying { run_at_ms } = client.nack(&first, "boom", RetryHint::Backoff).await.unwrap() else {
+    let before =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+            as u64;
+    let NackOutcome::Retrying { run_at_ms } =
+        client.nack(&first, "boom", RetryHint::Backoff).await.unwrap()
+    else {
         panic!("first failure retries");
     };
     assert!(run_at_ms >= before + 200 && run_at_ms < before + 5_000, "the backoff's first step");
     assert_eq!(counts(&client, "r").await.1, 1, "delayed while it backs off");
     let second = client.reserve(&["r"], 1, Duration::from_secs(20)).await.unwrap().remove(0);
     assert_eq!((second.id, second.attempt), (id, 2));
-    assert_eq!(client.nack(&second, "boom again", RetryHint::Backoff).await.unwrap(), NackOutcome::Dead);
+    assert_eq!(
+        client.nack(&second, "boom again", RetryHint::Backoff).await.unwrap(),
+        NackOutcome::Dead
+    );
     assert_eq!(counts(&client, "r").await, (0, 0, 0, 1, 0));
     let detail = client.job(id).await.unwrap();
     let errors: Vec<&str> = detail.errors.iter().map(|e| e.message.as_str()).collect();
@@ -281,7 +304,8 @@ async fn three_brokers_share_one_database_and_survive_a_kill() {
             let seen = seen.clone();
             workers.push(tokio::spawn(async move {
                 loop {
-                    let Ok(jobs) = client.reserve(&["m"], 8, Duration::from_millis(500)).await else {
+                    let Ok(jobs) = client.reserve(&["m"], 8, Duration::from_millis(500)).await
+                    else {
                         return; // its broker died
                     };
                     for job in jobs {
@@ -301,7 +325,10 @@ async fn three_brokers_share_one_database_and_survive_a_kill() {
         let added = added.clone();
         producers.push(tokio::spawn(async move {
             for i in 0..PER_PRODUCER {
-                let job = Job::new("x", format!("{i}")).lease(Duration::from_secs(1)).backoff(Backoff::NONE).attempts(10);
+                let job = Job::new("x", format!("{i}"))
+                    .lease(Duration::from_secs(1))
+                    .backoff(Backoff::NONE)
+                    .attempts(10);
                 match client.add("m", job).await {
                     Ok(id) => added.lock().unwrap().push(id),
                     Err(_) => return, // its broker died; unacknowledged adds may be lost
@@ -340,7 +367,10 @@ async fn three_brokers_share_one_database_and_survive_a_kill() {
     let hoarded = hoarded.lock().unwrap().clone();
     assert!(!hoarded.is_empty(), "the killed broker's workers held jobs");
     for id in &hoarded {
-        assert!(done.lock().unwrap().contains(id), "job {id}, held through the killed broker, ran again");
+        assert!(
+            done.lock().unwrap().contains(id),
+            "job {id}, held through the killed broker, ran again"
+        );
     }
     let lost_answers = added.iter().filter(|id| !done.lock().unwrap().contains(id)).count();
     eprintln!(

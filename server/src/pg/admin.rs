@@ -22,10 +22,8 @@ pub(super) fn answer(shared: Arc<Shared>, body: Request) -> Option<Answer> {
     let task: Answer = match body {
         Request::Stats { after, limit } => Box::pin(async move {
             let counts = page(&shared, after.as_deref(), limit).await?;
-            let (mut queues, more): (Vec<QueueStats>, bool) = (
-                counts.0.into_iter().map(|c| stats_row(&shared, c)).collect(),
-                counts.1,
-            );
+            let (mut queues, more): (Vec<QueueStats>, bool) =
+                (counts.0.into_iter().map(|c| stats_row(&shared, c)).collect(), counts.1);
             let more = fit_frame(&mut queues, shared.max_frame) || more;
             let next = if more { queues.last().map(|q| q.queue.clone()) } else { None };
             Ok(Response::Stats { queues, next })
@@ -33,10 +31,8 @@ pub(super) fn answer(shared: Arc<Shared>, body: Request) -> Option<Answer> {
         Request::Queues { after, limit } => Box::pin(async move {
             let now = now_ms();
             let counts = page(&shared, after.as_deref(), limit).await?;
-            let (mut queues, more): (Vec<QueueInfo>, bool) = (
-                counts.0.into_iter().map(|c| info_row(&shared, c, now)).collect(),
-                counts.1,
-            );
+            let (mut queues, more): (Vec<QueueInfo>, bool) =
+                (counts.0.into_iter().map(|c| info_row(&shared, c, now)).collect(), counts.1);
             let more = fit_frame(&mut queues, shared.max_frame) || more;
             let next = if more { queues.last().map(|q| q.name.clone()) } else { None };
             Ok(Response::Queues { queues, next })
@@ -51,7 +47,8 @@ pub(super) fn answer(shared: Arc<Shared>, body: Request) -> Option<Answer> {
             let mut more = jobs.len() > limit;
             jobs.truncate(limit);
             more |= fit_frame(&mut jobs, shared.max_frame);
-            let next = if more { jobs.last().map(|j| Cursor(j.id.to_be_bytes().to_vec())) } else { None };
+            let next =
+                if more { jobs.last().map(|j| Cursor(j.id.to_be_bytes().to_vec())) } else { None };
             Ok(Response::Jobs { jobs, next })
         }),
         Request::Job { id } => Box::pin(async move {

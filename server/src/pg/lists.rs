@@ -30,7 +30,8 @@ pub struct Waiter {
     pub deadline: Millis,
     /// A reserve with no wait: answered after the first fetch that included it.
     pub once: bool,
-    /// Included in the sizing of the fetch in flight or done.
+    /// Counted in a fetch already (false: parked since the last fetch started, which then
+    /// makes the list due again at once).
     pub seen: bool,
 }
 
@@ -154,8 +155,6 @@ impl Lists {
             }
             let got: Vec<T> = rows.by_ref().take(w.max as usize).collect();
             if got.is_empty() && !w.once {
-                let mut w = w;
-                w.seen = false;
                 kept.push_back(w);
             } else {
                 served.push((w.key, got));
@@ -170,7 +169,7 @@ impl Lists {
             list.idle_ms = POLL_MIN_MS;
         }
         // A waiter that came during the fetch was not counted in it: look again at once.
-        if served.is_empty() && list.waiters.iter().any(|w| w.once) {
+        if list.waiters.iter().any(|w| !w.seen) {
             list.next_poll = now;
         }
         if list.waiters.is_empty() {
@@ -220,7 +219,13 @@ mod tests {
         assert_eq!(lists.due(0), vec![(q("a"), 5)]);
         assert!(lists.due(0).is_empty(), "one fetch in flight per list");
         let (served, left) = lists.fetched(&q("a"), vec![10, 11, 12], 0);
-        assert_eq!(served, vec![(WaiterKey { conn: 1, request: 1 }, vec![10, 11]), (WaiterKey { conn: 2, request: 2 }, vec![12])]);
+        assert_eq!(
+            served,
+            vec![
+                (WaiterKey { conn: 1, request: 1 }, vec![10, 11]),
+                (WaiterKey { conn: 2, request: 2 }, vec![12])
+            ]
+        );
         assert!(left.is_empty());
         assert!(lists.next_wake(0).is_none(), "every waiter answered");
     }
@@ -257,6 +262,20 @@ mod tests {
         lists.park(q("a"), waiter(3, 1, 50, false), 0);
         assert_eq!(lists.expire(49), vec![]);
         assert_eq!(lists.expire(50), vec![WaiterKey { conn: 3, request: 3 }]);
+    }
+
+    #[test]
+    fn a_waiter_parked_during_a_fetch_makes_the_list_due_again() {
+        let mut lists = Lists::default();
+        lists.park(q("a"), waiter(1, 1, 10_000, false), 0);
+        assert_eq!(lists.due(0), vec![(q("a"), 1)]);
+        lists.park(q("a"), waiter(2, 1, 10_000, false), 1);
+        let (served, _) = lists.fetched::<u32>(&q("a"), vec![], 2);
+        assert!(served.is_empty());
+        assert_eq!(lists.next_wake(2), Some(2), "the newcomer was not counted in that fetch");
+        assert_eq!(lists.due(2), vec![(q("a"), 2)]);
+        lists.fetched::<u32>(&q("a"), vec![], 3);
+        assert_eq!(lists.next_wake(3), Some(23), "both counted: back to backing off");
     }
 
     #[test]

@@ -40,8 +40,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use qd_protocol::message::{LeaseRef, NackOutcome, ServerFrame};
 use qd_protocol::{
-    validate_lease, validate_queue_name, ErrorCode, JobId, LeasedJob, Request, Response,
-    RetryHint, Unique, WireError, MAX_RESULT,
+    validate_lease, validate_queue_name, ErrorCode, JobId, LeasedJob, Request, Response, RetryHint,
+    Unique, WireError, MAX_RESULT,
 };
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -277,7 +277,11 @@ impl PgEngine {
         let ack_rx = Arc::new(tokio::sync::Mutex::new(ack_rx));
         let workers = TaskTracker::new();
         for _ in 0..ADD_WORKERS {
-            workers.spawn(add_worker(self.shared.clone(), add_rx.clone(), self.internal_tx.clone()));
+            workers.spawn(add_worker(
+                self.shared.clone(),
+                add_rx.clone(),
+                self.internal_tx.clone(),
+            ));
         }
         for _ in 0..ACK_WORKERS {
             workers.spawn(ack_worker(self.shared.clone(), ack_rx.clone()));
@@ -313,7 +317,11 @@ impl PgEngine {
             }
         }
         for waiter in self.lists.drain() {
-            self.send(waiter.key.conn, waiter.key.request, Ok(Response::Reserved { jobs: Vec::new() }));
+            self.send(
+                waiter.key.conn,
+                waiter.key.request,
+                Ok(Response::Reserved { jobs: Vec::new() }),
+            );
         }
         drop((add_tx, ack_tx));
         sweeper.cancel();
@@ -537,7 +545,8 @@ impl PgEngine {
                         result: Ok(Response::Reserved { jobs }),
                     });
                 }
-                let leftover: Vec<(JobId, u64)> = leftover.iter().map(|r| (r.id, r.token)).collect();
+                let leftover: Vec<(JobId, u64)> =
+                    leftover.iter().map(|r| (r.id, r.token)).collect();
                 if !leftover.is_empty() {
                     let shared = self.shared.clone();
                     self.tasks.spawn(async move { release(&shared, &leftover).await });
@@ -596,13 +605,21 @@ fn check_add(queue: &str, jobs: Vec<qd_protocol::NewJob>) -> Result<Vec<NewRow>,
     }
     Ok(jobs
         .into_iter()
-        .map(|j| NewRow { queue: queue.to_owned(), name: j.name, payload: j.payload, options: j.options })
+        .map(|j| NewRow {
+            queue: queue.to_owned(),
+            name: j.name,
+            payload: j.payload,
+            options: j.options,
+        })
         .collect())
 }
 
 fn check_reserve(queues: &[String], max: u32) -> Result<(), WireError> {
     if max == 0 {
-        return Err(WireError::new(ErrorCode::InvalidArgument, "reserve max is 0; ask for at least 1 job"));
+        return Err(WireError::new(
+            ErrorCode::InvalidArgument,
+            "reserve max is 0; ask for at least 1 job",
+        ));
     }
     if queues.is_empty() {
         return Err(WireError::new(
@@ -655,13 +672,21 @@ async fn nack(
     }
     let mut client = shared.pool.get().await.map_err(|e| PgError::from(e).wire())?;
     let message = truncate_error(error);
-    let failed = sql::fail(&mut client, Victims::Leases(&[(lease.id, lease.token)]), &message, hint, now_ms())
-        .await
-        .map_err(|e| e.wire())?;
+    let failed = sql::fail(
+        &mut client,
+        Victims::Leases(&[(lease.id, lease.token)]),
+        &message,
+        hint,
+        now_ms(),
+    )
+    .await
+    .map_err(|e| e.wire())?;
     shared.count_failures(&failed);
     match failed.first() {
         Some(f) if f.outcome.dead => Ok(Response::Nacked { outcome: NackOutcome::Dead }),
-        Some(f) => Ok(Response::Nacked { outcome: NackOutcome::Retrying { run_at_ms: f.outcome.run_at_ms } }),
+        Some(f) => Ok(Response::Nacked {
+            outcome: NackOutcome::Retrying { run_at_ms: f.outcome.run_at_ms },
+        }),
         None => Err(lease_error(shared, lease.id).await),
     }
 }
@@ -690,7 +715,9 @@ async fn fail_leases(shared: &Shared, leases: &[(JobId, u64)], message: &str, hi
     .await;
     match result {
         Ok(failed) => shared.count_failures(&failed),
-        Err(e) => tracing::warn!(error = %e, jobs = leases.len(), "cannot release a closed connection's jobs; they run again when their leases expire"),
+        Err(e) => {
+            tracing::warn!(error = %e, jobs = leases.len(), "cannot release a closed connection's jobs; they run again when their leases expire")
+        }
     }
 }
 
@@ -732,7 +759,8 @@ async fn add_worker(
             }
         }
         let sizes: Vec<usize> = items.iter().map(|i| i.rows.len()).collect();
-        let rows: Vec<NewRow> = items.iter_mut().flat_map(|i| std::mem::take(&mut i.rows)).collect();
+        let rows: Vec<NewRow> =
+            items.iter_mut().flat_map(|i| std::mem::take(&mut i.rows)).collect();
         let result = async {
             let client = shared.pool.get().await?;
             sql::insert(&client, &rows, now_ms()).await
@@ -749,14 +777,21 @@ async fn add_worker(
                 for (item, n) in items.drain(..).zip(sizes) {
                     let ids = ids[at..at + n].to_vec();
                     at += n;
-                    let _ = item.replies.send(ServerFrame::Response { id: item.id, result: Ok(Response::Added { ids }) });
+                    let _ = item.replies.send(ServerFrame::Response {
+                        id: item.id,
+                        result: Ok(Response::Added { ids }),
+                    });
                 }
-                let _ = wake.send(Internal::Added { queues: queues.into_iter().map(str::to_owned).collect() });
+                let _ = wake.send(Internal::Added {
+                    queues: queues.into_iter().map(str::to_owned).collect(),
+                });
             }
             Err(e) => {
                 tracing::warn!(error = %e, jobs = rows.len(), "add failed");
                 for item in items.drain(..) {
-                    let _ = item.replies.send(ServerFrame::Response { id: item.id, result: Err(e.wire()) });
+                    let _ = item
+                        .replies
+                        .send(ServerFrame::Response { id: item.id, result: Err(e.wire()) });
                 }
             }
         }
@@ -764,7 +799,10 @@ async fn add_worker(
 }
 
 /// An ack worker: takes every ack waiting, completes them in one statement, answers each.
-async fn ack_worker(shared: Arc<Shared>, rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<AckItem>>>) {
+async fn ack_worker(
+    shared: Arc<Shared>,
+    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<AckItem>>>,
+) {
     let mut items: Vec<AckItem> = Vec::new();
     loop {
         {
@@ -773,12 +811,14 @@ async fn ack_worker(shared: Arc<Shared>, rx: Arc<tokio::sync::Mutex<mpsc::Unboun
                 return;
             }
         }
-        let leases: Vec<(JobId, u64)> = items.iter().flat_map(|i| i.leases.iter().copied()).collect();
+        let leases: Vec<(JobId, u64)> =
+            items.iter().flat_map(|i| i.leases.iter().copied()).collect();
         let result = async {
             let client = shared.pool.get().await?;
             let done = sql::ack(&client, &leases).await?;
             let done_ids: HashSet<JobId> = done.iter().map(|d| d.0).collect();
-            let missing: Vec<JobId> = leases.iter().map(|l| l.0).filter(|id| !done_ids.contains(id)).collect();
+            let missing: Vec<JobId> =
+                leases.iter().map(|l| l.0).filter(|id| !done_ids.contains(id)).collect();
             let exists: HashSet<JobId> = if missing.is_empty() {
                 HashSet::new()
             } else {
@@ -806,13 +846,18 @@ async fn ack_worker(shared: Arc<Shared>, rx: Arc<tokio::sync::Mutex<mpsc::Unboun
                             (l.0, err)
                         })
                         .collect();
-                    let _ = item.replies.send(ServerFrame::Response { id: item.id, result: Ok(Response::Acked { failed }) });
+                    let _ = item.replies.send(ServerFrame::Response {
+                        id: item.id,
+                        result: Ok(Response::Acked { failed }),
+                    });
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, leases = leases.len(), "ack failed");
                 for item in items.drain(..) {
-                    let _ = item.replies.send(ServerFrame::Response { id: item.id, result: Err(e.wire()) });
+                    let _ = item
+                        .replies
+                        .send(ServerFrame::Response { id: item.id, result: Err(e.wire()) });
                 }
             }
         }
@@ -832,7 +877,14 @@ async fn sweep(shared: Arc<Shared>, stop: CancellationToken) {
         loop {
             let result = async {
                 let mut client = shared.pool.get().await?;
-                sql::fail(&mut client, Victims::Expired, LEASE_EXPIRED, RetryHint::Backoff, now_ms()).await
+                sql::fail(
+                    &mut client,
+                    Victims::Expired,
+                    LEASE_EXPIRED,
+                    RetryHint::Backoff,
+                    now_ms(),
+                )
+                .await
             }
             .await;
             match result {

@@ -130,8 +130,16 @@ pub async fn insert(
             .query(
                 &stmt,
                 &[
-                    &queues, &names, &payloads, &options, &priorities, &run_at, &attempts,
-                    &lease, &keys, &ms(now),
+                    &queues,
+                    &names,
+                    &payloads,
+                    &options,
+                    &priorities,
+                    &run_at,
+                    &attempts,
+                    &lease,
+                    &keys,
+                    &ms(now),
                 ],
             )
             .await?;
@@ -165,9 +173,7 @@ pub async fn insert(
             }
         }
     }
-    ids.into_iter()
-        .map(|id| id.ok_or(PgError::Conflict))
-        .collect::<Result<Vec<_>, _>>()
+    ids.into_iter().map(|id| id.ok_or(PgError::Conflict)).collect::<Result<Vec<_>, _>>()
 }
 
 const RESERVE: &str = "
@@ -206,7 +212,8 @@ pub async fn reserve(
         if want == 0 {
             break;
         }
-        let toks: Vec<i64> = tokens[out.len()..out.len() + want].iter().map(|&t| t as i64).collect();
+        let toks: Vec<i64> =
+            tokens[out.len()..out.len() + want].iter().map(|&t| t as i64).collect();
         let rows = client.query(&stmt, &[queue, &ms(now), &(want as i64), &toks]).await?;
         let mut got: Vec<LeasedRow> = rows.iter().map(leased_row).collect();
         got.sort_by_key(|r| (r.priority, r.run_at_ms, r.id));
@@ -457,7 +464,12 @@ fn summary(r: &Row, now: Millis) -> JobSummary {
         (_, run_at) if run_at <= now => JobState::Ready,
         _ => JobState::Delayed,
     };
-    let mut s = JobSummary::new(r.get::<_, i64>(0) as JobId, r.get::<_, String>(1), r.get::<_, String>(2), state);
+    let mut s = JobSummary::new(
+        r.get::<_, i64>(0) as JobId,
+        r.get::<_, String>(1),
+        r.get::<_, String>(2),
+        state,
+    );
     let failures = r.get::<_, i32>(4) as u32;
     s.attempts_used = failures + u32::from(state == JobState::Active);
     s.max_attempts = r.get::<_, i32>(5) as u32;
@@ -495,8 +507,7 @@ pub async fn list(
         "SELECT {JOB_COLUMNS} FROM qd_jobs WHERE queue = $1 AND id > $2 AND {filter}
          ORDER BY id LIMIT $3"
     );
-    let rows =
-        client.query(&sql, &[&queue, &(after as i64), &(limit as i64), &ms(now)]).await?;
+    let rows = client.query(&sql, &[&queue, &(after as i64), &(limit as i64), &ms(now)]).await?;
     Ok(rows.iter().map(|r| summary(r, now)).collect())
 }
 
@@ -506,7 +517,9 @@ pub async fn job(
     id: JobId,
     now: Millis,
 ) -> Result<Option<JobDetail>, PgError> {
-    let sql = format!("SELECT {JOB_COLUMNS}, payload, options::text, errors::text FROM qd_jobs WHERE id = $1");
+    let sql = format!(
+        "SELECT {JOB_COLUMNS}, payload, options::text, errors::text FROM qd_jobs WHERE id = $1"
+    );
     let Some(r) = client.query_opt(&sql, &[&(id as i64)]).await? else { return Ok(None) };
     let row = summary(&r, now);
     let mut job = JobDetail::new(row, Bytes::from(r.get::<_, Vec<u8>>(12)), options_of(r.get(13)));
@@ -517,7 +530,8 @@ pub async fn job(
         message: String,
     }
     let errors: Vec<Stored> = serde_json::from_str(r.get(14)).unwrap_or_default();
-    job.errors = errors.into_iter().map(|e| JobFailure::new(e.attempt, e.at_ms, e.message)).collect();
+    job.errors =
+        errors.into_iter().map(|e| JobFailure::new(e.attempt, e.at_ms, e.message)).collect();
     job.started_at_ms = r.get::<_, Option<i64>>(11).map(|v| v as u64);
     Ok(Some(job))
 }
