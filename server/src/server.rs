@@ -163,7 +163,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
                 data = %config.data.display(),
                 "store recovered"
             );
-            AnyEngine::Embedded(engine)
+            AnyEngine::Embedded(Box::new(engine))
         }
         StoreChoice::Postgres { url } => {
             let engine = PgEngine::connect(url, &config).await?;
@@ -172,7 +172,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
                 store = ?config.store,
                 "connected to PostgreSQL; schema up to date"
             );
-            AnyEngine::Postgres(engine)
+            AnyEngine::Postgres(Box::new(engine))
         }
     };
 
@@ -283,8 +283,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
 /// the same [`Command`] channel, so nothing else in the server knows which it is.
 #[derive(Debug)]
 enum AnyEngine {
-    Embedded(Engine),
-    Postgres(PgEngine),
+    Embedded(Box<Engine>),
+    Postgres(Box<PgEngine>),
 }
 
 impl AnyEngine {
