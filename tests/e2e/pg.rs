@@ -78,18 +78,54 @@ impl Cluster {
             "initdb",
             &["-D", path(&data), "-U", "qd", "--auth=trust", "-E", "UTF8", "--no-sync"],
         );
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c synchronous_commit=on -c fsync=off",
-            port,
-            path(cluster.dir.path())
-        );
-        let log = cluster.dir.path().join("log");
-        cluster
-            .run("pg_ctl", &["-D", path(&data), "-o", &options, "-l", path(&log), "-w", "start"]);
+        cluster.pg_ctl_start().expect("pg_ctl start");
         Some(cluster)
     }
 
+    /// Starts the cluster's server (once more, after a kill).
+    fn pg_ctl_start(&self) -> Result<(), String> {
+        let data = self.dir.path().join("db");
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c synchronous_commit=on -c fsync=off",
+            self.port,
+            path(self.dir.path())
+        );
+        let log = self.dir.path().join("log");
+        self.try_run(
+            "pg_ctl",
+            &["-D", path(&data), "-o", &options, "-l", path(&log), "-w", "start"],
+        )
+    }
+
+    /// SIGKILLs the postmaster (its backends exit on their own soon after).
+    fn kill9(&self) {
+        let pid_file = self.dir.path().join("db").join("postmaster.pid");
+        let pid = std::fs::read_to_string(&pid_file).expect("postmaster.pid");
+        let pid = pid.lines().next().expect("pid line").trim().to_owned();
+        let status = Command::new("kill").args(["-9", &pid]).status().expect("kill");
+        assert!(status.success(), "kill -9 {pid}");
+    }
+
+    /// Starts the cluster again after [`Cluster::kill9`], retrying while the killed
+    /// server's backends are still exiting (they hold its shared memory until they do).
+    fn restart(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.pg_ctl_start() {
+                Ok(()) => return,
+                Err(e) if Instant::now() > deadline => panic!("the cluster did not restart: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
     fn run(&self, tool: &str, args: &[&str]) {
+        if let Err(e) = self.try_run(tool, args) {
+            panic!("{e}");
+        }
+    }
+
+    fn try_run(&self, tool: &str, args: &[&str]) -> Result<(), String> {
         let exe = self.bin.join(tool);
         let mut cmd = if self.as_postgres {
             let mut c = Command::new("runuser");
@@ -98,13 +134,15 @@ impl Cluster {
         } else {
             Command::new(&exe)
         };
-        let out = cmd.args(args).output().unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
-        assert!(
-            out.status.success(),
-            "{tool} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = cmd.args(args).output().map_err(|e| format!("cannot run {tool}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{tool} failed: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(())
     }
 
     fn url(&self) -> String {
@@ -381,4 +419,61 @@ async fn three_brokers_share_one_database_and_survive_a_kill() {
     for w in workers {
         w.abort();
     }
+}
+
+/// kill -9 of the database under load: the broker reports errors while it is down, keeps
+/// running, and serves again once it is back; every add it acknowledged runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_killed_under_load_loses_nothing_acknowledged() {
+    let Some(pg) = Cluster::start("pg::db_kill") else { return };
+    let (server, _dir) = pg.broker(&[]);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let worker = server.client().await;
+    let worker_seen = seen.clone();
+    let working = tokio::spawn(async move {
+        loop {
+            if let Ok(jobs) = worker.reserve(&["k"], 16, Duration::from_millis(200)).await {
+                for job in jobs {
+                    worker_seen.lock().unwrap().insert(job.id);
+                    let _ = worker.ack(&job).await;
+                }
+            }
+        }
+    });
+    let producer = server.client().await;
+    let (mut added, mut refused) = (Vec::new(), 0);
+    let mut killed = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while added.len() < 600 {
+        assert!(Instant::now() < deadline, "adds never came back after the restart");
+        let job =
+            Job::new("x", "").lease(Duration::from_secs(1)).backoff(Backoff::NONE).attempts(20);
+        match producer.add("k", job).await {
+            Ok(id) => added.push(id),
+            Err(_) => refused += 1,
+        }
+        if added.len() == 200 && !killed {
+            killed = true;
+            pg.kill9();
+        }
+        // Down long enough for the broker to refuse adds (it must say so, not hang).
+        if refused == 20 {
+            refused += 1;
+            tokio::task::block_in_place(|| pg.restart());
+        }
+    }
+    assert!(refused > 0, "adds while the database was down were refused with an error");
+    assert!(server.client().await.ping().await.is_ok(), "the broker lived through it");
+    let what = "every acknowledged add ran after the database restart";
+    eventually(Duration::from_secs(60), what, || {
+        let missing = added.iter().filter(|id| !seen.lock().unwrap().contains(id)).count();
+        let producer = &producer;
+        async move {
+            let left = counts(producer, "k").await;
+            (missing == 0 && left == (0, 0, 0, 0, 0)).then_some(())
+        }
+    })
+    .await;
+    eprintln!("{} adds acknowledged, {refused} refused while the database was down", added.len());
+    working.abort();
 }
