@@ -102,19 +102,38 @@ async fn pause(shared: Arc<Shared>, queue: String, paused: bool) -> Result<Respo
 }
 
 /// One page of queue counts, and whether more follow.
+///
+/// Counting scans `qd_jobs`, and clients poll stats (the dashboard, `qd bench` every 5 ms):
+/// a page is reused for [`COUNTS_TTL`] and computed by one request at a time, so polling
+/// costs the database at most a few scans a second, whatever the number of pollers.
 async fn page(
     shared: &Shared,
     after: Option<&str>,
     limit: u32,
 ) -> Result<(Vec<sql::Counts>, bool), WireError> {
     let limit = page_limit(limit);
+    let key = (after.map(str::to_owned), limit);
+    let mut cache = shared.counts_cache.lock().await;
+    if let Some((at, cached_key, page)) = cache.as_ref() {
+        if *cached_key == key && at.elapsed() < COUNTS_TTL {
+            return Ok(page.clone());
+        }
+    }
     let client = client(shared).await?;
     let mut counts =
         sql::counts(&client, now_ms(), after, limit + 1).await.map_err(|e| e.wire())?;
     let more = counts.len() > limit;
     counts.truncate(limit);
+    *cache = Some((std::time::Instant::now(), key, (counts.clone(), more)));
     Ok((counts, more))
 }
+
+/// How long a page of counts is reused.
+const COUNTS_TTL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The last page of counts: when, for which `(after, limit)`, and the page.
+pub(super) type CountsCache =
+    Option<(std::time::Instant, (Option<String>, usize), (Vec<sql::Counts>, bool))>;
 
 fn counters(shared: &Shared, queue: &str) -> super::Counters {
     let counters = shared.counters.lock().unwrap_or_else(|e| e.into_inner());

@@ -71,8 +71,10 @@ pub const POLL_MAX_MS: u64 = 100;
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
 /// How often each broker drops dead jobs past `dead_max_age`.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
-/// Connections in the pool.
-const POOL_SIZE: usize = 24;
+/// Connections in the pool for durable writes and admin reads.
+const POOL_SIZE: usize = 16;
+/// Connections in the pool for leasing.
+const LEASE_POOL_SIZE: usize = 8;
 /// Key of the advisory lock held while migrating ("qd" in ASCII, then 12).
 const MIGRATION_LOCK: i64 = 0x7164_0000_000c;
 
@@ -141,8 +143,14 @@ pub struct Counters {
 /// What the broker's tasks share.
 #[derive(Debug)]
 struct Shared {
+    /// Connections for what must be durable before it is answered (adds, acks, failures,
+    /// admin changes): `synchronous_commit` as the database has it.
     pool: Pool,
+    /// Connections for leasing (reserve, touch, put-back): `synchronous_commit=off`.
+    lease_pool: Pool,
     counters: Mutex<HashMap<String, Counters>>,
+    /// The last page of queue counts (`admin::page`).
+    counts_cache: tokio::sync::Mutex<admin::CountsCache>,
     max_frame: usize,
     max_reserve: u32,
     dead_max_age_ms: u64,
@@ -220,16 +228,16 @@ impl PgEngine {
     /// starting together take turns), and draws the lease-token key.
     pub async fn connect(url: &str, config: &ServerConfig) -> Result<PgEngine, PgError> {
         let pg_config = tokio_postgres::Config::from_str(url).map_err(PgError::Url)?;
-        let manager = Manager::from_config(
-            pg_config,
-            tokio_postgres::NoTls,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(|e| PgError::Pool(e.to_string()))?;
+        let pool = new_pool(pg_config.clone(), POOL_SIZE)?;
+        // Leasing is not a promise to anyone: like the embedded store, which never writes on
+        // reserve, a lease lost in a database crash just leaves its job waiting again (the
+        // worker's ack then finds the lease gone, and the job runs once more). So reserves,
+        // touches and put-backs commit without waiting for the WAL flush; the next
+        // synchronous commit (an add, an ack) flushes them anyway. This took a drain from
+        // about 4,400 jobs/s to the figures in docs/PERFORMANCE.md.
+        let mut lease_config = pg_config;
+        lease_config.options("-c synchronous_commit=off");
+        let lease_pool = new_pool(lease_config, LEASE_POOL_SIZE)?;
         {
             let mut client = pool.get().await?;
             client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
@@ -250,7 +258,9 @@ impl PgEngine {
         Ok(PgEngine {
             shared: Arc::new(Shared {
                 pool,
+                lease_pool,
                 counters: Mutex::new(HashMap::new()),
+                counts_cache: tokio::sync::Mutex::new(None),
                 max_frame: config.max_frame,
                 max_reserve: config.max_reserve.max(1),
                 dead_max_age_ms: config.dead_max_age.as_millis().min(u64::MAX as u128) as u64,
@@ -454,7 +464,8 @@ impl PgEngine {
                     }
                 }
                 self.spawn_reply(replies, id, move |shared| async move {
-                    let client = shared.pool.get().await.map_err(|e| PgError::from(e).wire())?;
+                    let client =
+                        shared.lease_pool.get().await.map_err(|e| PgError::from(e).wire())?;
                     match sql::touch(&client, (lease.id, lease.token), lease_ms, now_ms()).await {
                         Ok(Some(deadline)) => Ok(Response::Touched { lease_deadline_ms: deadline }),
                         Ok(None) => Err(lease_error(&shared, lease.id).await),
@@ -567,7 +578,7 @@ impl PgEngine {
             let done = self.internal_tx.clone();
             self.tasks.spawn(async move {
                 let result = async {
-                    let client = shared.pool.get().await?;
+                    let client = shared.lease_pool.get().await?;
                     sql::reserve(&client, &queues, n, now_ms(), &tokens).await
                 }
                 .await
@@ -724,7 +735,7 @@ async fn fail_leases(shared: &Shared, leases: &[(JobId, u64)], message: &str, hi
 /// Puts delivered-but-untaken rows back, no attempt charged.
 async fn release(shared: &Shared, leases: &[(JobId, u64)]) {
     let result = async {
-        let client = shared.pool.get().await?;
+        let client = shared.lease_pool.get().await?;
         sql::release(&client, leases, now_ms(), 0).await
     }
     .await;
@@ -912,4 +923,18 @@ async fn sweep(shared: Arc<Shared>, stop: CancellationToken) {
             }
         }
     }
+}
+
+/// A pool of at most `size` connections made with `config`.
+fn new_pool(config: tokio_postgres::Config, size: usize) -> Result<Pool, PgError> {
+    let manager = Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        ManagerConfig { recycling_method: RecyclingMethod::Fast },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| PgError::Pool(e.to_string()))
 }
