@@ -80,7 +80,7 @@ WITH input AS (
 ), ins AS (
     INSERT INTO qd_jobs (id, queue, name, payload, options, priority, state, run_at,
                          created_at, max_attempts, lease_ms, idem_key)
-    SELECT id, queue, name, payload, options::jsonb, priority, 0, run_at, $10, max_attempts,
+    SELECT id, queue, name, payload, options, priority, 0, run_at, $10, max_attempts,
            lease_ms, idem_key
     FROM input ORDER BY ord
     ON CONFLICT (queue, idem_key) WHERE idem_key IS NOT NULL AND state IN (0, 1) DO NOTHING
@@ -89,6 +89,15 @@ WITH input AS (
 SELECT input.id, ins.id IS NOT NULL AS inserted
 FROM input LEFT JOIN ins ON ins.id = input.id
 ORDER BY input.ord";
+
+const INSERT_PLAIN: &str = "
+INSERT INTO qd_jobs (queue, name, payload, options, priority, state, run_at, created_at,
+                     max_attempts, lease_ms, idem_key)
+SELECT queue, name, payload, options, priority, 0, run_at, $10, max_attempts, lease_ms, idem_key
+FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::int[], $6::bigint[],
+            $7::int[], $8::bigint[], $9::text[])
+     AS t(queue, name, payload, options, priority, run_at, max_attempts, lease_ms, idem_key)
+RETURNING id";
 
 const KEY_HOLDERS: &str = "
 SELECT j.queue, j.idem_key, j.id FROM qd_jobs j
@@ -105,6 +114,7 @@ pub async fn insert(
     now: Millis,
 ) -> Result<Vec<JobId>, PgError> {
     let mut ids: Vec<Option<JobId>> = vec![None; rows.len()];
+    let now_ms = ms(now);
     let mut todo: Vec<usize> = (0..rows.len()).collect();
     // A key's holder can complete between the insert and the lookup below; its row is then
     // inserted on the next round. Three rounds are plenty unless something is badly wrong.
@@ -125,30 +135,41 @@ pub async fn insert(
         let lease: Vec<i64> = todo.iter().map(|&i| ms(rows[i].options.lease_ms)).collect();
         let keys: Vec<Option<&str>> =
             todo.iter().map(|&i| rows[i].options.key.as_deref()).collect();
-        let stmt = client.prepare_cached(INSERT).await?;
-        let result = client
-            .query(
-                &stmt,
-                &[
-                    &queues,
-                    &names,
-                    &payloads,
-                    &options,
-                    &priorities,
-                    &run_at,
-                    &attempts,
-                    &lease,
-                    &keys,
-                    &ms(now),
-                ],
-            )
-            .await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
+            &queues,
+            &names,
+            &payloads,
+            &options,
+            &priorities,
+            &run_at,
+            &attempts,
+            &lease,
+            &keys,
+            &now_ms,
+        ];
         let mut held = Vec::new();
-        for (&i, row) in todo.iter().zip(&result) {
-            if row.get::<_, bool>(1) {
-                ids[i] = Some(row.get::<_, i64>(0) as JobId);
-            } else {
-                held.push(i);
+        if keys.iter().all(Option::is_none) {
+            // No key, no conflict: a plain insert. Its ids come from the sequence in the
+            // order the rows are read from `unnest`, so sorted they are in input order.
+            let stmt = client.prepare_cached(INSERT_PLAIN).await?;
+            let mut new: Vec<JobId> = client
+                .query(&stmt, &params)
+                .await?
+                .iter()
+                .map(|r| r.get::<_, i64>(0) as JobId)
+                .collect();
+            new.sort_unstable();
+            for (&i, id) in todo.iter().zip(new) {
+                ids[i] = Some(id);
+            }
+        } else {
+            let stmt = client.prepare_cached(INSERT).await?;
+            for (&i, row) in todo.iter().zip(&client.query(&stmt, &params).await?) {
+                if row.get::<_, bool>(1) {
+                    ids[i] = Some(row.get::<_, i64>(0) as JobId);
+                } else {
+                    held.push(i);
+                }
             }
         }
         if held.is_empty() {
@@ -191,7 +212,7 @@ UPDATE qd_jobs j
 SET state = 1, token = ($4::bigint[])[n.rn], lease_deadline = $2 + j.lease_ms, started_at = $2
 FROM numbered n
 WHERE j.id = n.id
-RETURNING j.id, j.queue, j.name, j.payload, j.options::text, j.failures, j.max_attempts,
+RETURNING j.id, j.queue, j.name, j.payload, j.options, j.failures, j.max_attempts,
           j.token, j.lease_deadline, j.created_at, j.priority, j.run_at";
 
 /// Leases up to `max` ready jobs, from the first of `queues` that has any, then the next,
@@ -282,13 +303,13 @@ pub enum Victims<'a> {
 }
 
 const LOCK_LEASES: &str = "
-SELECT j.id, j.queue, j.options::text, j.failures, j.max_attempts FROM qd_jobs j
+SELECT j.id, j.queue, j.options, j.failures, j.max_attempts FROM qd_jobs j
 JOIN unnest($1::bigint[], $2::bigint[]) AS l(id, token) ON j.id = l.id AND j.token = l.token
 WHERE j.state = 1
 FOR UPDATE OF j";
 
 const LOCK_EXPIRED: &str = "
-SELECT id, queue, options::text, failures, max_attempts FROM qd_jobs
+SELECT id, queue, options, failures, max_attempts FROM qd_jobs
 WHERE state = 1 AND lease_deadline < $1
 ORDER BY lease_deadline
 LIMIT $2
