@@ -15,7 +15,7 @@
 //! - acks go the same way to [`ACK_WORKERS`] tasks, one `DELETE ... USING unnest` each;
 //! - reserves park here, grouped by the queue list they name; one statement per list
 //!   leases rows for all its parked reserves at once (sized to their free slots), and the
-//!   rows are shared out in arrival order ([`Lists`]).
+//!   rows are shared out in arrival order (`lists.rs`).
 //!
 //! Wake-ups: no NOTIFY in the insert transaction (it serialises commits: adds fell from
 //! 25,000/s to 4,400/s). A list with parked reserves is polled every [`POLL_MIN_MS`] while
