@@ -193,3 +193,21 @@ impl Default for ServerConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_choice_parses_and_never_shows_a_password() {
+        assert_eq!(StoreChoice::parse("embedded"), Ok(StoreChoice::Embedded));
+        let url = "postgres://qd:hunter2@db:5432/jobs";
+        let pg = StoreChoice::parse(url).unwrap();
+        assert_eq!(pg, StoreChoice::Postgres { url: url.to_owned() });
+        let shown = format!("{pg:?}");
+        assert!(!shown.contains("hunter2") && shown.contains("db:5432/jobs"), "{shown}");
+        assert!(StoreChoice::parse("postgresql://db/jobs").is_ok());
+        let err = StoreChoice::parse("mysql://db").unwrap_err();
+        assert!(err.contains("postgres://"), "says what to use: {err}");
+    }
+}

@@ -30,7 +30,7 @@
 
 mod admin;
 mod lists;
-pub mod sql;
+mod sql;
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
