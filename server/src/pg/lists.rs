@@ -10,6 +10,12 @@
 //! 3. A list whose last fetch came back short polls again after `idle_ms`, which doubles
 //!    from [`POLL_MIN_MS`] up to [`POLL_MAX_MS`]; a full fetch, a new waiter or a local add
 //!    to one of its queues makes it due at once.
+//! 4. Fetch-ahead: while a list's fetches come back full, each asks for up to [`AHEAD`]
+//!    rows more than its waiters want, and keeps them (`ahead`, leased to this broker) for
+//!    the next reserve, which is then answered at once instead of after a round trip. A
+//!    worker has one reserve in flight, so its rate is its slots over that round trip; this
+//!    is what raised the one-worker drain. Rows kept ahead longer than [`AHEAD_TTL_MS`]
+//!    with no taker are handed back (`stale`), so an idle list holds no leases.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -20,6 +26,10 @@ use super::{POLL_MAX_MS, POLL_MIN_MS};
 
 /// Most rows one fetch asks for.
 pub const FETCH_MAX: u32 = 1000;
+/// Most rows a list keeps leased ahead of its reserves.
+pub const AHEAD: u32 = 256;
+/// Rows kept ahead with no reserve to take them go back after this long.
+pub const AHEAD_TTL_MS: u64 = 1000;
 
 /// One parked reserve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,8 +46,12 @@ pub struct Waiter {
 }
 
 #[derive(Debug)]
-struct List {
+struct List<T> {
     waiters: VecDeque<Waiter>,
+    /// Rows leased ahead for the next reserves (invariant 4), oldest first.
+    ahead: VecDeque<T>,
+    /// When a row was last taken from `ahead` or it was filled.
+    ahead_since: Millis,
     fetching: bool,
     /// Rows the fetch in flight asked for.
     asked: u32,
@@ -46,27 +60,48 @@ struct List {
 }
 
 /// Every parked reserve of this broker. See the module docs.
-#[derive(Debug, Default)]
-pub struct Lists {
-    lists: HashMap<Vec<String>, List>,
+#[derive(Debug)]
+pub struct Lists<T> {
+    lists: HashMap<Vec<String>, List<T>>,
+}
+
+impl<T> Default for Lists<T> {
+    fn default() -> Self {
+        Lists { lists: HashMap::new() }
+    }
 }
 
 /// What [`Lists::fetched`] decided: `(waiter, its rows)` to answer (possibly no rows, for
 /// a `once` waiter), and rows nobody took.
 pub type Shared<T> = (Vec<(WaiterKey, Vec<T>)>, Vec<T>);
 
-impl Lists {
-    /// Parks `waiter` on `queues`; the list is due at once.
-    pub fn park(&mut self, queues: Vec<String>, waiter: Waiter, now: Millis) {
+impl<T> List<T> {
+    fn idle(&self) -> bool {
+        !self.fetching && self.waiters.is_empty() && self.ahead.is_empty()
+    }
+}
+
+impl<T> Lists<T> {
+    /// Parks `waiter` on `queues`, or answers it at once from the rows kept ahead (`Some`:
+    /// its rows). The list is due at once either way (to refill what was taken).
+    pub fn park(&mut self, queues: Vec<String>, waiter: Waiter, now: Millis) -> Option<Vec<T>> {
         let list = self.lists.entry(queues).or_insert_with(|| List {
             waiters: VecDeque::new(),
+            ahead: VecDeque::new(),
+            ahead_since: now,
             fetching: false,
             asked: 0,
             next_poll: now,
             idle_ms: POLL_MIN_MS,
         });
-        list.waiters.push_back(waiter);
         list.next_poll = now;
+        if list.waiters.is_empty() && !list.ahead.is_empty() {
+            let n = (waiter.max as usize).min(list.ahead.len());
+            list.ahead_since = now;
+            return Some(list.ahead.drain(..n).collect());
+        }
+        list.waiters.push_back(waiter);
+        None
     }
 
     /// Drops the waiters of a closed connection.
@@ -74,7 +109,7 @@ impl Lists {
         for list in self.lists.values_mut() {
             list.waiters.retain(|w| w.key.conn != conn);
         }
-        self.lists.retain(|_, l| l.fetching || !l.waiters.is_empty());
+        self.lists.retain(|_, l| !l.idle());
     }
 
     /// Jobs were added to `queues`: lists naming any of them are due now.
@@ -97,6 +132,10 @@ impl Lists {
             for w in list.waiters.iter().filter(|w| !w.once) {
                 at = Some(at.map_or(w.deadline, |a| a.min(w.deadline)));
             }
+            if !list.ahead.is_empty() {
+                let stale = list.ahead_since.saturating_add(AHEAD_TTL_MS);
+                at = Some(at.map_or(stale, |a| a.min(stale)));
+            }
         }
         at.map(|a| a.max(now))
     }
@@ -113,7 +152,19 @@ impl Lists {
                 !done
             });
         }
-        self.lists.retain(|_, l| l.fetching || !l.waiters.is_empty());
+        self.lists.retain(|_, l| !l.idle());
+        out
+    }
+
+    /// Takes the rows kept ahead that found no taker within [`AHEAD_TTL_MS`], to hand back.
+    pub fn stale(&mut self, now: Millis) -> Vec<T> {
+        let mut out = Vec::new();
+        for list in self.lists.values_mut() {
+            if !list.ahead.is_empty() && list.ahead_since.saturating_add(AHEAD_TTL_MS) <= now {
+                out.extend(list.ahead.drain(..));
+            }
+        }
+        self.lists.retain(|_, l| !l.idle());
         out
     }
 
@@ -132,7 +183,9 @@ impl Lists {
                 w.seen = true;
                 n = n.saturating_add(w.max);
             }
-            let n = n.min(FETCH_MAX);
+            // Fetch ahead only while fetches come back full (a busy queue).
+            let ahead = if list.idle_ms == POLL_MIN_MS { AHEAD } else { 0 };
+            let n = n.saturating_add(ahead).min(FETCH_MAX);
             list.fetching = true;
             list.asked = n;
             out.push((queues.clone(), n));
@@ -141,11 +194,12 @@ impl Lists {
     }
 
     /// The fetch for `queues` returned `rows` (in delivery order): shares them out.
-    pub fn fetched<T>(&mut self, queues: &[String], rows: Vec<T>, now: Millis) -> Shared<T> {
+    pub fn fetched(&mut self, queues: &[String], rows: Vec<T>, now: Millis) -> Shared<T> {
         let Some(list) = self.lists.get_mut(queues) else { return (Vec::new(), rows) };
         list.fetching = false;
         let short = (rows.len() as u64) < u64::from(list.asked);
-        let mut rows = rows.into_iter();
+        // Rows kept ahead go first: they were leased earlier.
+        let mut rows = std::mem::take(&mut list.ahead).into_iter().chain(rows);
         let mut served = Vec::new();
         let mut kept = VecDeque::new();
         for w in list.waiters.drain(..) {
@@ -172,7 +226,10 @@ impl Lists {
         if list.waiters.iter().any(|w| !w.seen) {
             list.next_poll = now;
         }
-        if list.waiters.is_empty() {
+        // What is left is kept for the next reserves, up to AHEAD; the rest goes back.
+        list.ahead = rows.by_ref().take(AHEAD as usize).collect();
+        list.ahead_since = now;
+        if list.idle() {
             self.lists.remove(queues);
         }
         (served, rows.collect())
@@ -187,15 +244,20 @@ impl Lists {
         let (once, rest): (Vec<Waiter>, Vec<Waiter>) =
             list.waiters.drain(..).partition(|w| w.once && w.seen);
         list.waiters = rest.into_iter().collect();
-        if list.waiters.is_empty() {
+        if list.idle() {
             self.lists.remove(queues);
         }
         once
     }
 
-    /// Every waiter, removed (shutdown).
-    pub fn drain(&mut self) -> Vec<Waiter> {
-        self.lists.drain().flat_map(|(_, l)| l.waiters).collect()
+    /// Every waiter and every row kept ahead, removed (shutdown).
+    pub fn drain(&mut self) -> (Vec<Waiter>, Vec<T>) {
+        let (mut waiters, mut rows) = (Vec::new(), Vec::new());
+        for (_, list) in self.lists.drain() {
+            waiters.extend(list.waiters);
+            rows.extend(list.ahead);
+        }
+        (waiters, rows)
     }
 }
 
@@ -213,10 +275,10 @@ mod tests {
 
     #[test]
     fn one_fetch_serves_every_waiter_in_arrival_order() {
-        let mut lists = Lists::default();
+        let mut lists: Lists<u32> = Lists::default();
         lists.park(q("a"), waiter(1, 2, 1_000, false), 0);
         lists.park(q("a"), waiter(2, 3, 1_000, false), 0);
-        assert_eq!(lists.due(0), vec![(q("a"), 5)]);
+        assert_eq!(lists.due(0), vec![(q("a"), 5 + AHEAD)], "a busy list fetches ahead");
         assert!(lists.due(0).is_empty(), "one fetch in flight per list");
         let (served, left) = lists.fetched(&q("a"), vec![10, 11, 12], 0);
         assert_eq!(
@@ -232,13 +294,13 @@ mod tests {
 
     #[test]
     fn an_idle_list_backs_off_and_a_local_add_wakes_it() {
-        let mut lists = Lists::default();
+        let mut lists: Lists<u32> = Lists::default();
         lists.park(q("a"), waiter(1, 1, 10_000, false), 0);
         let mut now = 0;
         let mut gaps = Vec::new();
         for _ in 0..6 {
             assert_eq!(lists.due(now).len(), 1);
-            let (served, _) = lists.fetched::<u32>(&q("a"), vec![], now);
+            let (served, _) = lists.fetched(&q("a"), vec![], now);
             assert!(served.is_empty());
             let next = lists.next_wake(now).unwrap();
             gaps.push(next - now);
@@ -251,36 +313,52 @@ mod tests {
 
     #[test]
     fn waits_run_out_and_once_waiters_are_answered_after_one_fetch() {
-        let mut lists = Lists::default();
+        let mut lists: Lists<u32> = Lists::default();
         lists.park(q("a"), waiter(1, 1, 50, false), 0);
         lists.park(q("b"), waiter(2, 1, 0, true), 0);
         assert_eq!(lists.due(0).len(), 2);
-        let (served, _) = lists.fetched::<u32>(&q("b"), vec![], 0);
+        let (served, _) = lists.fetched(&q("b"), vec![], 0);
         assert_eq!(served, vec![(WaiterKey { conn: 2, request: 2 }, vec![])]);
         let (_, left) = lists.fetched(&q("a"), vec![7, 8], 0);
-        assert_eq!(left, vec![8], "more rows than takers go back");
-        lists.park(q("a"), waiter(3, 1, 50, false), 0);
+        assert!(left.is_empty(), "more rows than takers are kept ahead");
+        assert_eq!(lists.park(q("a"), waiter(3, 1, 50, false), 0), Some(vec![8]), "at once");
+        assert_eq!(lists.park(q("a"), waiter(4, 1, 50, false), 0), None, "none left: parked");
         assert_eq!(lists.expire(49), vec![]);
-        assert_eq!(lists.expire(50), vec![WaiterKey { conn: 3, request: 3 }]);
+        assert_eq!(lists.expire(50), vec![WaiterKey { conn: 4, request: 4 }]);
     }
 
     #[test]
     fn a_waiter_parked_during_a_fetch_makes_the_list_due_again() {
-        let mut lists = Lists::default();
+        let mut lists: Lists<u32> = Lists::default();
         lists.park(q("a"), waiter(1, 1, 10_000, false), 0);
-        assert_eq!(lists.due(0), vec![(q("a"), 1)]);
+        assert_eq!(lists.due(0), vec![(q("a"), 1 + AHEAD)]);
         lists.park(q("a"), waiter(2, 1, 10_000, false), 1);
-        let (served, _) = lists.fetched::<u32>(&q("a"), vec![], 2);
+        let (served, _) = lists.fetched(&q("a"), vec![], 2);
         assert!(served.is_empty());
         assert_eq!(lists.next_wake(2), Some(2), "the newcomer was not counted in that fetch");
         assert_eq!(lists.due(2), vec![(q("a"), 2)]);
-        lists.fetched::<u32>(&q("a"), vec![], 3);
+        lists.fetched(&q("a"), vec![], 3);
         assert_eq!(lists.next_wake(3), Some(23), "both counted: back to backing off");
     }
 
     #[test]
+    fn rows_kept_ahead_with_no_taker_go_back() {
+        let mut lists: Lists<u32> = Lists::default();
+        lists.park(q("a"), waiter(1, 1, 5_000, false), 0);
+        lists.due(0);
+        let (served, left) = lists.fetched(&q("a"), vec![1, 2, 3], 10);
+        assert_eq!((served.len(), left.len()), (1, 0));
+        assert_eq!(lists.next_wake(10), Some(10 + AHEAD_TTL_MS), "wakes to hand them back");
+        assert!(lists.stale(10 + AHEAD_TTL_MS - 1).is_empty());
+        assert_eq!(lists.stale(10 + AHEAD_TTL_MS), vec![2, 3]);
+        assert!(lists.next_wake(10 + AHEAD_TTL_MS).is_none(), "an idle list holds nothing");
+        let (_, rows) = lists.drain();
+        assert!(rows.is_empty());
+    }
+
+    #[test]
     fn a_closed_connection_leaves_its_list() {
-        let mut lists = Lists::default();
+        let mut lists: Lists<u32> = Lists::default();
         lists.park(q("a"), waiter(1, 1, 50, false), 0);
         lists.remove_conn(1);
         assert!(lists.due(0).is_empty());

@@ -14,8 +14,9 @@
 //!   its statement commits ("persist, then reply");
 //! - acks go the same way to [`ACK_WORKERS`] tasks, one `DELETE ... USING unnest` each;
 //! - reserves park here, grouped by the queue list they name; one statement per list
-//!   leases rows for all its parked reserves at once (sized to their free slots), and the
-//!   rows are shared out in arrival order (`lists.rs`).
+//!   leases rows for all its parked reserves at once (sized to their free slots, plus some
+//!   ahead for the next reserves while the queue is busy), and the rows are shared out in
+//!   arrival order (`lists.rs`).
 //!
 //! Wake-ups: no NOTIFY in the insert transaction (it serialises commits: adds fell from
 //! 25,000/s to 4,400/s). A list with parked reserves is polled every [`POLL_MIN_MS`] while
@@ -214,7 +215,7 @@ enum Internal {
 pub struct PgEngine {
     shared: Arc<Shared>,
     conns: HashMap<ConnId, Conn>,
-    lists: Lists,
+    lists: Lists<LeasedRow>,
     /// Lease tokens: ChaCha20 keyed from the OS at start, like the embedded core's, so a
     /// token seen reveals no other.
     tokens: ChaCha20Rng,
@@ -326,12 +327,18 @@ impl PgEngine {
                 self.on_command(cmd, &add_tx, &ack_tx);
             }
         }
-        for waiter in self.lists.drain() {
+        let (waiters, ahead) = self.lists.drain();
+        for waiter in waiters {
             self.send(
                 waiter.key.conn,
                 waiter.key.request,
                 Ok(Response::Reserved { jobs: Vec::new() }),
             );
+        }
+        // Rows fetched ahead were handed to no worker: back to waiting, no attempt used.
+        let ahead: Vec<(JobId, u64)> = ahead.iter().map(|r| (r.id, r.token)).collect();
+        if !ahead.is_empty() {
+            release(&self.shared, &ahead).await;
         }
         drop((add_tx, ack_tx));
         sweeper.cancel();
@@ -418,7 +425,10 @@ impl PgEngine {
                     once: timeout_ms == 0,
                     seen: false,
                 };
-                self.lists.park(queues, waiter, now);
+                let key = waiter.key;
+                if let Some(rows) = self.lists.park(queues, waiter, now) {
+                    self.deliver(key, rows);
+                }
                 None
             }
             Request::Ack { leases } => {
@@ -546,15 +556,7 @@ impl PgEngine {
                 };
                 let (served, leftover) = self.lists.fetched(&queues, rows, now);
                 for (waiter, rows) in served {
-                    let Some(conn) = self.conns.get_mut(&waiter.conn) else { continue };
-                    for r in &rows {
-                        conn.leases.insert(r.id, r.token);
-                    }
-                    let jobs = rows.into_iter().map(leased).collect();
-                    let _ = conn.replies.send(ServerFrame::Response {
-                        id: waiter.request,
-                        result: Ok(Response::Reserved { jobs }),
-                    });
+                    self.deliver(waiter, rows);
                 }
                 let leftover: Vec<(JobId, u64)> =
                     leftover.iter().map(|r| (r.id, r.token)).collect();
@@ -566,11 +568,37 @@ impl PgEngine {
         }
     }
 
-    /// Answers expired waits and starts the fetches that are due.
+    /// Answers reserve `waiter` with `rows`, now on its connection's books (rows of a
+    /// connection that is gone go back at once).
+    fn deliver(&mut self, waiter: crate::broker::WaiterKey, rows: Vec<LeasedRow>) {
+        let Some(conn) = self.conns.get_mut(&waiter.conn) else {
+            let back: Vec<(JobId, u64)> = rows.iter().map(|r| (r.id, r.token)).collect();
+            let shared = self.shared.clone();
+            self.tasks.spawn(async move { release(&shared, &back).await });
+            return;
+        };
+        for r in &rows {
+            conn.leases.insert(r.id, r.token);
+        }
+        let jobs = rows.into_iter().map(leased).collect();
+        let _ = conn.replies.send(ServerFrame::Response {
+            id: waiter.request,
+            result: Ok(Response::Reserved { jobs }),
+        });
+    }
+
+    /// Answers expired waits, hands back rows kept ahead too long, and starts the fetches
+    /// that are due.
     fn tick(&mut self) {
         let now = now_ms();
         for waiter in self.lists.expire(now) {
             self.send(waiter.conn, waiter.request, Ok(Response::Reserved { jobs: Vec::new() }));
+        }
+        let stale: Vec<(JobId, u64)> =
+            self.lists.stale(now).iter().map(|r| (r.id, r.token)).collect();
+        if !stale.is_empty() {
+            let shared = self.shared.clone();
+            self.tasks.spawn(async move { release(&shared, &stale).await });
         }
         for (queues, n) in self.lists.due(now) {
             let tokens: Vec<u64> = (0..n).map(|_| self.tokens.next_u64()).collect();
