@@ -125,6 +125,10 @@ struct ServeArgs {
     /// Data directory (created if missing).
     #[arg(long, env = "QD_DATA", default_value = config::DEFAULT_DATA)]
     data: PathBuf,
+    /// Where jobs live: `embedded` (the store in --data), or a postgres://user:pass@host/db
+    /// URL that any number of brokers share (docs/BACKENDS.md).
+    #[arg(long, env = "QD_STORE", default_value = "embedded", hide_env_values = true)]
+    store: String,
     /// fsync: reply after the data is on disk. interval: reply after apply, flush every
     /// --flush-interval. none: leave flushing to the OS.
     #[arg(long, env = "QD_DURABILITY", value_enum, default_value_t = defaults().durability.into())]
@@ -407,6 +411,8 @@ fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
     config.max_reserve = args.max_reserve;
     config.http = args.http;
     config.faktory = args.faktory;
+    config.store =
+        config::StoreChoice::parse(&args.store).map_err(|e| anyhow::anyhow!("--store: {e}"))?;
     Ok(config)
 }
 

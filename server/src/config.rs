@@ -81,6 +81,51 @@ pub struct ServerConfig {
     pub http: Option<SocketAddr>,
     /// Address of the Faktory work protocol (docs/FAKTORY.md); off when `None`.
     pub faktory: Option<SocketAddr>,
+    /// Where jobs live: the embedded store in `data` (the default), or a PostgreSQL
+    /// database shared by any number of brokers (docs/BACKENDS.md).
+    pub store: StoreChoice,
+}
+
+/// Which backend keeps the jobs.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// The embedded journal + sled store in [`ServerConfig::data`].
+    #[default]
+    Embedded,
+    /// A PostgreSQL database, by connection URL (`postgres://user:pass@host:port/db`).
+    Postgres { url: String },
+}
+
+impl StoreChoice {
+    /// Parses `--store`: `embedded`, or a `postgres://` / `postgresql://` URL.
+    pub fn parse(value: &str) -> Result<StoreChoice, String> {
+        if value == "embedded" {
+            Ok(StoreChoice::Embedded)
+        } else if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+            Ok(StoreChoice::Postgres { url: value.to_owned() })
+        } else {
+            Err("the store is `embedded` or a postgres://user:password@host:port/database URL"
+                .to_owned())
+        }
+    }
+}
+
+// A URL may carry a password: it never reaches a log through `{:?}`.
+impl fmt::Debug for StoreChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreChoice::Embedded => f.write_str("Embedded"),
+            StoreChoice::Postgres { url } => {
+                let shown = match (url.find("://"), url.rfind('@')) {
+                    (Some(scheme), Some(at)) if at > scheme => {
+                        format!("{}://<credentials>@{}", &url[..scheme], &url[at + 1..])
+                    }
+                    _ => url.clone(),
+                };
+                f.debug_struct("Postgres").field("url", &shown).finish()
+            }
+        }
+    }
 }
 
 /// PEM files of the server's TLS certificate chain and private key.
@@ -153,6 +198,25 @@ impl Default for ServerConfig {
             max_reserve: 1000,
             http: None,
             faktory: None,
+            store: StoreChoice::Embedded,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_choice_parses_and_never_shows_a_password() {
+        assert_eq!(StoreChoice::parse("embedded"), Ok(StoreChoice::Embedded));
+        let url = "postgres://qd:hunter2@db:5432/jobs";
+        let pg = StoreChoice::parse(url).unwrap();
+        assert_eq!(pg, StoreChoice::Postgres { url: url.to_owned() });
+        let shown = format!("{pg:?}");
+        assert!(!shown.contains("hunter2") && shown.contains("db:5432/jobs"), "{shown}");
+        assert!(StoreChoice::parse("postgresql://db/jobs").is_ok());
+        let err = StoreChoice::parse("mysql://db").unwrap_err();
+        assert!(err.contains("postgres://"), "says what to use: {err}");
     }
 }

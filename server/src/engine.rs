@@ -28,7 +28,7 @@
 //! Recovery reads that same clock: [`Engine::open`] opens the store, streams its records into
 //! a new core and starts the writer, so nothing above the engine builds a broker or a store.
 
-mod admin;
+pub(crate) mod admin;
 mod events;
 
 use std::collections::HashMap;

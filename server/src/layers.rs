@@ -18,12 +18,19 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("store", &["model", "metrics"]),
     ("config", &["store"]),
     ("engine", &["broker", "store", "model", "config", "metrics"]),
+    // The PostgreSQL backend: consumes the engine's `Command`s and reuses its admin
+    // mapping; uses the broker's pure policy (validation, backoff, retry rule), never its
+    // stateful core, and no `store`.
+    ("pg", &["engine", "broker", "model", "config", "metrics"]),
     ("net", &["engine", "model", "config"]),
     ("http", &["engine", "model", "config", "metrics"]),
     ("faktory", &["net", "engine", "model", "config"]),
     (
         "server",
-        &["net", "http", "faktory", "engine", "config", "model", "broker", "store", "metrics"],
+        &[
+            "net", "http", "faktory", "engine", "pg", "config", "model", "broker", "store",
+            "metrics",
+        ],
     ),
 ];
 

@@ -10,6 +10,8 @@
 //! - [`broker`]: the pure queue state machine (no I/O, no clock);
 //! - [`store`]: persistence, group commit, recovery;
 //! - [`engine`]: the actor that owns the core and drives the store, and opens both;
+//! - [`pg`]: the PostgreSQL backend, a second engine on the same command channel whose
+//!   state lives in a database that many brokers share;
 //! - [`net`]: listener, connections, limits;
 //! - [`faktory`]: Faktory's work protocol on a second port, a client of the engine like `http`;
 //! - [`http`]: the dashboard, `/metrics`, `/healthz` and `/readyz`, an admin client of the engine;
@@ -27,5 +29,6 @@ mod layers;
 pub mod metrics;
 pub mod model;
 pub mod net;
+pub mod pg;
 pub mod server;
 pub mod store;

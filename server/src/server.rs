@@ -1,6 +1,7 @@
 //! The composition root: the one place that assembles a whole server from its layers and
 //! ties their lifetimes to one shutdown token. [`start`] opens and recovers the engine
-//! ([`Engine::open`]), binds the protocol listener and, when configured, the HTTP one (the
+//! ([`Engine::open`], or [`PgEngine::connect`] when `ServerConfig::store` names a
+//! PostgreSQL database: both consume the same command channel), binds the protocol listener and, when configured, the HTTP one (the
 //! dashboard, `/metrics`, health), and runs them all. Nothing below this file builds another
 //! layer: `net` gets the engine's command channel, the engine gets its store and core.
 //!
@@ -18,14 +19,15 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::ServerConfig;
-use crate::engine::{Engine, EngineError};
+use crate::config::{ServerConfig, StoreChoice};
+use crate::engine::{Command, Engine, EngineError};
 use crate::faktory::{FaktoryConfig, FaktoryListener};
 use crate::http::HttpListener;
 use crate::net::auth::FailureThrottle;
 use crate::net::conn::{ConnLimits, ConnPolicy};
 use crate::net::listener::Listener;
 use crate::net::tls::{self, TlsError};
+use crate::pg::{PgEngine, PgError};
 
 /// Depth of the engine's command channel, shared by every connection. Bounded, so a flood
 /// of requests waits in the sockets rather than in our memory.
@@ -38,6 +40,10 @@ pub enum ServerError {
     /// Opening the store, recovering, or serving failed in the engine.
     #[error(transparent)]
     Engine(#[from] EngineError),
+
+    /// The PostgreSQL backend could not start, or failed.
+    #[error(transparent)]
+    Postgres(#[from] PgError),
 
     /// The protocol address could not be bound.
     #[error(
@@ -144,16 +150,31 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         None => None,
     };
     let started = Instant::now();
-    let engine_config = config.clone();
-    let (engine, recovered) = tokio::task::spawn_blocking(move || Engine::open(&engine_config))
-        .await
-        .map_err(|_| ServerError::Panicked { task: "recovery" })??;
-    tracing::info!(
-        jobs = recovered.jobs,
-        ms = started.elapsed().as_millis() as u64,
-        data = %config.data.display(),
-        "store recovered"
-    );
+    let engine = match &config.store {
+        StoreChoice::Embedded => {
+            let engine_config = config.clone();
+            let (engine, recovered) =
+                tokio::task::spawn_blocking(move || Engine::open(&engine_config))
+                    .await
+                    .map_err(|_| ServerError::Panicked { task: "recovery" })??;
+            tracing::info!(
+                jobs = recovered.jobs,
+                ms = started.elapsed().as_millis() as u64,
+                data = %config.data.display(),
+                "store recovered"
+            );
+            AnyEngine::Embedded(Box::new(engine))
+        }
+        StoreChoice::Postgres { url } => {
+            let engine = PgEngine::connect(url, &config).await?;
+            tracing::info!(
+                ms = started.elapsed().as_millis() as u64,
+                store = ?config.store,
+                "connected to PostgreSQL; schema up to date"
+            );
+            AnyEngine::Postgres(Box::new(engine))
+        }
+    };
 
     let bound = match Listener::bind(config.listen).await {
         Ok(listener) => listener.local_addr().map(|addr| (listener, addr)),
@@ -185,8 +206,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         Err(error) => {
             // The writer is already running: stop it properly (a final flush) rather than
             // leave it to the process exit.
-            if let Err(e) = engine.close().await {
-                tracing::warn!(error = %e, "closing the store after a failed start");
+            if let AnyEngine::Embedded(engine) = engine {
+                if let Err(e) = engine.close().await {
+                    tracing::warn!(error = %e, "closing the store after a failed start");
+                }
             }
             return Err(error);
         }
@@ -194,7 +217,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
 
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let shutdown = CancellationToken::new();
-    let engine_task = tokio::spawn(engine.run(cmd_rx, shutdown.clone()));
+    let engine_task = engine.spawn(cmd_rx, shutdown.clone());
 
     let policy = Arc::new(ConnPolicy {
         limits: ConnLimits {
@@ -247,7 +270,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             engine_task.await.map_err(|_| ServerError::Panicked { task: "engine" })?;
         conns.close();
         conns.wait().await;
-        engine_result.map_err(ServerError::from)
+        engine_result
     });
     tracing::info!(
         %addr,
@@ -257,4 +280,29 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
         "qd is listening"
     );
     Ok(RunningServer { addr, http_addr, faktory_addr, shutdown, task })
+}
+
+/// The engine `start` opened: the embedded store's, or the PostgreSQL backend's. Both take
+/// the same [`Command`] channel, so nothing else in the server knows which it is.
+#[derive(Debug)]
+enum AnyEngine {
+    Embedded(Box<Engine>),
+    Postgres(Box<PgEngine>),
+}
+
+impl AnyEngine {
+    fn spawn(
+        self,
+        commands: mpsc::Receiver<Command>,
+        shutdown: CancellationToken,
+    ) -> JoinHandle<Result<(), ServerError>> {
+        match self {
+            AnyEngine::Embedded(engine) => tokio::spawn(async move {
+                engine.run(commands, shutdown).await.map_err(ServerError::from)
+            }),
+            AnyEngine::Postgres(engine) => tokio::spawn(async move {
+                engine.run(commands, shutdown).await.map_err(ServerError::from)
+            }),
+        }
+    }
 }

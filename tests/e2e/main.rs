@@ -28,6 +28,9 @@ mod full_disk;
 mod http;
 /// Leases: a vanished worker's jobs come back at once, a late ack is refused.
 mod leases;
+/// `qd serve --store postgres://...` on a throwaway cluster: the basics, retries, leases,
+/// and three brokers on one database with one killed mid-load.
+mod pg;
 /// Retries with backoff, dead-lettering, the Worker's retry path.
 mod retries;
 /// Named schedules: an interval adds jobs; update, list, remove; kill -9 fires no tick twice.

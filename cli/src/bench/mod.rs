@@ -34,6 +34,10 @@ pub struct BenchArgs {
     /// Durability of the spawned server (default: the server's).
     #[arg(long, value_enum, default_value_t = qd_server::config::ServerConfig::default().durability.into())]
     pub durability: DurabilityArg,
+    /// Store of the spawned server (`qd serve --store`): e.g. a postgres:// URL
+    /// (docs/BACKENDS.md). Default: the embedded store in a temporary data dir.
+    #[arg(long, requires = "spawn")]
+    pub store: Option<String>,
     /// Workloads to run, comma-separated (W1,W1b,W2,W3,W4,W5,W6,W7) or `all`.
     #[arg(long, default_value = "W1,W1b,W2,W3,W4")]
     pub workloads: String,
@@ -123,7 +127,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .collect();
     let tmp = tempfile::tempdir().context("cannot create a temporary data dir")?;
     let exe = std::env::current_exe().context("cannot find the qd binary to spawn")?;
-    let server_args = vec!["--durability".to_string(), args.durability.name().to_string()];
+    let mut server_args = vec!["--durability".to_string(), args.durability.name().to_string()];
+    if let Some(store) = &args.store {
+        server_args.extend(["--store".to_string(), store.clone()]);
+    }
     let mut outcomes = Vec::new();
     let mut points = Vec::new();
     let mut failed = None;

@@ -2,10 +2,43 @@
 //!
 //! Pure functions of the policy, the job id and the failure count, with no state and no
 //! randomness from the OS, so that any backend (this in-memory core, a future SQL one) computes
-//! the same delays and tests can pin them. Deciding *whether* to retry (attempts left, the
-//! worker's hint) is the broker's job, not this file's.
+//! the same delays and tests can pin them. [`after_failure`] is the one rule deciding
+//! *whether* a failed try is retried (attempts left, the worker's hint) and when; the
+//! in-memory core and the PostgreSQL backend both call it.
 
-use qd_protocol::{Backoff, JobId};
+use qd_protocol::{Backoff, JobId, RetryHint};
+
+/// What becomes of a job after a failed try: see [`after_failure`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AfterFailure {
+    /// Its attempts are used up, or the worker said never: it goes to the dead set.
+    pub dead: bool,
+    /// When it runs again; for a dead job, its time of death (`now`).
+    pub run_at_ms: u64,
+}
+
+/// The retry rule: the `attempt`-th failed try (counting from 1) of job `id`, whose policy
+/// allows `max_attempts` tries, failed at `now` with the worker's `hint`. Dead when the
+/// attempts are used up or the hint is `Never`; otherwise retried after the backoff, or
+/// after the hint's own delay (`After`, `RateLimited`, which callers normally handle
+/// without charging an attempt).
+pub fn after_failure(
+    backoff: &Backoff,
+    max_attempts: u32,
+    id: JobId,
+    attempt: u32,
+    hint: RetryHint,
+    now: u64,
+) -> AfterFailure {
+    let dead = matches!(hint, RetryHint::Never) || attempt >= max_attempts;
+    let delay = match hint {
+        RetryHint::Backoff => delay_ms(backoff, id, attempt),
+        RetryHint::After { delay_ms } | RetryHint::RateLimited { delay_ms } => delay_ms,
+        RetryHint::Never => 0,
+    };
+    let run_at_ms = if dead { now } else { now.saturating_add(delay) };
+    AfterFailure { dead, run_at_ms }
+}
 
 /// The wait after the `failures`-th failure (counting from 1) before jitter.
 ///
@@ -125,6 +158,20 @@ mod tests {
             let got = delay_ms(&huge, id, 1_000);
             assert!(got >= u64::MAX / 2, "{got}");
         }
+    }
+
+    #[test]
+    fn after_failure_retries_until_the_attempts_are_used_up() {
+        let b = exp(100, 1_000, 0);
+        let retry = after_failure(&b, 3, 1, 1, RetryHint::Backoff, 5_000);
+        assert_eq!(retry, AfterFailure { dead: false, run_at_ms: 5_100 });
+        assert_eq!(after_failure(&b, 3, 1, 2, RetryHint::Backoff, 0).run_at_ms, 200);
+        let last = after_failure(&b, 3, 1, 3, RetryHint::Backoff, 5_000);
+        assert_eq!(last, AfterFailure { dead: true, run_at_ms: 5_000 });
+        let never = after_failure(&b, 3, 1, 1, RetryHint::Never, 7);
+        assert_eq!(never, AfterFailure { dead: true, run_at_ms: 7 });
+        let after = after_failure(&b, 3, 1, 1, RetryHint::After { delay_ms: 42 }, 10);
+        assert_eq!(after, AfterFailure { dead: false, run_at_ms: 52 });
     }
 
     #[test]

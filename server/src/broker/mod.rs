@@ -1092,15 +1092,11 @@ impl Broker {
         }
         let policy = self.policies.get(meta.policy).copied();
         let max_attempts = policy.map_or(1, |p| p.max_attempts);
-        let dead = matches!(hint, RetryHint::Never) || attempt >= max_attempts;
-        let delay = match hint {
-            RetryHint::Backoff => policy.map_or(0, |p| backoff::delay_ms(&p.backoff, id, attempt)),
-            // `nack` takes `RateLimited` elsewhere; were it to come here, it is a delay.
-            RetryHint::After { delay_ms } | RetryHint::RateLimited { delay_ms } => delay_ms,
-            RetryHint::Never => 0,
-        };
-        // For a dead job, run_at_ms records its time of death (restore reads it back).
-        let run_at_ms = if dead { now } else { now.saturating_add(delay) };
+        let backoff = policy.map_or(qd_protocol::Backoff::NONE, |p| p.backoff);
+        // `nack` takes `RateLimited` elsewhere; were it to come here, it is a delay. For a
+        // dead job, run_at_ms records its time of death (restore reads it back).
+        let backoff::AfterFailure { dead, run_at_ms } =
+            backoff::after_failure(&backoff, max_attempts, id, attempt, hint, now);
         let queue = &mut self.queues[meta.queue as usize];
         queue.failed_total += 1;
         queue.count_minute(now, 0, 1);
@@ -1196,7 +1192,7 @@ fn edit_timed<T: Ord, R>(
 }
 
 /// Cuts error text to at most `MAX_ERROR_TEXT` bytes, at a char boundary.
-fn truncate_error(text: &str) -> String {
+pub fn truncate_error(text: &str) -> String {
     if text.len() <= MAX_ERROR_TEXT {
         return text.to_owned();
     }
