@@ -301,7 +301,13 @@ impl Broker {
             }
         }
         self.drop_group_if_idle(now, q, g);
-        if self.queues[q as usize].has_ready() && self.touched.last() != Some(&q) {
+        // Only a concurrency limit waits for a release. Under a rate alone a parked waiter
+        // waits for its wake, and touching the queue on every ack would pop and reinstate
+        // it for nothing (about one try per ack in a rate-bound drain).
+        let queue = &self.queues[q as usize];
+        let waits_for_release = queue.settings.limits.concurrency.is_some()
+            || queue.settings.limits.group_concurrency.is_some();
+        if waits_for_release && queue.has_ready() && self.touched.last() != Some(&q) {
             self.touched.push(q);
         }
     }
