@@ -201,7 +201,7 @@ impl Broker {
     pub fn run_schedule_now(&mut self, now: Millis, name: &str) -> Result<JobId, BrokerError> {
         let Some(entry) = self.schedules.entries.get(name) else {
             return Err(BrokerError::InvalidArgument(format!(
-                "no schedule is named {name:?}; `qd schedule list` shows their names"
+                "no schedule is named {name:?}; `qd schedule ls` shows their names"
             )));
         };
         let schedule = &entry.record.schedule;
@@ -416,7 +416,7 @@ mod tests {
         assert_eq!((infos[0].next_fire_ms, infos[0].last_fire_ms), (Some(t0 + 10 * SEC), None));
         assert_eq!(b.poll_timeout(), Some(t0 + 10 * SEC), "the tick did not move");
         let err = b.run_schedule_now(t0, "nope").unwrap_err();
-        assert!(err.to_string().contains("qd schedule list"), "{err}");
+        assert!(err.to_string().contains("qd schedule ls"), "{err}");
     }
 
     #[test]
