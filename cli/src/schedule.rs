@@ -1,4 +1,4 @@
-//! `qd schedule set|rm|ls` (issue 9): named cron and interval schedules, through the client
+//! `qd schedule set|rm|ls|run` (issue 9): named cron and interval schedules, through the client
 //! library with the admin role. Tables by default, one JSON value with `--json`, like the
 //! other admin commands (`admin.rs`, whose connection flags these share). What a schedule
 //! does is docs/SCHEDULES.md's subject and the broker's (`broker/schedules.rs`).
@@ -51,6 +51,12 @@ pub enum ScheduleCommand {
     },
     /// List the schedules with their last and next fire times.
     Ls(ConnArgs),
+    /// Fire a schedule now: add one job from its template. Its next tick stays as it was.
+    Run {
+        name: String,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
 }
 
 /// Runs one `qd schedule` subcommand.
@@ -101,6 +107,15 @@ pub async fn run(cmd: ScheduleCommand) -> anyhow::Result<()> {
         ScheduleCommand::Ls(conn) => {
             let list = crate::admin::connect(&conn).await?.schedules().await?;
             print(&conn, &list);
+            Ok(())
+        }
+        ScheduleCommand::Run { name, conn } => {
+            let id = crate::admin::connect(&conn).await?.run_schedule_now(&name).await?;
+            if conn.json {
+                println!("{}", json!({ "id": id }));
+            } else {
+                println!("schedule {name} added job {id}");
+            }
             Ok(())
         }
     }

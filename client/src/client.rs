@@ -561,6 +561,21 @@ impl Client {
         Ok(self.count(Request::ScheduleRemove { name: name.to_owned() }).await? > 0)
     }
 
+    /// Fires the named schedule now ("run now"): adds one job from its template and
+    /// returns its id. The schedule's next tick stays where it was. An unknown name is an
+    /// `InvalidArgument` error from the server.
+    pub async fn run_schedule_now(&self, name: &str) -> Result<JobId, Error> {
+        validate_schedule_name(name).map_err(Error::invalid)?;
+        match self
+            .conn
+            .call(Request::ScheduleRunNow { name: name.to_owned() }, Duration::ZERO)
+            .await?
+        {
+            Response::Added { ids } if ids.len() == 1 => Ok(ids[0]),
+            other => Err(unexpected("Added", &other)),
+        }
+    }
+
     /// Every schedule, in name order (fetched a page at a time).
     pub async fn schedules(&self) -> Result<Vec<ScheduleInfo>, Error> {
         let mut all = Vec::new();

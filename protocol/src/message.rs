@@ -231,6 +231,11 @@ pub enum Request {
     /// Ends the subscription made by request `subscription` of this connection. Answered
     /// `Count` (1 if it existed, else 0); events already on their way may still arrive.
     Unsubscribe { subscription: u64 },
+    /// Fires the named schedule now, outside its ticks: adds one job from its template
+    /// (keyed `schedule:<name>:now:<unix ms>`) and leaves its next tick and last fire as they
+    /// were. Admin. Answered `Added` with the one job's id; an unknown name is
+    /// `InvalidArgument`.
+    ScheduleRunNow { name: String },
 }
 
 impl Request {
@@ -265,7 +270,8 @@ impl Request {
             | Request::ScheduleRemove { .. }
             | Request::Schedules { .. }
             | Request::SetQueueLimits { .. }
-            | Request::Kill { .. } => true,
+            | Request::Kill { .. }
+            | Request::ScheduleRunNow { .. } => true,
         }
     }
 }

@@ -698,6 +698,11 @@ fn subscribe_and_events() {
         &ClientFrame::Request { id: 31, body: Request::Unsubscribe { subscription: 30 } },
         "00 00 00 04 01 1f 1c 1e",
     );
+    // Appended after Unsubscribe: variant 29.
+    check_client(
+        &ClientFrame::Request { id: 32, body: Request::ScheduleRunNow { name: "n".into() } },
+        "00 00 00 05 01 20 1d 01 6e",
+    );
     let event = |kind| ServerFrame::Event {
         subscription: 30,
         event: JobEvent { queue: "q".into(), id: 5, name: "n".into(), kind, at_ms: 1000 },

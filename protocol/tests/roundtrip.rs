@@ -169,6 +169,8 @@ fn admin_request() -> impl Strategy<Value = Request> {
         any::<(u64, u64)>().prop_map(|(id, timeout_ms)| Request::Wait { id, timeout_ms }),
         // Appended after `SetQueueLimits` (issue 11).
         ids().prop_map(|ids| Request::Kill { ids }),
+        // Appended after `Unsubscribe`: a schedule's "run now".
+        q().prop_map(|name| Request::ScheduleRunNow { name }),
     ]
 }
 

@@ -3,7 +3,7 @@
 //! flag the CLI does not have yet is needed, the server library in-process) and a real HTTP
 //! client; the dashboard's HTML is checked for the numbers it shows, not its looks (the
 //! browser test in `tests/browser/` looks). Issue 9's views: a queue's flow limits, a running
-//! job's progress, the schedules page and its remove action, all escaped.
+//! job's progress, the schedules page with its run-now and remove actions, all escaped.
 
 use std::time::Duration;
 
@@ -292,6 +292,22 @@ async fn the_schedules_page_lists_them_and_removes_one_with_csrf_and_confirmatio
     let names: Vec<String> =
         client.schedules().await.unwrap().into_iter().map(|s| s.schedule.name).collect();
     assert_eq!(names, ["heartbeat"]);
+
+    // "Run now": CSRF-protected, no confirmation, adds one job, the schedule stays.
+    let list = page(&base, &cookie, "/schedules").await;
+    assert!(list.contains("action=\"/schedules/heartbeat/run\""), "{list}");
+    let run = format!("{base}/schedules/heartbeat/run");
+    let no_token =
+        http().post(&run).header("cookie", &cookie).form(&[("x", "1")]).send().await.unwrap();
+    assert_eq!(no_token.status(), StatusCode::FORBIDDEN);
+    let ran = http().post(&run).header("cookie", &cookie).form(&[("csrf", &token)]).send().await;
+    let ran = ran.unwrap();
+    assert_eq!(ran.status(), StatusCode::SEE_OTHER);
+    let to = ran.headers()["location"].to_str().unwrap().to_owned();
+    assert!(to.starts_with("/schedules?notice=") && to.contains("added%20job"), "{to}");
+    let health = client.stats().await.unwrap().into_iter().find(|q| q.queue == "health");
+    assert_eq!(health.map(|q| q.ready), Some(1), "one job added");
+    assert_eq!(client.schedules().await.unwrap()[0].last_fire_ms, None, "not a tick");
 }
 
 /// Unix ms as the dashboard writes UTC times (`2026-03-29 00:30:00`), by `chrono`, not by

@@ -144,3 +144,37 @@ async fn qd_schedule_sets_lists_and_removes() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("does not parse"), "says what is wrong: {err}");
 }
+
+#[tokio::test]
+async fn run_now_adds_a_job_and_keeps_the_next_tick_through_client_and_cli() {
+    let (server, _dir) = support::start();
+    let client = server.client().await;
+    let nightly = Schedule {
+        name: "nightly".into(),
+        spec: ScheduleSpec::Cron { expr: "0 30 2 * * *".into(), tz: "Europe/Berlin".into() },
+        queue: "reports".into(),
+        job: Job::new("build", "{}").into(),
+    };
+    let info = client.upsert_schedule(nightly).await.unwrap();
+    let id = client.run_schedule_now("nightly").await.unwrap();
+    let job = client.job(id).await.unwrap();
+    assert_eq!((job.summary.queue.as_str(), job.summary.name.as_str()), ("reports", "build"));
+    assert!(job.options.key.as_deref().is_some_and(|k| k.starts_with("schedule:nightly:now:")));
+
+    let out = Command::new(qd_bin())
+        .args(["schedule", "run", "nightly", "--json", "--addr", &server.addr])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cli_id = answer["id"].as_u64().expect("the new job's id");
+    assert_ne!(cli_id, id, "a second run adds a second job");
+    assert_eq!(client.stats().await.unwrap()[0].ready, 2);
+
+    let list = client.schedules().await.unwrap();
+    assert_eq!(list[0].next_fire_ms, info.next_fire_ms, "the next tick did not move");
+    assert_eq!(list[0].last_fire_ms, None, "a run-now is not a tick");
+
+    let err = client.run_schedule_now("nope").await.unwrap_err();
+    assert!(err.to_string().contains("qd schedule ls"), "says what to do: {err}");
+}

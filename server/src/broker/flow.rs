@@ -39,6 +39,17 @@ pub(crate) const UNGROUPED: u32 = u32::MAX;
 /// The `wakes` entry of the queue itself (its rate, or a rate-limit hold).
 pub(crate) const QUEUE_WAKE: u64 = u64::MAX;
 
+/// How long a reserve that may wait is held back while the queue's rate binds, so that it
+/// is answered with a batch rather than with the token or two refilled since the last one.
+///
+/// Why: every answer costs a round trip, an engine round and, once the jobs are done, an
+/// ack commit (an fsync). Handing out each refill as it came made a limit of 10,000/s
+/// cost three times the server CPU per job of an unlimited drain (W2 in docs/FLOW.md):
+/// about ten jobs per answer and per fsync instead of dozens. Waiting for the tokens of
+/// the reserve's whole batch, but no longer than this, keeps the starts per window exact
+/// (nothing starts early) and delays a start by at most this much.
+pub(crate) const RATE_BATCH_MS: Millis = 5;
+
 /// A token bucket of `rate.max` tokens refilled at `rate.max / rate.per_ms`, kept as one
 /// number (the generic cell rate algorithm): `tat`, the theoretical arrival time of the
 /// next start, in ms scaled by `rate.max` so that a token's interval `per_ms / max` is the
@@ -73,6 +84,25 @@ impl Bucket {
     pub(crate) fn next_at(&self, rate: Rate) -> Millis {
         let at = self.tat.saturating_sub(Self::tolerance(rate));
         unscale(at, rate)
+    }
+
+    /// How many starts in a row `now` allows.
+    pub(crate) fn available(&self, now: Millis, rate: Rate) -> u64 {
+        let ahead = self.tat.saturating_sub(Self::scaled(now, rate));
+        let tolerance = Self::tolerance(rate);
+        if ahead > tolerance {
+            return 0;
+        }
+        let interval = u128::from(rate.per_ms.max(1));
+        u64::try_from((tolerance - ahead) / interval + 1).unwrap_or(u64::MAX)
+    }
+
+    /// When `n` starts in a row are allowed (`n` clamped to `1..=rate.max`, what a full
+    /// bucket holds); `next_at` is `ready_at(1)`.
+    pub(crate) fn ready_at(&self, n: u64, rate: Rate) -> Millis {
+        let n = n.clamp(1, u64::from(rate.max.max(1)));
+        let last = self.tat + u128::from(rate.per_ms) * u128::from(n - 1);
+        unscale(last.saturating_sub(Self::tolerance(rate)), rate)
     }
 
     /// When the bucket is full again (forgetting it then loses nothing).
@@ -271,7 +301,13 @@ impl Broker {
             }
         }
         self.drop_group_if_idle(now, q, g);
-        if self.queues[q as usize].has_ready() && self.touched.last() != Some(&q) {
+        // Only a concurrency limit waits for a release. Under a rate alone a parked waiter
+        // waits for its wake, and touching the queue on every ack would pop and reinstate
+        // it for nothing (about one try per ack in a rate-bound drain).
+        let queue = &self.queues[q as usize];
+        let waits_for_release = queue.settings.limits.concurrency.is_some()
+            || queue.settings.limits.group_concurrency.is_some();
+        if waits_for_release && queue.has_ready() && self.touched.last() != Some(&q) {
             self.touched.push(q);
         }
     }
@@ -388,22 +424,62 @@ impl Broker {
         }
     }
 
+    /// When a reserve that could take only part of its batch of `want` jobs from `q` at
+    /// `now`, because the queue's rate binds, should look again (see [`RATE_BATCH_MS`]):
+    /// once the tokens for the batch are there, but not after `until`, nor before the next
+    /// token. `None`: take what the limits allow now (no rate, a full enough bucket, or a
+    /// hold or concurrency limit, which `gate` handles).
+    fn batch_wait(&self, now: Millis, q: u32, want: usize, until: Millis) -> Option<Millis> {
+        let queue = &self.queues[q as usize];
+        let flow = queue.flow.as_deref()?;
+        let limits = &queue.settings.limits;
+        let rate = limits.rate?;
+        if flow.held_until > now {
+            return None;
+        }
+        let mut want = u64::try_from(want).unwrap_or(u64::MAX);
+        want = want.min(queue.count(JobState::Ready)).min(u64::from(rate.max));
+        if let Some(c) = limits.concurrency {
+            want = want.min(u64::from(c).saturating_sub(queue.count(JobState::Active)));
+        }
+        if want == 0 || flow.bucket.available(now, rate) >= want {
+            return None;
+        }
+        let batch_at = flow.bucket.ready_at(want, rate).min(until);
+        Some(batch_at.max(flow.bucket.next_at(rate)))
+    }
+
     /// Leases up to `max` jobs of flow-controlled queue `q` to `conn`, by turns, within
-    /// the queue's limits; appends them to `leases`.
+    /// the queue's limits; appends them to `leases`. Before `batch_until` (the caller may
+    /// wait that long) a partial batch of a binding rate is held back: nothing is taken and
+    /// the queue wakes when the batch is there ([`RATE_BATCH_MS`]).
     pub(super) fn take_flow(
         &mut self,
         now: Millis,
         conn: ConnId,
         q: u32,
         max: usize,
+        batch_until: Millis,
         leases: &mut Vec<Lease>,
     ) {
+        if now < batch_until {
+            let want = max.saturating_sub(leases.len());
+            if let Some(at) = self.batch_wait(now, q, want, batch_until) {
+                self.add_wake(q, at, QUEUE_WAKE);
+                return;
+            }
+        }
         while leases.len() < max {
             match self.gate(now, q) {
                 Gate::Open => {}
                 Gate::Release => break,
                 Gate::Time(at) => {
-                    self.add_wake(q, at, QUEUE_WAKE);
+                    // A caller with jobs is answered and needs no wake; one more timer
+                    // round per answer is what a binding rate used to cost. A waiter
+                    // still parked was turned away here itself, and has its own.
+                    if leases.is_empty() {
+                        self.add_wake(q, at, QUEUE_WAKE);
+                    }
                     break;
                 }
             }

@@ -253,3 +253,56 @@ fn ungrouped_queues_take_the_plain_path() {
     assert!(b.queues[b.queue_index["q"] as usize].flow.is_none());
     assert_eq!(take(&mut b, T0, 1)[0].group, None);
 }
+
+/// Regression (W2 with `--rate-limit 10000` cost 3x the server CPU per job): a worker that
+/// re-reserves as soon as it has jobs met a bucket holding the one or two tokens refilled
+/// since its last reserve, and a parked reserve was woken by every refill; so each answer
+/// carried a handful of jobs, and every answer costs a round trip, a wake and an ack commit.
+/// Now a reserve that can wait is answered with a batch: once its jobs' tokens are there,
+/// or after `RATE_BATCH_MS`. The limit stays exact.
+#[test]
+fn a_binding_rate_answers_reserves_in_batches() {
+    const N: usize = 10_000;
+    let mut b = Broker::new(BrokerConfig::default());
+    // 10 starts per ms, as in the bench, with a small burst so that the limit binds early.
+    let rate = Rate::new(100, 10);
+    b.set_queue_limits(T0, "q", limits(|l| l.rate = Some(rate))).unwrap();
+    add(&mut b, T0, "q", (0..N).map(|i| job(&format!("j{i}"), None)).collect());
+    delivered(&mut b);
+    let q = ["q".to_string()];
+    let (mut now, mut request, mut started) = (T0, 0, 0);
+    let (mut answers, mut timeouts) = (0usize, 0usize);
+    while started < N {
+        request += 1;
+        let leases = match b.reserve(now, w(1, request), &q, 64, 500).unwrap() {
+            Some(leases) => leases,
+            None => loop {
+                now = now.max(b.poll_timeout().expect("a parked reserve has a deadline"));
+                b.handle_timeout(now);
+                timeouts += 1;
+                if let Some((_, leases)) = delivered(&mut b).pop() {
+                    break leases;
+                }
+            },
+        };
+        answers += 1;
+        started += leases.len();
+        let allowed = 100 + (now - T0) as usize * 10;
+        assert!(
+            started <= allowed,
+            "{started} starts by {} ms, the limit allows {allowed}",
+            now - T0
+        );
+        // The worker runs its jobs and comes back 1 ms later.
+        now += 1;
+        for l in &leases {
+            b.ack(now, lref(l)).unwrap();
+        }
+        delivered(&mut b);
+    }
+    assert_eq!(started, N);
+    let per_answer = N / answers;
+    assert!(per_answer >= 32, "{per_answer} jobs per answered reserve ({answers} answers)");
+    assert!(N / timeouts.max(1) >= 32, "{timeouts} timer rounds for {N} jobs");
+    assert!(now - T0 < 1_100, "the drain kept the rate: {} ms", now - T0);
+}

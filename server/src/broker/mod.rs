@@ -469,17 +469,15 @@ impl Broker {
         // Unknown queues hold no jobs: look up, do not create, unless the waiter parks.
         let known: Vec<u32> =
             queues.iter().filter_map(|name| self.queue_index.get(name.as_str()).copied()).collect();
-        let leases = self.take_ready(now, waiter.conn, &known, max);
+        let deadline = now.saturating_add(timeout_ms);
+        // A reserve that may wait may be held back for a fuller batch (`flow.rs`).
+        let batch_until = now.saturating_add(flow::RATE_BATCH_MS).min(deadline);
+        let leases = self.take_ready(now, waiter.conn, &known, max, batch_until);
         if !leases.is_empty() || timeout_ms == 0 {
             return Ok(Some(leases));
         }
         let qs: Vec<u32> = queues.iter().map(|name| self.queue_idx(name)).collect();
-        self.waiters.park(Waiter {
-            key: waiter,
-            queues: qs,
-            max,
-            deadline: now.saturating_add(timeout_ms),
-        });
+        self.waiters.park(Waiter { key: waiter, queues: qs, max, deadline, batch_until });
         Ok(None)
     }
 
@@ -960,15 +958,23 @@ impl Broker {
     }
 
     /// Leases up to `max` ready jobs from `qs`, in order, to `conn`. Paused queues give
-    /// nothing; a queue with flow control gives what its limits allow (`flow.rs`).
-    fn take_ready(&mut self, now: Millis, conn: ConnId, qs: &[u32], max: u32) -> Vec<Lease> {
+    /// nothing; a queue with flow control gives what its limits allow (`flow.rs`), and
+    /// before `batch_until` may hold back a partial batch of a rate that binds.
+    fn take_ready(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        qs: &[u32],
+        max: u32,
+        batch_until: Millis,
+    ) -> Vec<Lease> {
         let mut leases = Vec::new();
         for &q in qs {
             if self.queues[q as usize].paused() {
                 continue;
             }
             if self.queues[q as usize].flow.is_some() {
-                self.take_flow(now, conn, q, max as usize, &mut leases);
+                self.take_flow(now, conn, q, max as usize, batch_until, &mut leases);
                 continue;
             }
             while leases.len() < max as usize {
@@ -1062,7 +1068,13 @@ impl Broker {
         for &q in &touched {
             while self.queues[q as usize].has_ready() && !self.queues[q as usize].paused() {
                 let Some((seq, waiter)) = self.waiters.pop_first_for_queue(q) else { break };
-                let leases = self.take_ready(now, waiter.key.conn, &waiter.queues, waiter.max);
+                let leases = self.take_ready(
+                    now,
+                    waiter.key.conn,
+                    &waiter.queues,
+                    waiter.max,
+                    waiter.batch_until,
+                );
                 if leases.is_empty() {
                     // Only flow limits hold back a ready job of an unpaused queue: the
                     // waiter keeps its place until a release or a wake.

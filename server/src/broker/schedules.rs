@@ -33,7 +33,7 @@ use std::str::FromStr;
 use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
-use qd_protocol::{Schedule, ScheduleInfo, ScheduleSpec};
+use qd_protocol::{JobId, Schedule, ScheduleInfo, ScheduleSpec};
 
 use super::{Broker, BrokerError, Effect};
 use crate::model::{Change, Millis, ScheduleRecord};
@@ -187,7 +187,33 @@ pub fn fire_key(name: &str, tick_ms: Millis) -> String {
     format!("schedule:{name}:{tick_ms}")
 }
 
+/// The idempotency key of the job an operator's "run now" adds at `now_ms`: a request
+/// replayed within the same millisecond adds one job, a later one adds another.
+pub fn run_now_key(name: &str, now_ms: Millis) -> String {
+    format!("schedule:{name}:now:{now_ms}")
+}
+
 impl Broker {
+    /// An operator's "run now": adds one job from schedule `name`'s template at `now`,
+    /// uncommitted like any add, keyed by [`run_now_key`]. The schedule itself is not
+    /// touched: its next tick and last fire stay (nothing to persist but the job), so a
+    /// run-now just before a tick does not eat that tick. Returns the job's id.
+    pub fn run_schedule_now(&mut self, now: Millis, name: &str) -> Result<JobId, BrokerError> {
+        let Some(entry) = self.schedules.entries.get(name) else {
+            return Err(BrokerError::InvalidArgument(format!(
+                "no schedule is named {name:?}; `qd schedule ls` shows their names"
+            )));
+        };
+        let schedule = &entry.record.schedule;
+        let queue = schedule.queue.clone();
+        let mut job = schedule.job.clone();
+        job.options.key = Some(run_now_key(name, now));
+        let ids = self.add(now, &queue, vec![job])?;
+        ids.first().copied().ok_or_else(|| {
+            BrokerError::InvalidArgument(format!("schedule {name:?} added no job; try again"))
+        })
+    }
+
     /// Creates or replaces a schedule (rule 3 for what an upsert of the same spec keeps) and
     /// persists it with `Change::Schedule`. Refuses a spec that does not parse or never
     /// fires, and a new name beyond [`MAX_SCHEDULES`].
@@ -374,6 +400,25 @@ mod tests {
 
     /// Rule 1: a core restored after being down across many ticks fires once, for the
     /// latest one, and then carries on at the normal rhythm.
+    #[test]
+    fn run_now_adds_a_job_and_keeps_the_next_tick() {
+        let mut b = broker();
+        let t0 = 1_000_000;
+        b.upsert_schedule(t0, every("s", 10 * SEC)).unwrap();
+        drain(&mut b);
+        let id = b.run_schedule_now(t0 + SEC, "s").unwrap();
+        b.commit_added(t0 + SEC, &[id]);
+        assert_eq!(drain(&mut b), [format!("insert {}", run_now_key("s", t0 + SEC))]);
+        let again = b.run_schedule_now(t0 + SEC, "s").unwrap();
+        assert_eq!(again, id, "a replay in the same ms names the same job");
+        assert_ne!(b.run_schedule_now(t0 + 2 * SEC, "s").unwrap(), id, "a later press adds");
+        let (infos, _) = b.schedules(None, 10);
+        assert_eq!((infos[0].next_fire_ms, infos[0].last_fire_ms), (Some(t0 + 10 * SEC), None));
+        assert_eq!(b.poll_timeout(), Some(t0 + 10 * SEC), "the tick did not move");
+        let err = b.run_schedule_now(t0, "nope").unwrap_err();
+        assert!(err.to_string().contains("qd schedule ls"), "{err}");
+    }
+
     #[test]
     fn ticks_missed_while_down_fire_once_at_start() {
         let mut b = broker();

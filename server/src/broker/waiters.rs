@@ -17,6 +17,9 @@ pub(crate) struct Waiter {
     pub queues: Vec<u32>,
     pub max: u32,
     pub deadline: Millis,
+    /// Until when a rate-limited queue may hold this waiter back for a fuller batch
+    /// (`flow.rs`, `RATE_BATCH_MS`); after it, any token serves it.
+    pub batch_until: Millis,
 }
 
 #[derive(Debug, Default)]
@@ -118,7 +121,13 @@ mod tests {
     use super::*;
 
     fn waiter(conn: ConnId, request: u64, queues: &[u32], deadline: Millis) -> Waiter {
-        Waiter { key: WaiterKey { conn, request }, queues: queues.to_vec(), max: 1, deadline }
+        Waiter {
+            key: WaiterKey { conn, request },
+            queues: queues.to_vec(),
+            max: 1,
+            deadline,
+            batch_until: 0,
+        }
     }
 
     #[test]

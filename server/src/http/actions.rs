@@ -1,6 +1,6 @@
 //! The dashboard's actions (POSTs): retry, delete and promote a job; pause, resume, retry
-//! all dead and purge dead of a queue; remove a schedule. Each checks the session's CSRF token first (see
-//! `session.rs`). Destructive ones (delete, purge, retry all, remove) answer a confirmation page the
+//! all dead and purge dead of a queue; run a schedule now, remove one. Each checks the
+//! session's CSRF token first (see `session.rs`). Destructive ones (delete, purge, retry all, remove) answer a confirmation page the
 //! first time and act only when it is submitted with `confirmed=1`; that needs no script.
 //! Afterwards the browser is sent back (303) to where it came from, with the outcome.
 
@@ -163,6 +163,15 @@ pub async fn on_schedule(
             },
             Ok(other) => Outcome::Failed(format!("unexpected answer {other:?}")),
             Err(e) => Outcome::Failed(format!("remove schedule {name}: {e}")),
+        },
+        // "Run now" asks for no confirmation: it adds one job and changes no schedule.
+        "run" => match d.admin.call(Request::ScheduleRunNow { name: name.into() }).await {
+            Ok(Response::Added { ids }) if ids.len() == 1 => Outcome::Done {
+                back: HOME.into(),
+                notice: format!("schedule {name} added job {}", ids[0]),
+            },
+            Ok(other) => Outcome::Failed(format!("unexpected answer {other:?}")),
+            Err(e) => Outcome::Failed(format!("run schedule {name} now: {e}")),
         },
         _ => Outcome::Failed(format!("no action {action:?}")),
     }

@@ -409,7 +409,8 @@ fn at_utc(ms: Option<u64>, now: u64, never: &str) -> String {
     }
 }
 
-/// `/schedules`: the named schedules, their specs and fires, and a remove button each.
+/// `/schedules`: the named schedules, their specs and fires, and "Run now" and "Remove"
+/// buttons each.
 pub async fn schedules(d: &Dashboard, s: &Session) -> String {
     let list = match all_schedules(d).await {
         Ok(l) => l,
@@ -438,6 +439,8 @@ pub async fn schedules(d: &Dashboard, s: &Session) -> String {
                 (format!("every {}", html::window(*every_ms)), "—".into())
             }
         };
+        let run_now =
+            button(&format!("/schedules/{}/run", url(&sch.name)), "Run now", &s.csrf, &[], "");
         let remove = button(
             &format!("/schedules/{}/remove", url(&sch.name)),
             "Remove",
@@ -449,7 +452,7 @@ pub async fn schedules(d: &Dashboard, s: &Session) -> String {
             rows,
             "<tr data-schedule=\"{name}\"><td>{name}</td><td>{spec}</td><td>{zone}</td>\
              <td><a href=\"/queues/{qu}\">{q}</a></td><td>{job}</td><td>{next}</td><td>{last}</td>\
-             <td>{remove}</td></tr>",
+             <td>{run_now} {remove}</td></tr>",
             name = esc(&sch.name),
             qu = url(&sch.queue),
             q = esc(&sch.queue),
