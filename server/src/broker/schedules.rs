@@ -195,7 +195,7 @@ pub fn run_now_key(name: &str, now_ms: Millis) -> String {
 
 impl Broker {
     /// An operator's "run now": adds one job from schedule `name`'s template at `now`,
-    /// uncommitted like any add, keyed by [`run_now_key`]. The schedule itself is not
+    /// uncommitted like any add, keyed by `run_now_key`. The schedule itself is not
     /// touched: its next tick and last fire stay (nothing to persist but the job), so a
     /// run-now just before a tick does not eat that tick. Returns the job's id.
     pub fn run_schedule_now(&mut self, now: Millis, name: &str) -> Result<JobId, BrokerError> {
