@@ -66,7 +66,8 @@ use self::checkpoint::{Checkpoint, ToCheckpointer};
 use self::pending::{needs_base, Fold, PendingMap};
 use self::segment::{remove_segments_before, Journal, JOURNAL_DIR};
 use super::pages::keys::STORE_FORMAT_VERSION;
-use super::pages::{record, PageDb, PageReader, SledConfig};
+use super::pages::record::{self, Payload};
+use super::pages::{PageDb, PageReader, SledConfig};
 use super::{JobLookup, RecoveredMeta, Store, StoreError, StoreReader};
 use crate::model::{Change, JobRecord, QueueSettings, ScheduleRecord};
 
@@ -431,28 +432,36 @@ impl Shared {
 
 /// Emits records in id order during [`Store::recover`], counting them.
 struct Emitter<'v> {
-    visit: &'v mut dyn FnMut(JobRecord),
+    visit: &'v mut dyn FnMut(&mut JobRecord),
+    /// Every record is decoded into this one, so a scan of millions allocates nothing per
+    /// record (see `record::decode_into`).
+    scratch: JobRecord,
+    payload: Payload,
     records: u64,
     highest: Option<JobId>,
 }
 
 impl Emitter<'_> {
     fn emit(&mut self, id: JobId, body: &[u8]) -> Result<(), StoreError> {
-        let record = record::decode(id, body)?;
+        record::decode_into(id, body, self.payload, &mut self.scratch)?;
         self.records += 1;
         self.highest = Some(id);
-        (self.visit)(record);
+        (self.visit)(&mut self.scratch);
         Ok(())
     }
 }
 
-impl Store for JournaledStore {
+impl JournaledStore {
     /// Streams the pages in id order, overlaid with the pending maps (the journal's net
     /// effect, bounded by the budget): an id a map holds is taken from the map (or skipped
     /// if deleted), and the map's inserts that the pages do not have yet are emitted in
     /// their place in the order. Only one page and one record are decoded at a time. Queue
     /// settings and schedules: the pages' overlaid with the maps' the same way.
-    fn recover(&mut self, visit: &mut dyn FnMut(JobRecord)) -> Result<RecoveredMeta, StoreError> {
+    fn recover_with(
+        &mut self,
+        payload: Payload,
+        visit: &mut dyn FnMut(&mut JobRecord),
+    ) -> Result<RecoveredMeta, StoreError> {
         let started = Instant::now();
         let max_id = lock(&self.shared.ctl).max_id;
         let ceiling = self.shared.pages.id_ceiling()?;
@@ -500,7 +509,8 @@ impl Store for JournaledStore {
             }
         }
 
-        let mut out = Emitter { visit, records: 0, highest: None };
+        let mut out =
+            Emitter { visit, scratch: record::empty(0), payload, records: 0, highest: None };
         let mut next = 0;
         let mut from_pages = 0u64;
         self.shared.pages.scan(|id, body| {
@@ -544,6 +554,21 @@ impl Store for JournaledStore {
             queues: queues.into_iter().collect(),
             schedules: schedules.into_values().collect(),
         })
+    }
+}
+
+impl Store for JournaledStore {
+    fn recover(&mut self, visit: &mut dyn FnMut(JobRecord)) -> Result<RecoveredMeta, StoreError> {
+        self.recover_with(Payload::Copy, &mut |record| {
+            visit(std::mem::replace(record, record::empty(0)))
+        })
+    }
+
+    fn recover_index(
+        &mut self,
+        visit: &mut dyn FnMut(&JobRecord),
+    ) -> Result<RecoveredMeta, StoreError> {
+        self.recover_with(Payload::Skip, &mut |record| visit(record))
     }
 
     fn commit(&mut self, changes: &[Change], durable: bool) -> Result<(), StoreError> {
