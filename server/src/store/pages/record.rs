@@ -379,6 +379,26 @@ mod tests {
     use crate::store::testutil::record;
     use proptest::prelude::*;
 
+    /// A record with every optional field away from its default, failed twice and dead.
+    fn every_field_set() -> JobRecord {
+        let mut r = record(99, 10);
+        r.options = JobOptions {
+            priority: 7,
+            delay_ms: 5,
+            attempts: 9,
+            backoff: Backoff::Fixed { delay_ms: 3 },
+            lease_ms: 4,
+            key: Some("key".into()),
+            group: Some("group".into()),
+            timeout_ms: Some(6),
+            expires_in_ms: Some(8),
+            unique: Unique::Window { ms: 2 },
+        };
+        r.apply_failure(AttemptError { attempt: 1, at_ms: 1, message: "one".into() }, 2, false);
+        r.apply_failure(AttemptError { attempt: 2, at_ms: 3, message: "two".into() }, 4, true);
+        r
+    }
+
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -631,7 +651,16 @@ mod tests {
                     .collect(),
             };
             let bytes = encode(&r).unwrap();
-            prop_assert_eq!(decode(id, &bytes).unwrap(), r);
+            prop_assert_eq!(decode(id, &bytes).unwrap(), r.clone());
+            // Recovery decodes into one scratch record (issue 10): nothing of the record it
+            // held before (every optional field set) may leak into the next, and `Skip`
+            // differs from `Copy` in the payload only.
+            let mut scratch = every_field_set();
+            decode_into(id, &bytes, Payload::Copy, &mut scratch).unwrap();
+            prop_assert_eq!(&scratch, &r);
+            let mut scratch = every_field_set();
+            decode_into(id, &bytes, Payload::Skip, &mut scratch).unwrap();
+            prop_assert_eq!(scratch, JobRecord { payload: Bytes::new(), ..r });
         }
     }
 }
