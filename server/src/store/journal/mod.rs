@@ -480,8 +480,9 @@ impl JournaledStore {
     /// Streams the pages in id order, overlaid with the pending maps (the journal's net
     /// effect, bounded by the budget): an id a map holds is taken from the map (or skipped
     /// if deleted), and the map's inserts that the pages do not have yet are emitted in
-    /// their place in the order. Only one page and one record are decoded at a time. Queue
-    /// settings and schedules: the pages' overlaid with the maps' the same way.
+    /// their place in the order. Only one page and a few batches of records are held at a
+    /// time. Queue settings and schedules: the pages' overlaid with the maps' the same way.
+    /// `Store::recover` and `Store::recover_index` are this with and without payloads.
     fn recover_with(
         &mut self,
         payload: Payload,
@@ -600,7 +601,7 @@ impl JournaledStore {
         let after_last = highest.map_or(0, |id| id.saturating_add(1));
         let next_id = ceiling.max(max_id.saturating_add(1)).max(after_last).max(1);
         tracing::info!(
-            records = records,
+            records,
             from_pages,
             from_journal = records - from_pages,
             queues_with_settings = queues.len(),
@@ -611,7 +612,7 @@ impl JournaledStore {
         );
         Ok(RecoveredMeta {
             next_id,
-            records: records,
+            records,
             queues: queues.into_iter().collect(),
             schedules: schedules.into_values().collect(),
         })
