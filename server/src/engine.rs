@@ -226,9 +226,13 @@ impl Engine {
         });
         let mut clock = Clock::default();
         let now = clock.now();
-        // Streamed: one record at a time goes from the store into the broker's indexes.
-        let recovered =
-            store.recover(&mut |record| broker.restore(now, &record)).map_err(open_failed)?;
+        // Streamed: one record at a time goes from the store into the broker's indexes,
+        // without its payload (the core keeps metadata only; reserves read payloads from
+        // the store).
+        let recovered = {
+            let mut restorer = broker.restorer(now);
+            store.recover_index(&mut |record| restorer.restore(record)).map_err(open_failed)?
+        };
         let next = broker.next_id().max(recovered.next_id);
         broker.set_next_id(next);
         for (queue, settings) in &recovered.queues {

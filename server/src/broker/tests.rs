@@ -757,3 +757,44 @@ fn progress_lives_with_the_lease() {
     let l2 = take(&mut b, T0 + 1, &["q"], 1).remove(0);
     assert_eq!(b.progress(l2.id), None);
 }
+
+/// The restorer (issue 10) remembers the last queue, job name and policy instead of looking
+/// each up again; every job must still take its own reference, or the values would be
+/// forgotten while jobs use them (too few) or never (too many). Runs of shared values,
+/// a switch and a switch back, then every job acked: nothing may stay interned.
+#[test]
+fn restored_jobs_hold_one_reference_each_on_their_name_and_policy() {
+    let rec = |id: JobId, queue: &str, name: &str, lease_ms| JobRecord {
+        id,
+        queue: queue.into(),
+        name: name.into(),
+        payload: Bytes::new(),
+        options: JobOptions { lease_ms, ..JobOptions::default() },
+        created_at_ms: T0 - 10,
+        run_at_ms: T0 - 10,
+        failures: 0,
+        state: PersistedState::Waiting,
+        errors: Vec::new(),
+    };
+    let mut b = broker();
+    {
+        let mut restorer = b.restorer(T0);
+        for id in 1..=3 {
+            restorer.restore(&rec(id, "q", "a", 1_000));
+        }
+        restorer.restore(&rec(4, "r", "a", 2_000));
+        restorer.restore(&rec(5, "q", "b", 1_000));
+        restorer.restore(&rec(6, "q", "b", 1_000));
+        restorer.restore(&rec(6, "q", "b", 1_000)); // a duplicate takes nothing
+    }
+    assert_eq!((counts(&b, "q").0, counts(&b, "r").0), (5, 1));
+    assert_eq!((b.names.live(), b.policies.live(), b.jobs.len()), (2, 2, 6));
+    let leases = take(&mut b, T0, &["q", "r"], 10);
+    assert_eq!(leases.len(), 6);
+    for (i, l) in leases.iter().enumerate() {
+        b.ack(T0, lref(l)).unwrap();
+        let names = b.names.live();
+        assert!(i == 5 || names > 0, "a name was forgotten with jobs still holding it");
+    }
+    assert_eq!((b.names.live(), b.policies.live(), b.jobs.len()), (0, 0, 0));
+}

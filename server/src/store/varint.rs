@@ -96,4 +96,13 @@ impl<'a> Reader<'a> {
         let bytes = self.bytes(what)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| format!("the {what} is not UTF-8"))
     }
+
+    /// Like [`Reader::string`], into `out` (cleared first), reusing its capacity.
+    pub fn string_into(&mut self, what: &str, out: &mut String) -> Result<(), String> {
+        let bytes = self.bytes(what)?;
+        let s = std::str::from_utf8(bytes).map_err(|_| format!("the {what} is not UTF-8"))?;
+        out.clear();
+        out.push_str(s);
+        Ok(())
+    }
 }

@@ -66,7 +66,8 @@ use self::checkpoint::{Checkpoint, ToCheckpointer};
 use self::pending::{needs_base, Fold, PendingMap};
 use self::segment::{remove_segments_before, Journal, JOURNAL_DIR};
 use super::pages::keys::STORE_FORMAT_VERSION;
-use super::pages::{record, PageDb, PageReader, SledConfig};
+use super::pages::record::{self, Payload};
+use super::pages::{PageDb, PageReader, SledConfig};
 use super::{JobLookup, RecoveredMeta, Store, StoreError, StoreReader};
 use crate::model::{Change, JobRecord, QueueSettings, ScheduleRecord};
 
@@ -430,29 +431,63 @@ impl Shared {
 }
 
 /// Emits records in id order during [`Store::recover`], counting them.
-struct Emitter<'v> {
-    visit: &'v mut dyn FnMut(JobRecord),
+/// Records per batch handed from recovery's scanning thread to the visitor.
+const RECOVERY_BATCH: usize = 1024;
+
+/// Recovery's scanning side: decodes records into batches of reused records and hands
+/// them to the visitor's thread (see `recover_with`).
+struct Emitter {
+    batch: Vec<JobRecord>,
+    filled: usize,
+    full: mpsc::SyncSender<(Vec<JobRecord>, usize)>,
+    /// Batches the visitor is done with, to decode into again: a scan of millions of
+    /// records allocates nothing per record (see `record::decode_into`).
+    empty: mpsc::Receiver<Vec<JobRecord>>,
+    payload: Payload,
     records: u64,
     highest: Option<JobId>,
 }
 
-impl Emitter<'_> {
+impl Emitter {
     fn emit(&mut self, id: JobId, body: &[u8]) -> Result<(), StoreError> {
-        let record = record::decode(id, body)?;
+        if self.filled == self.batch.len() {
+            self.batch.push(record::empty(0));
+        }
+        record::decode_into(id, body, self.payload, &mut self.batch[self.filled])?;
+        self.filled += 1;
         self.records += 1;
         self.highest = Some(id);
-        (self.visit)(record);
+        if self.filled == RECOVERY_BATCH {
+            self.send()?;
+        }
         Ok(())
+    }
+
+    fn send(&mut self) -> Result<(), StoreError> {
+        if self.filled == 0 {
+            return Ok(());
+        }
+        let next = self.empty.try_recv().unwrap_or_default();
+        let full = std::mem::replace(&mut self.batch, next);
+        self.full.send((full, std::mem::take(&mut self.filled))).map_err(|_| {
+            // Only when the visitor's thread unwinds (a panic, which the scope re-raises).
+            StoreError::WriterStopped { reason: "recovery's visitor stopped".into() }
+        })
     }
 }
 
-impl Store for JournaledStore {
+impl JournaledStore {
     /// Streams the pages in id order, overlaid with the pending maps (the journal's net
     /// effect, bounded by the budget): an id a map holds is taken from the map (or skipped
     /// if deleted), and the map's inserts that the pages do not have yet are emitted in
-    /// their place in the order. Only one page and one record are decoded at a time. Queue
-    /// settings and schedules: the pages' overlaid with the maps' the same way.
-    fn recover(&mut self, visit: &mut dyn FnMut(JobRecord)) -> Result<RecoveredMeta, StoreError> {
+    /// their place in the order. Only one page and a few batches of records are held at a
+    /// time. Queue settings and schedules: the pages' overlaid with the maps' the same way.
+    /// `Store::recover` and `Store::recover_index` are this with and without payloads.
+    fn recover_with(
+        &mut self,
+        payload: Payload,
+        visit: &mut dyn FnMut(&mut JobRecord),
+    ) -> Result<RecoveredMeta, StoreError> {
         let started = Instant::now();
         let max_id = lock(&self.shared.ctl).max_id;
         let ceiling = self.shared.pages.id_ceiling()?;
@@ -500,38 +535,75 @@ impl Store for JournaledStore {
             }
         }
 
-        let mut out = Emitter { visit, records: 0, highest: None };
-        let mut next = 0;
-        let mut from_pages = 0u64;
-        self.shared.pages.scan(|id, body| {
-            while let Some(&(pending_id, pending)) = overlay.get(next) {
-                if pending_id > id {
-                    break;
+        // Two threads: this one feeds the records to `visit` (the core's rebuild) while a
+        // scoped one reads the pages from sled and decodes them, a bounded channel of
+        // batches between them. At 10 million records each side is about half of a
+        // restart, and the core cannot be rebuilt from several threads, so overlapping
+        // the two is what is left to win; the order of records is kept.
+        let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<JobRecord>, usize)>(2);
+        let (empty_tx, empty_rx) = mpsc::channel::<Vec<JobRecord>>();
+        let (overlay, pages) = (&overlay, &self.shared.pages);
+        let scanned = std::thread::scope(|scope| {
+            let scanner = std::thread::Builder::new()
+                .name("qd-recover".into())
+                .spawn_scoped(scope, move || {
+                    let mut out = Emitter {
+                        batch: Vec::new(),
+                        filled: 0,
+                        full: full_tx,
+                        empty: empty_rx,
+                        payload,
+                        records: 0,
+                        highest: None,
+                    };
+                    let mut next = 0;
+                    let mut from_pages = 0u64;
+                    pages.scan(|id, body| {
+                        while let Some(&(pending_id, pending)) = overlay.get(next) {
+                            if pending_id > id {
+                                break;
+                            }
+                            next += 1;
+                            if let Some(pending) = pending {
+                                out.emit(pending_id, pending)?;
+                            }
+                            if pending_id == id {
+                                return Ok(()); // the journal's version wins (or its deletion)
+                            }
+                        }
+                        from_pages += 1;
+                        out.emit(id, body)
+                    })?;
+                    for &(id, pending) in &overlay[next..] {
+                        if let Some(body) = pending {
+                            out.emit(id, body)?;
+                        }
+                    }
+                    out.send()?;
+                    Ok::<_, StoreError>((out.records, from_pages, out.highest))
+                })
+                .map_err(|e| StoreError::io("starting the recovery thread", e))?;
+            for (mut batch, filled) in full_rx {
+                for record in &mut batch[..filled] {
+                    visit(record);
                 }
-                next += 1;
-                if let Some(pending) = pending {
-                    out.emit(pending_id, pending)?;
-                }
-                if pending_id == id {
-                    return Ok(()); // the journal's version wins (or its deletion)
-                }
+                // The scanner may be done and gone: then the batch is simply dropped.
+                let _ = empty_tx.send(batch);
             }
-            from_pages += 1;
-            out.emit(id, body)
-        })?;
-        for &(id, pending) in &overlay[next..] {
-            if let Some(body) = pending {
-                out.emit(id, body)?;
+            match scanner.join() {
+                Ok(result) => result,
+                Err(panic) => std::panic::resume_unwind(panic),
             }
-        }
+        });
+        let (records, from_pages, highest) = scanned?;
         drop(views);
 
-        let after_last = out.highest.map_or(0, |id| id.saturating_add(1));
+        let after_last = highest.map_or(0, |id| id.saturating_add(1));
         let next_id = ceiling.max(max_id.saturating_add(1)).max(after_last).max(1);
         tracing::info!(
-            records = out.records,
+            records,
             from_pages,
-            from_journal = out.records - from_pages,
+            from_journal = records - from_pages,
             queues_with_settings = queues.len(),
             schedules = schedules.len(),
             next_id,
@@ -540,10 +612,25 @@ impl Store for JournaledStore {
         );
         Ok(RecoveredMeta {
             next_id,
-            records: out.records,
+            records,
             queues: queues.into_iter().collect(),
             schedules: schedules.into_values().collect(),
         })
+    }
+}
+
+impl Store for JournaledStore {
+    fn recover(&mut self, visit: &mut dyn FnMut(JobRecord)) -> Result<RecoveredMeta, StoreError> {
+        self.recover_with(Payload::Copy, &mut |record| {
+            visit(std::mem::replace(record, record::empty(0)))
+        })
+    }
+
+    fn recover_index(
+        &mut self,
+        visit: &mut dyn FnMut(&JobRecord),
+    ) -> Result<RecoveredMeta, StoreError> {
+        self.recover_with(Payload::Skip, &mut |record| visit(record))
     }
 
     fn commit(&mut self, changes: &[Change], durable: bool) -> Result<(), StoreError> {
