@@ -61,6 +61,9 @@ use crate::outcome::{JobError, Outcome};
 
 /// Most acks sent in one request.
 const ACK_BATCH: usize = 1024;
+/// At most this many scheduler rounds an ack batch waits for more jobs of its delivered
+/// batch to finish (it stops at the first round that brought none): see `ack_loop`.
+const ACK_GATHER_ROUNDS: usize = 8;
 /// Shortest pause between two touches, whatever the lease (guards against clock skew
 /// making the remaining lease look like zero).
 const MIN_TOUCH_EVERY: Duration = Duration::from_millis(50);
@@ -662,10 +665,12 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Sends acks in batches: everything that finished while the previous batch was on the wire.
+/// Sends acks in batches: everything that finished while the previous batch was on the wire,
+/// and the jobs finishing in the same scheduler rounds as the first of them ([`gather`]).
 async fn ack_loop(client: Client, mut rx: mpsc::Receiver<Arc<LeasedJob>>, hooks: Hooks) {
     let mut batch = Vec::with_capacity(64);
     while rx.recv_many(&mut batch, ACK_BATCH).await > 0 {
+        gather(&mut rx, &mut batch).await;
         let leases: Vec<&LeasedJob> = batch.iter().map(|job| &**job).collect();
         match client.ack_many(&leases).await {
             Ok(failed) => {
@@ -691,6 +696,34 @@ async fn ack_loop(client: Client, mut rx: mpsc::Receiver<Arc<LeasedJob>>, hooks:
                     hooks.failed(&job, &text, retry_guess(&job));
                 }
             }
+        }
+    }
+}
+
+/// Adds to `batch` the jobs that finish in the next scheduler rounds, while each round
+/// brings more (at most `ACK_GATHER_ROUNDS`, up to `ACK_BATCH` jobs).
+///
+/// Why: the first job of a delivered batch to finish wakes the ack task, which then ran
+/// before the other job tasks of that batch (the woken task runs next, or on the other
+/// core) and sent that one ack alone; the rest went in the next batch, so each delivered
+/// batch cost the server two commits (two fsyncs) instead of one (issue 10). A yield lets
+/// the job tasks already ready run first. It costs one scheduler round, not a timer: a
+/// slow handler's ack never waits for it, and a round that brings nothing ends the wait.
+async fn gather(rx: &mut mpsc::Receiver<Arc<LeasedJob>>, batch: &mut Vec<Arc<LeasedJob>>) {
+    for _ in 0..ACK_GATHER_ROUNDS {
+        if batch.len() >= ACK_BATCH {
+            return;
+        }
+        tokio::task::yield_now().await;
+        let before = batch.len();
+        while batch.len() < ACK_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if batch.len() == before {
+            return;
         }
     }
 }

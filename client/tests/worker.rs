@@ -413,9 +413,12 @@ async fn an_ack_with_a_lost_lease_is_reported_as_failed() {
         .on_completed(move |_| {
             c.fetch_add(1, Ordering::SeqCst);
         });
-    let run = tokio::spawn(
-        worker.run_simple(shutdown.clone(), |_job: LeasedJob| async { Ok::<(), String>(()) }),
-    );
+    // Each handler yields once, as one awaiting a quick reply would: so the job tasks are
+    // all ready again when the first finishes and wakes the ack task.
+    let run = tokio::spawn(worker.run_simple(shutdown.clone(), |_job: LeasedJob| async {
+        tokio::task::yield_now().await;
+        Ok::<(), String>(())
+    }));
     eventually("ack refused", || !failed.lock().unwrap().is_empty()).await;
     shutdown.cancel();
     run.await.unwrap().unwrap();
@@ -446,9 +449,12 @@ async fn keeps_working_after_the_connection_drops() {
     let shutdown = CancellationToken::new();
     let worker =
         Worker::new(client(&fake).await, "jobs").reserve_timeout(Duration::from_millis(100));
-    let run = tokio::spawn(
-        worker.run_simple(shutdown.clone(), |_job: LeasedJob| async { Ok::<(), String>(()) }),
-    );
+    // Each handler yields once, as one awaiting a quick reply would: so the job tasks are
+    // all ready again when the first finishes and wakes the ack task.
+    let run = tokio::spawn(worker.run_simple(shutdown.clone(), |_job: LeasedJob| async {
+        tokio::task::yield_now().await;
+        Ok::<(), String>(())
+    }));
     eventually("job acked after reconnecting", || fake.with(|r| r.acked.len()) == 1).await;
     shutdown.cancel();
     run.await.unwrap().unwrap();
@@ -508,4 +514,70 @@ async fn slow_acks_hold_back_reserves() {
     run.await.unwrap().unwrap();
     assert_eq!(before, (1..=BOUND).collect::<Vec<_>>(), "jobs handed out before an ack answer");
     assert_eq!(early(&fake), before, "a job was handed out before the first ack was answered");
+}
+
+/// Issue 10: a reserve answer of sixteen quick jobs that finish one after the other in the
+/// same scheduler round (each handler's end readies the next, as replies arriving together
+/// would). The ack task, woken by the first to finish, ran before the jobs made ready after
+/// it and acked one or two at a time: each delivered batch cost the server several commits.
+/// It now lets the ready job tasks run first, so the whole batch shares one ack.
+#[tokio::test]
+async fn quick_jobs_of_one_reserve_share_one_ack() {
+    const JOBS: u64 = 16;
+    let fake = FakeQueue::start((1..=JOBS).map(|id| leased(id, 30_000)).collect()).await;
+    let gates: Arc<Vec<Semaphore>> = Arc::new((0..=JOBS + 1).map(|_| Semaphore::new(0)).collect());
+    let started = Arc::new(AtomicUsize::new(0));
+    let shutdown = CancellationToken::new();
+    let worker = Worker::new(client(&fake).await, "jobs")
+        .concurrency(JOBS as usize)
+        .reserve_timeout(Duration::from_millis(100));
+    let (g, s) = (gates.clone(), started.clone());
+    let run = tokio::spawn(worker.run_simple(shutdown.clone(), move |job: LeasedJob| {
+        let (gates, started) = (g.clone(), s.clone());
+        async move {
+            started.fetch_add(1, Ordering::SeqCst);
+            let k = job.id as usize;
+            gates[k].acquire().await.expect("never closed").forget();
+            gates[k + 1].add_permits(1);
+            Ok::<(), String>(())
+        }
+    }));
+
+    eventually("every handler waiting", || started.load(Ordering::SeqCst) as u64 == JOBS).await;
+    gates[1].add_permits(1);
+    eventually("every job acked", || fake.with(|r| r.acked.len() as u64) == JOBS).await;
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+    let handed_out = fake.with(|r| r.handed_out.clone());
+    assert!(handed_out.iter().all(|(_, n)| *n == 0), "one reserve took all: {handed_out:?}");
+    assert_eq!(fake.with(|r| r.ack_requests), 1, "ack requests for one batch of quick jobs");
+}
+
+/// A slow handler's ack does not wait for the others: with one job hung on a gate, the
+/// quick job of the same batch is acked while it still runs.
+#[tokio::test]
+async fn a_slow_job_does_not_hold_back_the_ack_of_a_quick_one() {
+    let fake = FakeQueue::start(vec![leased(1, 30_000), leased(2, 30_000)]).await;
+    let gate = Arc::new(Semaphore::new(0));
+    let shutdown = CancellationToken::new();
+    let worker = Worker::new(client(&fake).await, "jobs")
+        .concurrency(2)
+        .reserve_timeout(Duration::from_millis(100));
+    let g = gate.clone();
+    let run = tokio::spawn(worker.run_simple(shutdown.clone(), move |job: LeasedJob| {
+        let gate = g.clone();
+        async move {
+            if job.id == 2 {
+                gate.acquire().await.expect("never closed").forget();
+            }
+            Ok::<(), String>(())
+        }
+    }));
+
+    eventually("the quick job acked", || fake.with(|r| r.acked == vec![1])).await;
+    gate.add_permits(1);
+    eventually("the slow job acked", || fake.with(|r| r.acked.len()) == 2).await;
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+    assert_eq!(fake.with(|r| r.ack_requests), 2);
 }
