@@ -413,12 +413,9 @@ async fn an_ack_with_a_lost_lease_is_reported_as_failed() {
         .on_completed(move |_| {
             c.fetch_add(1, Ordering::SeqCst);
         });
-    // Each handler yields once, as one awaiting a quick reply would: so the job tasks are
-    // all ready again when the first finishes and wakes the ack task.
-    let run = tokio::spawn(worker.run_simple(shutdown.clone(), |_job: LeasedJob| async {
-        tokio::task::yield_now().await;
-        Ok::<(), String>(())
-    }));
+    let run = tokio::spawn(
+        worker.run_simple(shutdown.clone(), |_job: LeasedJob| async { Ok::<(), String>(()) }),
+    );
     eventually("ack refused", || !failed.lock().unwrap().is_empty()).await;
     shutdown.cancel();
     run.await.unwrap().unwrap();
@@ -449,12 +446,9 @@ async fn keeps_working_after_the_connection_drops() {
     let shutdown = CancellationToken::new();
     let worker =
         Worker::new(client(&fake).await, "jobs").reserve_timeout(Duration::from_millis(100));
-    // Each handler yields once, as one awaiting a quick reply would: so the job tasks are
-    // all ready again when the first finishes and wakes the ack task.
-    let run = tokio::spawn(worker.run_simple(shutdown.clone(), |_job: LeasedJob| async {
-        tokio::task::yield_now().await;
-        Ok::<(), String>(())
-    }));
+    let run = tokio::spawn(
+        worker.run_simple(shutdown.clone(), |_job: LeasedJob| async { Ok::<(), String>(()) }),
+    );
     eventually("job acked after reconnecting", || fake.with(|r| r.acked.len()) == 1).await;
     shutdown.cancel();
     run.await.unwrap().unwrap();
