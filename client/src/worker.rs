@@ -20,6 +20,9 @@
 //!   slow to answer acks slows the reserves rather than letting leases run out in memory.
 //! - The ack task drains a channel of finished jobs and acks everything queued in one
 //!   `ack_many`: acks are the hot path, and while one batch is on the wire the next fills.
+//!   Woken by a first finished job, it yields a scheduler round (while each brings more)
+//!   before sending, so the jobs of one delivered batch that finish together share one
+//!   request and one server commit.
 //!
 //! Cancellation: the job task cancels the handler's [`JobContext::cancelled`] token when the
 //! lease is lost (a touch answered `LeaseLost` or `NotFound`), when the try's timeout runs
