@@ -706,12 +706,13 @@ async fn ack_loop(client: Client, mut rx: mpsc::Receiver<Arc<LeasedJob>>, hooks:
 /// Adds to `batch` the jobs that finish in the next scheduler rounds, while each round
 /// brings more (at most `ACK_GATHER_ROUNDS`, up to `ACK_BATCH` jobs).
 ///
-/// Why: the first job of a delivered batch to finish wakes the ack task, which then ran
-/// before the other job tasks of that batch (the woken task runs next, or on the other
-/// core) and sent that one ack alone; the rest went in the next batch, so each delivered
-/// batch cost the server two commits (two fsyncs) instead of one (issue 10). A yield lets
-/// the job tasks already ready run first. It costs one scheduler round, not a timer: a
-/// slow handler's ack never waits for it, and a round that brings nothing ends the wait.
+/// Why: the first job of a delivered batch to finish wakes the ack task, which ran before
+/// the batch's other quick jobs (those made ready after it was woken, or still running on
+/// the other core) and sent its ack alone or nearly; the rest went in the next request,
+/// so a delivered batch could cost the server two commits (two fsyncs) instead of one
+/// (issue 10). A yield lets the job tasks already ready run first. It costs a scheduler
+/// round, not a timer: a slow handler's ack never waits for it, and a round that brings
+/// nothing ends the wait.
 async fn gather(rx: &mut mpsc::Receiver<Arc<LeasedJob>>, batch: &mut Vec<Arc<LeasedJob>>) {
     for _ in 0..ACK_GATHER_ROUNDS {
         if batch.len() >= ACK_BATCH {
