@@ -377,20 +377,28 @@ impl Broker {
     /// Delayed jobs among `ids` become ready now; returns how many. Persists
     /// `Change::Reschedule` each. Other states are skipped.
     pub fn promote(&mut self, now: Millis, ids: &[JobId]) -> u64 {
-        let mut by_queue: Vec<(u32, HashSet<JobId>)> = Vec::new();
+        let mut delayed = DelayedPick::default();
         for &id in ids {
-            let Some(meta) = self.jobs.get(id).filter(|m| m.state == JobState::Delayed) else {
-                continue;
-            };
-            match by_queue.iter_mut().find(|e| e.0 == meta.queue) {
-                Some((_, set)) => {
-                    set.insert(id);
-                }
-                None => by_queue.push((meta.queue, HashSet::from([id]))),
+            if let Some(meta) = self.jobs.get(id).filter(|m| m.state == JobState::Delayed) {
+                delayed.add(meta.queue, id);
             }
         }
         let mut promoted = 0;
-        for (q, wanted) in by_queue {
+        for id in self.take_delayed(delayed) {
+            self.make_ready(id, Some(JobState::Delayed), now);
+            self.effects.push(super::Effect::Persist(Change::Reschedule { id, run_at_ms: now }));
+            promoted += 1;
+        }
+        self.serve_touched(now);
+        promoted
+    }
+
+    /// Takes the picked jobs out of their queues' delayed sets, each queue's in run order,
+    /// and returns their ids. (A delayed entry is keyed by its run time, which the pick does
+    /// not know: each picked queue's set is walked once.)
+    fn take_delayed(&mut self, pick: DelayedPick) -> Vec<JobId> {
+        let mut taken = Vec::new();
+        for (q, wanted) in pick.by_queue {
             let chosen: Vec<(Millis, JobId)> = self.queues[q as usize]
                 .delayed
                 .iter()
@@ -399,14 +407,10 @@ impl Broker {
                 .collect();
             for (at, id) in chosen {
                 self.delayed_remove(q, at, id);
-                self.make_ready(id, Some(JobState::Delayed), now);
-                self.effects
-                    .push(super::Effect::Persist(Change::Reschedule { id, run_at_ms: now }));
-                promoted += 1;
+                taken.push(id);
             }
         }
-        self.serve_touched(now);
-        promoted
+        taken
     }
 
     /// Waiting jobs among `ids` (ready or delayed) go to their queue's dead set now; returns
@@ -420,7 +424,7 @@ impl Broker {
     /// try. An operator's retry brings the job back with fresh attempts.
     pub fn kill(&mut self, now: Millis, ids: &[JobId]) -> u64 {
         let mut killed = 0;
-        let mut delayed_by_queue: Vec<(u32, HashSet<JobId>)> = Vec::new();
+        let mut delayed = DelayedPick::default();
         for &id in ids {
             let Some(meta) = self.jobs.get(id).copied() else { continue };
             match meta.state {
@@ -437,29 +441,13 @@ impl Broker {
                     self.bury(now, id, JobState::Ready, KILLED, killed_event);
                     killed += 1;
                 }
-                JobState::Delayed => {
-                    match delayed_by_queue.iter_mut().find(|e| e.0 == meta.queue) {
-                        Some((_, set)) => {
-                            set.insert(id);
-                        }
-                        None => delayed_by_queue.push((meta.queue, HashSet::from([id]))),
-                    }
-                }
+                JobState::Delayed => delayed.add(meta.queue, id),
                 JobState::Active | JobState::Dead | JobState::Uncommitted => {}
             }
         }
-        for (q, wanted) in delayed_by_queue {
-            let chosen: Vec<(Millis, JobId)> = self.queues[q as usize]
-                .delayed
-                .iter()
-                .copied()
-                .filter(|e| wanted.contains(&e.1))
-                .collect();
-            for (at, id) in chosen {
-                self.delayed_remove(q, at, id);
-                self.bury(now, id, JobState::Delayed, KILLED, killed_event);
-                killed += 1;
-            }
+        for id in self.take_delayed(delayed) {
+            self.bury(now, id, JobState::Delayed, KILLED, killed_event);
+            killed += 1;
         }
         killed
     }
@@ -550,4 +538,21 @@ impl Broker {
 /// The event of an operator's kill: the job is dead-lettered, with [`KILLED`] as its error.
 fn killed_event() -> qd_protocol::EventKind {
     qd_protocol::EventKind::DeadLettered { error: KILLED.to_owned() }
+}
+
+/// Delayed jobs picked by id for an operator's action (promote, kill), grouped by queue.
+#[derive(Default)]
+struct DelayedPick {
+    by_queue: Vec<(u32, HashSet<JobId>)>,
+}
+
+impl DelayedPick {
+    fn add(&mut self, queue: u32, id: JobId) {
+        match self.by_queue.iter_mut().find(|e| e.0 == queue) {
+            Some((_, set)) => {
+                set.insert(id);
+            }
+            None => self.by_queue.push((queue, HashSet::from([id]))),
+        }
+    }
 }
