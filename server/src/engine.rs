@@ -5,7 +5,8 @@
 //! core, collects the [`Effect`]s, and then:
 //! - hands every `Persist` change of this round to the group-commit [`Writer`] under one
 //!   ticket, and holds back the replies of the requests that caused them until the writer
-//!   reports that ticket committed ("persist, then reply");
+//!   reports that ticket committed ("persist, then reply"); at light load, outside `fsync`
+//!   mode, the writer commits the ticket right away on this task (`submit_round`);
 //! - answers requests that changed nothing durable (reserve, touch, stats, errors) at once;
 //! - delivers jobs to parked reserves, reading payloads from the store (or from the
 //!   overlay of inserts not yet applied).
