@@ -5,7 +5,8 @@
 //! core, collects the [`Effect`]s, and then:
 //! - hands every `Persist` change of this round to the group-commit [`Writer`] under one
 //!   ticket, and holds back the replies of the requests that caused them until the writer
-//!   reports that ticket committed ("persist, then reply");
+//!   reports that ticket committed ("persist, then reply"); at light load, outside `fsync`
+//!   mode, the writer commits the ticket right away on this task (`submit_round`);
 //! - answers requests that changed nothing durable (reserve, touch, stats, errors) at once;
 //! - delivers jobs to parked reserves, reading payloads from the store (or from the
 //!   overlay of inserts not yet applied).
@@ -330,7 +331,7 @@ impl Engine {
                 () = &mut timer => armed_for = None,
                 () = &mut stopping => break,
             }
-            self.submit_round();
+            self.submit_round(commands.is_empty());
         }
 
         if let Some(failure) = self.storage_failure.clone() {
@@ -355,7 +356,7 @@ impl Engine {
                 self.on_command(cmd);
             }
         }
-        self.submit_round();
+        self.submit_round(false);
         self.finish(true).await?;
         match self.storage_failure {
             Some(failure) => Err(EngineError::ShutdownFailed { failure }),
@@ -833,18 +834,31 @@ impl Engine {
         }
     }
 
-    /// Hands this round's changes to the writer as one ticket.
-    fn submit_round(&mut self) {
-        if self.open_changes.is_empty() {
-            return;
-        }
-        let ticket = self.next_ticket;
-        self.next_ticket += 1;
-        let changes = std::mem::take(&mut self.open_changes);
-        self.in_flight.insert(ticket, std::mem::take(&mut self.open));
-        match &self.writer {
-            Some(writer) => writer.submit(ticket, changes),
-            None => unreachable!("the writer lives until the engine has drained"),
+    /// Hands this round's changes to the writer as one ticket. With `idle` (no command
+    /// waiting) and no ticket in flight, asks the writer to commit them right here
+    /// ([`Writer::commit_now`]) and answers at once: at light load a lone request then
+    /// costs no hand-off to the writer thread and back (issue 10). Under load a round
+    /// seldom finds the queue empty and nothing in flight, and the writer thread keeps
+    /// committing one group while the engine builds the next.
+    fn submit_round(&mut self, idle: bool) {
+        // An inline commit answers its requests, which can open a new round (a delivery
+        // of a job that became visible); commit that one too before sleeping.
+        while !self.open_changes.is_empty() && self.storage_failure.is_none() {
+            let ticket = self.next_ticket;
+            self.next_ticket += 1;
+            let changes = std::mem::take(&mut self.open_changes);
+            self.in_flight.insert(ticket, std::mem::take(&mut self.open));
+            let Some(writer) = &self.writer else {
+                unreachable!("the writer lives until the engine has drained")
+            };
+            if !(idle && self.in_flight.len() == 1) {
+                writer.submit(ticket, changes);
+                return;
+            }
+            match writer.commit_now(ticket, changes) {
+                Ok(done) => self.on_committed(done),
+                Err(changes) => return writer.submit(ticket, changes),
+            }
         }
     }
 
@@ -1004,12 +1018,15 @@ mod tests {
     }
 
     async fn harness() -> Harness {
+        harness_with(Durability::Fsync).await
+    }
+
+    async fn harness_with(durability: Durability) -> Harness {
         let fake = FakeStore::default();
         let store = fake.0.clone();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let reader = fake.reader();
-        let writer =
-            Writer::spawn(Box::new(fake), Durability::Fsync, Duration::from_millis(5), done_tx);
+        let writer = Writer::spawn(Box::new(fake), durability, Duration::from_millis(5), done_tx);
         let engine = Engine::new(Broker::new(BrokerConfig::default()), reader, writer, done_rx);
         let (commands, rx) = mpsc::channel(64);
         let shutdown = CancellationToken::new();
@@ -1047,6 +1064,29 @@ mod tests {
             panic!("expected Reserved");
         };
         assert_eq!(&jobs[0].payload[..], b"hello");
+        h.shutdown.cancel();
+        h.engine.await.unwrap().unwrap();
+    }
+
+    /// Issue 10: in `interval` mode a lone round is committed on the engine's own task
+    /// (`Writer::commit_now`). The answers still come after the store has the change, and
+    /// the delivery the commit makes possible (a parked reserve's) is made at once.
+    #[tokio::test]
+    async fn an_inline_commit_answers_the_add_and_delivers_to_a_parked_reserve() {
+        let mut h = harness_with(Durability::Interval).await;
+        let reserve = Request::Reserve { queues: vec!["q".into()], max: 1, timeout_ms: 60_000 };
+        h.commands.send(request(1, reserve)).await.unwrap();
+        h.commands.send(add(2, b"inline")).await.unwrap();
+        let mut got = [next_reply(&mut h).await, next_reply(&mut h).await];
+        got.sort_by_key(|r| r.0);
+        let (_, Ok(Response::Reserved { jobs })) = &got[0] else { panic!("{got:?}") };
+        assert_eq!(&jobs[0].payload[..], b"inline");
+        let (_, Ok(Response::Added { ids })) = &got[1] else { panic!("{got:?}") };
+        assert!(h.store.records.lock().unwrap().contains_key(&ids[0]), "stored before the reply");
+        let ack = Request::Ack { leases: vec![LeaseRef { id: jobs[0].id, token: jobs[0].token }] };
+        h.commands.send(request(3, ack)).await.unwrap();
+        assert_eq!(next_reply(&mut h).await, (3, Ok(Response::Acked { failed: vec![] })));
+        assert!(h.store.records.lock().unwrap().is_empty(), "the ack is stored too");
         h.shutdown.cancel();
         h.engine.await.unwrap().unwrap();
     }

@@ -173,6 +173,8 @@ pub struct FakeState {
     pub fail_always: std::sync::atomic::AtomicBool,
     /// The next commit panics.
     pub panic_next: std::sync::atomic::AtomicBool,
+    /// Commits with `durable` set, and calls of `flush`.
+    pub syncs: std::sync::atomic::AtomicUsize,
 }
 
 /// An in-memory [`super::Store`] that fails or panics on demand: for the error paths of
@@ -202,8 +204,11 @@ impl super::Store for FakeStore {
         })
     }
 
-    fn commit(&mut self, changes: &[Change], _durable: bool) -> Result<(), super::StoreError> {
+    fn commit(&mut self, changes: &[Change], durable: bool) -> Result<(), super::StoreError> {
         use std::sync::atomic::Ordering::SeqCst;
+        if durable {
+            self.0.syncs.fetch_add(1, SeqCst);
+        }
         if self.0.panic_next.swap(false, SeqCst) {
             panic!("injected panic");
         }
@@ -222,6 +227,7 @@ impl super::Store for FakeStore {
     }
 
     fn flush(&mut self) -> Result<(), super::StoreError> {
+        self.0.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 
