@@ -418,6 +418,13 @@ fn server_config(args: ServeArgs) -> anyhow::Result<ServerConfig> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let server = qd_server::server::start(server_config(args)?).await?;
+    // Recovery is done: from here on large blocks get their own mappings (malloc.rs).
+    if crate::malloc::pin_mmap_threshold() {
+        tracing::info!(
+            mmap_threshold_kib = crate::malloc::MMAP_THRESHOLD / 1024,
+            "malloc: mmap threshold pinned"
+        );
+    }
     let token = server.shutdown_token();
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -8,7 +8,8 @@
 //! - [`health`]: `qd health`, a protocol ping for health checks;
 //! - [`schedule`](mod@schedule): `qd schedule set|rm|ls`, named cron and interval schedules;
 //! - [`child`]: a `qd serve` child process, shared by `qd bench --spawn` and the e2e tests;
-//! - [`config_file`]: the TOML config file, read into the flags' variables before parsing.
+//! - [`config_file`]: the TOML config file, read into the flags' variables before parsing;
+//! - [`malloc`]: glibc's mmap threshold, pinned by `qd serve` once recovery is done.
 
 pub mod admin;
 pub mod bench;
@@ -16,6 +17,7 @@ pub mod child;
 pub mod cli;
 pub mod config_file;
 pub mod health;
+pub mod malloc;
 pub mod schedule;
 
 pub use cli::main_exit;

@@ -1,4 +1,5 @@
 use std::process::Command;
+use std::time::Duration;
 
 use crate::support::{self, qd_bin};
 
@@ -161,4 +162,22 @@ async fn kill_moves_waiting_jobs_to_the_dead_set() {
     let server = server.kill9_and_restart().await;
     let client = server.client().await;
     assert_eq!(support::counts(&client, "kq").await, (0, 0, 0, 1, 0), "still dead after kill -9");
+}
+
+/// Issue 10: `qd serve` pins glibc's mmap threshold once recovery is done (cli/src/malloc.rs;
+/// with the sliding threshold, 1M queued jobs took 256-290 MiB of RSS against 177-193
+/// pinned). The server logs the setting only when glibc accepted it, so this fails if
+/// `serve` stops making the call or glibc stops taking it; the call's effect on allocations
+/// is checked by `malloc::tests` in the `qd` package.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[tokio::test]
+async fn serve_pins_the_mmap_threshold() {
+    let (server, _dir) = support::start();
+    let line = support::eventually(Duration::from_secs(10), "the malloc line", || {
+        let log = server.log();
+        async move { log.lines().find(|l| l.contains("mmap threshold pinned")).map(String::from) }
+    })
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+    assert_eq!(v["fields"]["mmap_threshold_kib"], 256, "{line}");
 }
