@@ -3,6 +3,9 @@
 
 /// Test support: start/kill servers, poll with deadlines.
 mod support;
+/// Throwaway PostgreSQL clusters: one shared per test process (a fresh database per test),
+/// or one of a test's own.
+mod pgcluster;
 
 /// The admin API and `qd` admin commands: listings, retry, purge, remove, promote, pause.
 mod admin;
