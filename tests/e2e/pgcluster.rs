@@ -156,8 +156,11 @@ impl Cluster {
     }
 
     fn try_run(&self, tool: &str, args: &[&str]) -> Result<(), String> {
-        let out =
-            self.command(tool).args(args).output().map_err(|e| format!("cannot run {tool}: {e}"))?;
+        let out = self
+            .command(tool)
+            .args(args)
+            .output()
+            .map_err(|e| format!("cannot run {tool}: {e}"))?;
         if !out.status.success() {
             return Err(format!(
                 "{tool} failed: {}\n{}",
