@@ -204,13 +204,15 @@ impl Cluster {
             "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {stop} >/dev/null 2>&1; rm -rf '{}'",
             path_str(&dir)
         );
-        Command::new("setsid")
-            .args(["sh", "-c", &script])
+        // `setsid --fork` returns at once, leaving the watchdog in a session of its own (so
+        // a Ctrl-C of the tests does not take it down before it has cleaned up).
+        let started = Command::new("setsid")
+            .args(["--fork", "sh", "-c", &script])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()
-            .expect("start the cluster's watchdog (sh, setsid)");
+            .status();
+        assert!(started.is_ok_and(|s| s.success()), "start the cluster's watchdog (setsid, sh)");
         self
     }
 }
