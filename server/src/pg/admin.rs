@@ -20,20 +20,18 @@ pub(super) type Answer = Pin<Box<dyn Future<Output = Result<Response, WireError>
 pub(super) fn answer(shared: Arc<Shared>, body: Request) -> Option<Answer> {
     let task: Answer = match body {
         Request::Stats { after, limit } => Box::pin(async move {
-            let counts = page(&shared, after.as_deref(), limit).await?;
-            let totals = totals(&shared, &counts.0).await?;
+            let (counts, more, totals) = page(&shared, after.as_deref(), limit).await?;
             let (mut queues, more): (Vec<QueueStats>, bool) =
-                (counts.0.into_iter().map(|c| stats_row(&totals, c)).collect(), counts.1);
+                (counts.into_iter().map(|c| stats_row(&totals, c)).collect(), more);
             let more = fit_frame(&mut queues, shared.max_frame) || more;
             let next = if more { queues.last().map(|q| q.queue.clone()) } else { None };
             Ok(Response::Stats { queues, next })
         }),
         Request::Queues { after, limit } => Box::pin(async move {
             let now = now_ms();
-            let counts = page(&shared, after.as_deref(), limit).await?;
-            let totals = totals(&shared, &counts.0).await?;
+            let (counts, more, totals) = page(&shared, after.as_deref(), limit).await?;
             let (mut queues, more): (Vec<QueueInfo>, bool) =
-                (counts.0.into_iter().map(|c| info_row(&totals, c, now)).collect(), counts.1);
+                (counts.into_iter().map(|c| info_row(&totals, c, now)).collect(), more);
             let more = fit_frame(&mut queues, shared.max_frame) || more;
             let next = if more { queues.last().map(|q| q.name.clone()) } else { None };
             Ok(Response::Queues { queues, next })
@@ -127,16 +125,14 @@ async fn pause(shared: Arc<Shared>, queue: String, paused: bool) -> Result<Respo
     Ok(Response::Done)
 }
 
-/// One page of queue counts, and whether more follow.
+/// One page of queue counts, whether more follow, and the `_total` counters of its queues.
 ///
 /// Counting scans `qd_jobs`, and clients poll stats (the dashboard, `qd bench` every 5 ms):
 /// a page is reused for [`COUNTS_TTL`] and computed by one request at a time, so polling
-/// costs the database at most a few scans a second, whatever the number of pollers.
-async fn page(
-    shared: &Shared,
-    after: Option<&str>,
-    limit: u32,
-) -> Result<(Vec<sql::Counts>, bool), WireError> {
+/// costs the database at most a few scans a second, whatever the number of pollers. The
+/// counters are taken with the page: each page's are at least the last one's, so a
+/// Prometheus counter never seems to go back.
+async fn page(shared: &Shared, after: Option<&str>, limit: u32) -> Result<Page, WireError> {
     let limit = page_limit(limit);
     let key = (after.map(str::to_owned), limit);
     let mut cache = shared.counts_cache.lock().await;
@@ -150,16 +146,20 @@ async fn page(
         sql::counts(&client, now_ms(), after, limit + 1).await.map_err(|e| e.wire())?;
     let more = counts.len() > limit;
     counts.truncate(limit);
-    *cache = Some((std::time::Instant::now(), key, (counts.clone(), more)));
-    Ok((counts, more))
+    let totals = totals(shared, &counts).await?;
+    let page = (counts, more, totals);
+    *cache = Some((std::time::Instant::now(), key, page.clone()));
+    Ok(page)
 }
+
+/// A page of queue counts, whether more follow, and the page's `_total` counters.
+pub(super) type Page = (Vec<sql::Counts>, bool, std::collections::HashMap<String, Counters>);
 
 /// How long a page of counts is reused.
 const COUNTS_TTL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The last page of counts: when, for which `(after, limit)`, and the page.
-pub(super) type CountsCache =
-    Option<(std::time::Instant, (Option<String>, usize), (Vec<sql::Counts>, bool))>;
+pub(super) type CountsCache = Option<(std::time::Instant, (Option<String>, usize), Page)>;
 
 /// The `_total` counters of these queues: the shared ones (`qd_counters`) plus this
 /// broker's counts not yet added to them.
