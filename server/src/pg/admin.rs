@@ -144,6 +144,18 @@ async fn page(shared: &Shared, after: Option<&str>, limit: u32) -> Result<Page, 
     let client = client(shared).await?;
     let mut counts =
         sql::counts(&client, now_ms(), after, limit + 1).await.map_err(|e| e.wire())?;
+    // A queue drained through this broker since its last counter flush is in no table
+    // yet: listed from its pending counts, as it will be from `qd_counters`.
+    {
+        let pending = shared.counters.lock().unwrap_or_else(|e| e.into_inner());
+        for queue in pending.keys() {
+            let listed = counts.iter().any(|c| c.queue == *queue);
+            if !listed && after.is_none_or(|a| queue.as_str() > a) {
+                counts.push(sql::Counts { queue: queue.clone(), ..Default::default() });
+            }
+        }
+    }
+    counts.sort_by(|a, b| a.queue.cmp(&b.queue));
     let more = counts.len() > limit;
     counts.truncate(limit);
     let totals = totals(shared, &counts).await?;

@@ -433,7 +433,7 @@ pub struct Counts {
 }
 
 /// Counts of up to `limit` queues whose names sort after `after`, in name order: every
-/// queue with a job or a setting.
+/// queue with a job, a setting or counters (a drained queue stays listed, with its totals).
 pub async fn counts(
     client: &impl GenericClient,
     now: Millis,
@@ -451,11 +451,15 @@ pub async fn counts(
                      min(run_at) FILTER (WHERE state = 0 AND run_at <= $1) AS oldest
                  FROM qd_jobs WHERE $2::text IS NULL OR queue > $2 GROUP BY queue
              )
-             SELECT coalesce(c.queue, q.name), coalesce(c.ready, 0), coalesce(c.delayed, 0),
+             , names AS (
+                 SELECT queue AS name FROM c
+                 UNION SELECT name FROM qd_queues WHERE $2::text IS NULL OR name > $2
+                 UNION SELECT queue FROM qd_counters WHERE $2::text IS NULL OR queue > $2
+             )
+             SELECT n.name, coalesce(c.ready, 0), coalesce(c.delayed, 0),
                     coalesce(c.active, 0), coalesce(c.dead, 0), c.oldest,
                     coalesce(q.paused, false)
-             FROM c FULL JOIN (SELECT * FROM qd_queues WHERE $2::text IS NULL OR name > $2) q
-                  ON q.name = c.queue
+             FROM names n LEFT JOIN c ON c.queue = n.name LEFT JOIN qd_queues q ON q.name = n.name
              ORDER BY 1 LIMIT $3",
             &[&ms(now), &after, &(limit as i64)],
         )
