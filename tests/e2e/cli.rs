@@ -1,15 +1,15 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{self, qd_bin};
+use crate::support::{self, on_both, qd_bin};
 
 fn qd(args: &[&str]) -> std::process::Output {
     Command::new(qd_bin()).args(args).output().expect("run qd")
 }
 
-#[tokio::test]
-async fn add_then_stats_json() {
-    let (server, _dir) = support::start();
+on_both! {
+async fn add_then_stats_json(b) {
+    let (server, _dir) = b.start();
     let addr = server.addr.clone();
     let out = tokio::task::spawn_blocking(move || {
         let a = qd(&[
@@ -45,6 +45,7 @@ async fn add_then_stats_json() {
     assert_eq!(v["mail"]["active"], 0);
     assert_eq!(v["mail"]["dead"], 0);
     assert_eq!(v["mail"]["completed"], 0);
+}
 }
 
 #[test]
@@ -112,17 +113,14 @@ fn listening_line(server: &support::Server) -> String {
     }
 }
 
+on_both! {
 /// The `qd` commands find the server's secret where `qd serve` found it, as in the container
 /// image (`QD_SECRET_FILE`): `qd health` and `qd queues` work with it and fail without it.
-#[test]
-fn commands_read_the_secret_file_like_the_server() {
+async fn commands_read_the_secret_file_like_the_server(b) {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "hunter2-but-longer\n").unwrap();
-    let server = support::Server::start_in(
-        &dir.path().join("data"),
-        &["--secret-file", secret.to_str().unwrap()],
-    );
+    let server = b.start_in(&dir.path().join("data"), &["--secret-file", secret.to_str().unwrap()]);
     let run = |cmd: &str, with_secret: bool| {
         let mut c = Command::new(qd_bin());
         c.args([cmd, "--addr", &server.addr]).env_remove("QD_SECRET").env_remove("QD_ADMIN_SECRET");
@@ -140,12 +138,13 @@ fn commands_read_the_secret_file_like_the_server() {
         assert!(!refused.status.success(), "{cmd} without the secret must fail");
     }
 }
+}
 
+on_both! {
 /// Issue 11: `qd kill` moves waiting jobs to the dead set and skips what is not waiting;
 /// the answer comes after the kill is durable, so it survives kill -9.
-#[tokio::test]
-async fn kill_moves_waiting_jobs_to_the_dead_set() {
-    let (server, _dir) = support::start();
+async fn kill_moves_waiting_jobs_to_the_dead_set(b) {
+    let (server, _dir) = b.start();
     let client = server.client().await;
     let ready = client.add("kq", qd_client::Job::new("j", "x")).await.unwrap();
     let addr = server.addr.clone();
@@ -158,10 +157,11 @@ async fn kill_moves_waiting_jobs_to_the_dead_set() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json is JSON");
     assert_eq!(v, serde_json::json!({"count": 1}), "one job killed, the unknown id skipped");
-    assert_eq!(support::counts(&client, "kq").await.3, 1);
+    b.expect_counts(&client, "kq", (0, 0, 0, 1, 0)).await;
     let server = server.kill9_and_restart().await;
     let client = server.client().await;
-    assert_eq!(support::counts(&client, "kq").await, (0, 0, 0, 1, 0), "still dead after kill -9");
+    b.expect_counts(&client, "kq", (0, 0, 0, 1, 0)).await; // still dead after kill -9
+}
 }
 
 /// Issue 10: `qd serve` pins glibc's mmap threshold once recovery is done (cli/src/malloc.rs;

@@ -3,11 +3,11 @@ use std::time::{Duration, Instant};
 use qd_client::Job;
 use qd_protocol::Backoff;
 
-use crate::support::{self, counts, wait_for_count};
+use crate::support::{on_both, wait_for_completed, wait_for_count};
 
-#[tokio::test]
-async fn a_vanished_worker_releases_its_jobs_at_once() {
-    let (server, _dir) = support::start();
+on_both! {
+async fn a_vanished_worker_releases_its_jobs_at_once(b) {
+    let (server, _dir) = b.start();
     let producer = server.client().await;
     // A long lease: if the job came back only when the lease ran out, this test would wait
     // a minute and time out.
@@ -22,7 +22,7 @@ async fn a_vanished_worker_releases_its_jobs_at_once() {
         let doomed = server.client().await;
         let jobs = doomed.reserve(&["mail"], 1, Duration::ZERO).await.unwrap();
         assert_eq!(jobs[0].id, id);
-        assert_eq!(counts(&producer, "mail").await.2, 1, "active while held");
+        b.expect_counts(&producer, "mail", (0, 0, 1, 0, 0)).await;
     } // the worker's connection drops here
 
     let started = Instant::now();
@@ -33,10 +33,11 @@ async fn a_vanished_worker_releases_its_jobs_at_once() {
     assert!(started.elapsed() < Duration::from_secs(20));
     other.ack(&jobs[0]).await.unwrap();
 }
+}
 
-#[tokio::test]
-async fn a_worker_that_outlives_its_lease_cannot_ack() {
-    let (server, _dir) = support::start();
+on_both! {
+async fn a_worker_that_outlives_its_lease_cannot_ack(b) {
+    let (server, _dir) = b.start();
     let client = server.client().await;
     let id = client
         .add(
@@ -56,12 +57,13 @@ async fn a_worker_that_outlives_its_lease_cannot_ack() {
     let err = slow.ack(&first).await.unwrap_err();
     assert!(err.is_lease_lost(), "late ack must be refused as lease lost, got {err}");
     fast.ack(&second).await.unwrap();
-    assert_eq!(counts(&client, "slow").await, (0, 0, 0, 0, 1));
+    b.expect_counts(&client, "slow", (0, 0, 0, 0, b.retained(1))).await;
+}
 }
 
-#[tokio::test]
-async fn touch_keeps_a_long_job_leased() {
-    let (server, _dir) = support::start();
+on_both! {
+async fn touch_keeps_a_long_job_leased(b) {
+    let (server, _dir) = b.start();
     let client = server.client().await;
     client
         .add("long", Job::new("x", "").backoff(Backoff::NONE).lease(Duration::from_millis(300)))
@@ -71,15 +73,21 @@ async fn touch_keeps_a_long_job_leased() {
     let until = Instant::now() + Duration::from_millis(900);
     while Instant::now() < until {
         client.touch(&job, None).await.unwrap();
-        assert_eq!(counts(&client, "long").await.2, 1, "still active");
+        if !b.is_postgres() {
+            // (The postgres backend's counts may be 200 ms old: its check is below.)
+            assert_eq!(crate::support::counts(&client, "long").await.2, 1, "still active");
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Still leased after three lease lengths: the ack is taken.
+    b.expect_counts(&client, "long", (0, 0, 1, 0, 0)).await;
     client.ack(&job).await.unwrap();
 }
+}
 
-#[tokio::test]
-async fn expired_lease_without_attempts_left_goes_dead() {
-    let (server, _dir) = support::start();
+on_both! {
+async fn expired_lease_without_attempts_left_goes_dead(b) {
+    let (server, _dir) = b.start();
     let client = server.client().await;
     client
         .add("once", Job::new("x", "").attempts(1).lease(Duration::from_millis(100)))
@@ -88,13 +96,14 @@ async fn expired_lease_without_attempts_left_goes_dead() {
     let _job = client.reserve(&["once"], 1, Duration::ZERO).await.unwrap();
     wait_for_count(&client, "once", 3, 1).await;
 }
+}
 
-#[tokio::test]
-async fn the_worker_heartbeats_a_job_that_outlives_its_lease() {
+on_both! {
+async fn the_worker_heartbeats_a_job_that_outlives_its_lease(b) {
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Arc;
 
-    let (server, _dir) = support::start();
+    let (server, _dir) = b.start();
     let client = server.client().await;
     // The handler runs three times as long as the lease; without heartbeats the job would
     // expire, be retried, and run more than once.
@@ -124,9 +133,10 @@ async fn the_worker_heartbeats_a_job_that_outlives_its_lease() {
             .await
             .unwrap();
     });
-    wait_for_count(&client, "hb", 4, 1).await;
+    wait_for_completed(&client, "hb", 1).await;
     stop.cancel();
     task.await.unwrap();
     assert_eq!(runs.load(Ordering::SeqCst), 1, "ran exactly once");
-    assert_eq!(counts(&client, "hb").await, (0, 0, 0, 0, 1));
+    b.expect_counts(&client, "hb", (0, 0, 0, 0, b.retained(1))).await;
+}
 }

@@ -1,6 +1,9 @@
 //! End-to-end tests of qd: a real `qd serve` process (the `qd-under-test` binary), the real
 //! client crate, real TCP on loopback. One binary, one module per area:
 
+/// Throwaway PostgreSQL clusters: one shared per test process (a fresh database per test),
+/// or one of a test's own.
+mod pgcluster;
 /// Test support: start/kill servers, poll with deadlines.
 mod support;
 

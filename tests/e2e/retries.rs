@@ -7,7 +7,7 @@ use qd_protocol::Backoff;
 use qd_server::store::{JournalConfig, JournaledStore, SledConfig, Store};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{self, counts, wait_for_count};
+use crate::support::{self, on_both, wait_for_completed, wait_for_count};
 
 /// Runs a Worker on `queue` until cancelled; returns its task.
 fn spawn_worker<F>(
@@ -34,9 +34,9 @@ where
     (token, task)
 }
 
-#[tokio::test]
-async fn fails_twice_then_completes_on_attempt_3() {
-    let (server, _dir) = support::start();
+on_both! {
+async fn fails_twice_then_completes_on_attempt_3(b) {
+    let (server, _dir) = b.start();
     let client = server.client().await;
     let id = client
         .add(
@@ -55,13 +55,16 @@ async fn fails_twice_then_completes_on_attempt_3() {
             Ok(())
         }
     });
-    wait_for_count(&client, "flaky", 4, 1).await;
+    wait_for_completed(&client, "flaky", 1).await;
     stop.cancel();
     task.await.unwrap();
     assert_eq!(*seen.lock().unwrap(), vec![(id, 1), (id, 2), (id, 3)]);
-    assert_eq!(counts(&client, "flaky").await, (0, 0, 0, 0, 1));
+    b.expect_counts(&client, "flaky", (0, 0, 0, 0, b.retained(1))).await;
+}
 }
 
+/// Embedded only: it reads the dead record from the sled store on disk (on both backends,
+/// `admin::job_detail_keeps_every_tries_error` checks the errors through the API).
 #[tokio::test]
 async fn always_failing_job_is_dead_with_every_error_recorded() {
     let (mut server, dir) = support::start();
@@ -78,7 +81,7 @@ async fn always_failing_job_is_dead_with_every_error_recorded() {
     wait_for_count(&client, "doomed", 3, 1).await;
     stop.cancel();
     task.await.unwrap();
-    assert_eq!(counts(&client, "doomed").await, (0, 0, 0, 1, 0));
+    assert_eq!(support::counts(&client, "doomed").await, (0, 0, 0, 1, 0));
     drop(client);
 
     // The dead record on disk carries all three failures, in order.
@@ -99,9 +102,9 @@ async fn always_failing_job_is_dead_with_every_error_recorded() {
     assert_eq!(errors, vec![(1, "boom 1"), (2, "boom 2"), (3, "boom 3")]);
 }
 
-#[tokio::test]
-async fn retry_spacing_follows_the_backoff() {
-    let (server, _dir) = support::start();
+on_both! {
+async fn retry_spacing_follows_the_backoff(b) {
+    let (server, _dir) = b.start();
     let client = server.client().await;
     let backoff = Backoff::Exponential { base_ms: 100, max_ms: 10_000, jitter_pct: 0 };
     client.add("spaced", Job::new("x", "").attempts(3).backoff(backoff)).await.unwrap();
@@ -122,20 +125,22 @@ async fn retry_spacing_follows_the_backoff() {
     assert!(gap1 >= Duration::from_millis(100), "first retry after {gap1:?}, backoff is 100 ms");
     assert!(gap2 >= Duration::from_millis(200), "second retry after {gap2:?}, backoff is 200 ms");
 }
+}
 
-#[tokio::test]
-async fn nack_never_dead_letters_at_once() {
-    let (server, _dir) = support::start();
+on_both! {
+async fn nack_never_dead_letters_at_once(b) {
+    let (server, _dir) = b.start();
     let client = server.client().await;
     client.add("perm", Job::new("x", "").attempts(5)).await.unwrap();
     let jobs = client.reserve(&["perm"], 1, Duration::ZERO).await.unwrap();
     client.nack(&jobs[0], "invalid address", RetryHint::Never).await.unwrap();
-    assert_eq!(counts(&client, "perm").await, (0, 0, 0, 1, 0));
+    b.expect_counts(&client, "perm", (0, 0, 0, 1, 0)).await;
+}
 }
 
-#[tokio::test]
-async fn permanent_error_from_a_handler_skips_the_retries() {
-    let (server, _dir) = support::start();
+on_both! {
+async fn permanent_error_from_a_handler_skips_the_retries(b) {
+    let (server, _dir) = b.start();
     let client = server.client().await;
     client.add("perm2", Job::new("x", "").attempts(5).backoff(Backoff::NONE)).await.unwrap();
     let token = CancellationToken::new();
@@ -150,4 +155,5 @@ async fn permanent_error_from_a_handler_skips_the_retries() {
     wait_for_count(&client, "perm2", 3, 1).await;
     token.cancel();
     task.await.unwrap();
+}
 }

@@ -125,3 +125,129 @@ pub async fn wait_for_count(client: &qd_client::Client, queue: &str, index: usiz
     })
     .await;
 }
+
+/// Which store a test's servers keep their jobs in. Tests of the features both backends
+/// serve are written once, as `async fn body(b: Backend)`, and run on each by [`on_both`].
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// The embedded journal + sled store in the server's data dir.
+    Embedded,
+    /// `--store <url>`: a fresh database of this test on the process's shared cluster.
+    Postgres { url: String },
+}
+
+impl Backend {
+    /// A fresh database on the shared cluster, or `None` when PostgreSQL is not installed
+    /// (the test then says it was skipped, or fails under `QD_REQUIRE_POSTGRES=1`).
+    pub fn postgres(test: &str) -> Option<Backend> {
+        crate::pgcluster::shared_url(test).map(|url| Backend::Postgres { url })
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Backend::Postgres { .. })
+    }
+
+    /// `extra` with the flags that choose this backend in front.
+    pub fn args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = match self {
+            Backend::Embedded => Vec::new(),
+            Backend::Postgres { url } => vec!["--store", url.as_str()],
+        };
+        args.extend_from_slice(extra);
+        args
+    }
+
+    /// A server on this backend (and a fresh temporary data dir, which the postgres backend
+    /// leaves unused).
+    pub fn start(&self) -> (Server, tempfile::TempDir) {
+        self.start_with(&[])
+    }
+
+    pub fn start_with(&self, extra: &[&str]) -> (Server, tempfile::TempDir) {
+        start_with(&self.args(extra))
+    }
+
+    /// A server on `data` (same backend, same database: a restart sees the same jobs).
+    pub fn start_in(&self, data: &Path, extra: &[&str]) -> Server {
+        Server::start_in(data, &self.args(extra))
+    }
+
+    /// Asserts `queue`'s [`counts`]. The embedded store's counts are exact at once; the
+    /// postgres backend's may be up to 200 ms old (docs/BACKENDS.md), so there the counts
+    /// are polled until they match (up to 10 s).
+    pub async fn expect_counts(
+        &self,
+        client: &qd_client::Client,
+        queue: &str,
+        want: (u64, u64, u64, u64, u64),
+    ) {
+        match self {
+            Backend::Embedded => assert_eq!(counts(client, queue).await, want, "counts of {queue}"),
+            Backend::Postgres { .. } => {
+                let what = format!("counts of {queue} to be {want:?}");
+                eventually(Duration::from_secs(10), &what, || async move {
+                    (counts(client, queue).await == want).then_some(())
+                })
+                .await;
+            }
+        }
+    }
+
+    /// How many of `n` completed jobs a queue's stats still list as retained: all on the
+    /// embedded store (its ring of recent completions), none on postgres (an ack deletes
+    /// the row; docs/BACKENDS.md).
+    pub fn retained(&self, n: u64) -> u64 {
+        match self {
+            Backend::Embedded => n,
+            Backend::Postgres { .. } => 0,
+        }
+    }
+}
+
+/// Waits (up to 20 s) until `queue` has completed `want` jobs since the server started
+/// (`completed_total`, kept by both backends).
+pub async fn wait_for_completed(client: &qd_client::Client, queue: &str, want: u64) {
+    let what = format!("{want} jobs of queue {queue} to complete");
+    eventually(Duration::from_secs(20), &what, || async move {
+        let stats = client.stats().await.expect("stats");
+        let done = stats.iter().find(|q| q.queue == queue).map_or(0, |q| q.completed_total);
+        (done == want).then_some(())
+    })
+    .await;
+}
+
+/// A test written once and run against both backends: `on_both! { async fn name(b) {...} }`
+/// makes module `name` with tests `embedded` and `postgres` (filter with `name::`), each
+/// running the body with its [`Backend`]. `on_both! { multi_thread; async fn ... }` runs
+/// them on a two-thread runtime.
+macro_rules! on_both {
+    ($(#[$attr:meta])* async fn $name:ident($b:ident) $body:block) => {
+        $crate::support::on_both!(@ [] $(#[$attr])* async fn $name($b) $body);
+    };
+    (multi_thread; $(#[$attr:meta])* async fn $name:ident($b:ident) $body:block) => {
+        $crate::support::on_both!(@ [(flavor = "multi_thread", worker_threads = 2)]
+            $(#[$attr])* async fn $name($b) $body);
+    };
+    (@ [$($flavor:tt)*] $(#[$attr:meta])* async fn $name:ident($b:ident) $body:block) => {
+        $(#[$attr])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn body($b: $crate::support::Backend) $body
+
+            #[tokio::test $($flavor)*]
+            async fn embedded() {
+                body($crate::support::Backend::Embedded).await
+            }
+
+            #[tokio::test $($flavor)*]
+            async fn postgres() {
+                if let Some(b) = $crate::support::Backend::postgres(module_path!()) {
+                    body(b).await
+                }
+            }
+        }
+    };
+}
+pub(crate) use on_both;

@@ -30,6 +30,7 @@
 //! another broker can still ack with the same token.
 
 mod admin;
+mod listing;
 mod lists;
 mod sql;
 
@@ -76,6 +77,11 @@ const RETENTION_EVERY: Duration = Duration::from_secs(60);
 const POOL_SIZE: usize = 16;
 /// Connections in the pool for leasing.
 const LEASE_POOL_SIZE: usize = 8;
+/// How long a lease must have lasted before its worker's name is written to its row (most
+/// jobs are acked before: naming them would cost a write each for nothing).
+const NAME_AFTER_MS: u64 = 100;
+/// How often each broker adds its counts to the shared counters (`qd_counters`).
+const COUNTERS_EVERY: Duration = Duration::from_secs(1);
 /// Key of the advisory lock held while migrating ("qd" in ASCII, then 12).
 const MIGRATION_LOCK: i64 = 0x7164_0000_000c;
 
@@ -93,7 +99,7 @@ pub enum PgError {
     #[error("cannot set up the PostgreSQL connection pool: {0}")]
     Pool(String),
     /// A database call failed.
-    #[error("the database failed: {0}; qd reconnects on its own, retry shortly")]
+    #[error("the database failed: {}; qd reconnects on its own, retry shortly", db_detail(.0))]
     Db(#[from] tokio_postgres::Error),
     /// No connection could be had from the pool.
     #[error("cannot reach the database: {0}; is PostgreSQL up, and does the URL name the right host, user and database?")]
@@ -107,6 +113,14 @@ pub enum PgError {
     /// The OS gave no randomness for the lease-token seed.
     #[error("cannot draw a random seed for lease tokens: {0}; allow the getrandom system call")]
     Seed(getrandom::Error),
+}
+
+/// A database error with the server's own message ("db error" alone says nothing).
+fn db_detail(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{e}: {} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 impl PgError {
@@ -132,7 +146,8 @@ fn now_ms() -> Millis {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Counters of one queue since this broker started (not shared between brokers).
+/// Counters of one queue: this broker's counts not yet added to the shared ones
+/// (`qd_counters`), or the shared ones.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Counters {
     pub added: u64,
@@ -149,7 +164,14 @@ struct Shared {
     pool: Pool,
     /// Connections for leasing (reserve, touch, put-back): `synchronous_commit=off`.
     lease_pool: Pool,
+    /// Counts not yet added to `qd_counters` (see [`flush_counters`]).
     counters: Mutex<HashMap<String, Counters>>,
+    /// Held while counts move from `counters` to the table, and while a reader adds the
+    /// two: no count is seen twice or missed.
+    counters_flush: tokio::sync::Mutex<()>,
+    /// Queues whose dead set may have grown past `dead_max_jobs` (see [`trim_dead`]).
+    trim: mpsc::UnboundedSender<String>,
+    dead_max_jobs: usize,
     /// The last page of queue counts (`admin::page`).
     counts_cache: tokio::sync::Mutex<admin::CountsCache>,
     max_frame: usize,
@@ -172,6 +194,9 @@ impl Shared {
                 c.failed += 1;
                 c.dead += u64::from(f.outcome.dead);
             });
+            if f.outcome.dead {
+                let _ = self.trim.send(f.queue.clone());
+            }
         }
     }
 }
@@ -180,6 +205,8 @@ impl Shared {
 #[derive(Debug)]
 struct Conn {
     replies: mpsc::UnboundedSender<ServerFrame>,
+    /// The client's name (its hello), shown as the worker of the jobs it holds.
+    name: String,
     /// Leases delivered to this connection and not yet acked, nacked or released:
     /// `id -> token`. Failed at once when the connection closes.
     leases: HashMap<JobId, u64>,
@@ -222,6 +249,11 @@ pub struct PgEngine {
     internal_tx: mpsc::UnboundedSender<Internal>,
     internal_rx: mpsc::UnboundedReceiver<Internal>,
     tasks: TaskTracker,
+    /// Leases delivered and not yet named in their rows: `(conn, id, token, delivered at)`,
+    /// oldest first. Named after [`NAME_AFTER_MS`] if still held.
+    unnamed: std::collections::VecDeque<(ConnId, JobId, u64, Millis)>,
+    /// The receiving end of `Shared::trim`, until `run` starts the trimming task.
+    trim_rx: Option<mpsc::UnboundedReceiver<String>>,
 }
 
 impl PgEngine {
@@ -256,11 +288,15 @@ impl PgEngine {
         let mut key = [0u8; 32];
         getrandom::getrandom(&mut key).map_err(PgError::Seed)?;
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
+        let (trim, trim_rx) = mpsc::unbounded_channel();
         Ok(PgEngine {
             shared: Arc::new(Shared {
                 pool,
                 lease_pool,
                 counters: Mutex::new(HashMap::new()),
+                counters_flush: tokio::sync::Mutex::new(()),
+                trim,
+                dead_max_jobs: config.dead_max_jobs,
                 counts_cache: tokio::sync::Mutex::new(None),
                 max_frame: config.max_frame,
                 max_reserve: config.max_reserve.max(1),
@@ -272,6 +308,8 @@ impl PgEngine {
             internal_tx,
             internal_rx,
             tasks: TaskTracker::new(),
+            unnamed: std::collections::VecDeque::new(),
+            trim_rx: Some(trim_rx),
         })
     }
 
@@ -299,10 +337,19 @@ impl PgEngine {
         }
         let sweeper = shutdown.child_token();
         workers.spawn(sweep(self.shared.clone(), sweeper.clone()));
+        workers.spawn(count_and_trim(
+            self.shared.clone(),
+            self.trim_rx.take().expect("run is called once"),
+            sweeper.clone(),
+        ));
         let mut batch = Vec::with_capacity(1024);
         loop {
             let now = now_ms();
             let wake = self.lists.next_wake(now).unwrap_or(now + 3_600_000);
+            let wake = match self.unnamed.front() {
+                Some(&(.., at)) => wake.min(at + NAME_AFTER_MS),
+                None => wake,
+            };
             let sleep = Duration::from_millis(wake.saturating_sub(now));
             tokio::select! {
                 biased;
@@ -346,6 +393,8 @@ impl PgEngine {
         self.tasks.close();
         workers.wait().await;
         self.tasks.wait().await;
+        // The last counts of this broker (the ack workers and tasks have finished).
+        flush_counters(&self.shared).await;
         // Rows leased by fetches that finished after their waiters were answered go back.
         self.internal_rx.close();
         while let Some(event) = self.internal_rx.recv().await {
@@ -365,8 +414,9 @@ impl PgEngine {
         ack_tx: &mpsc::UnboundedSender<AckItem>,
     ) {
         match cmd {
-            Command::Connect { conn, client_name: _, replies } => {
-                self.conns.insert(conn, Conn { replies, leases: HashMap::new() });
+            Command::Connect { conn, client_name, replies } => {
+                let name = client_name;
+                self.conns.insert(conn, Conn { replies, name, leases: HashMap::new() });
                 crate::metrics::connection_opened(conn);
             }
             Command::Disconnect { conn } => {
@@ -583,8 +633,10 @@ impl PgEngine {
             self.tasks.spawn(async move { release(&shared, &back).await });
             return;
         };
+        let now = now_ms();
         for r in &rows {
             conn.leases.insert(r.id, r.token);
+            self.unnamed.push_back((waiter.conn, r.id, r.token, now));
         }
         let jobs = rows.into_iter().map(leased).collect();
         let _ = conn.replies.send(ServerFrame::Response {
@@ -606,6 +658,7 @@ impl PgEngine {
             let shared = self.shared.clone();
             self.tasks.spawn(async move { release(&shared, &stale).await });
         }
+        self.name_workers(now);
         for (queues, n) in self.lists.due(now) {
             let tokens: Vec<u64> = (0..n).map(|_| self.tokens.next_u64()).collect();
             let shared = self.shared.clone();
@@ -620,6 +673,38 @@ impl PgEngine {
                 let _ = done.send(Internal::Fetched { queues, result });
             });
         }
+    }
+
+    /// Writes the worker's name into the rows of leases delivered [`NAME_AFTER_MS`] ago
+    /// and still held (one statement for all of them, committed asynchronously like the
+    /// lease itself); leases settled by then cost nothing.
+    fn name_workers(&mut self, now: Millis) {
+        let mut named = Vec::new();
+        while let Some(&(conn, id, token, at)) = self.unnamed.front() {
+            if at + NAME_AFTER_MS > now {
+                break;
+            }
+            self.unnamed.pop_front();
+            if let Some(c) = self.conns.get(&conn) {
+                if c.leases.get(&id) == Some(&token) {
+                    named.push((id, token, c.name.clone()));
+                }
+            }
+        }
+        if named.is_empty() {
+            return;
+        }
+        let shared = self.shared.clone();
+        self.tasks.spawn(async move {
+            let result = async {
+                let client = shared.lease_pool.get().await?;
+                listing::name_workers(&client, &named).await
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::debug!(error = %e, jobs = named.len(), "cannot name the workers of long leases; listings show them unnamed");
+            }
+        });
     }
 
     fn send(&self, conn: ConnId, id: u64, result: Result<Response, WireError>) {
@@ -955,6 +1040,75 @@ async fn sweep(shared: Arc<Shared>, stop: CancellationToken) {
             if let Err(e) = result {
                 tracing::warn!(error = %e, "dead-job retention failed; retrying later");
             }
+        }
+    }
+}
+
+/// Adds this broker's counts to the shared counters every [`COUNTERS_EVERY`] (and once
+/// more when it stops), and trims the dead sets of queues where jobs died to
+/// `dead_max_jobs` (each queue at most once per pass, so a flood of deaths costs one
+/// statement per queue and pass, not one per job).
+async fn count_and_trim(
+    shared: Arc<Shared>,
+    mut trim: mpsc::UnboundedReceiver<String>,
+    stop: CancellationToken,
+) {
+    let mut queues = Vec::new();
+    let mut last_flush = std::time::Instant::now();
+    loop {
+        let stopping = tokio::select! {
+            _ = stop.cancelled() => true,
+            _ = tokio::time::sleep(COUNTERS_EVERY) => false,
+            n = trim.recv_many(&mut queues, 1024) => n == 0,
+        };
+        queues.sort_unstable();
+        queues.dedup();
+        for queue in queues.drain(..) {
+            let result = async {
+                let client = shared.pool.get().await?;
+                listing::trim_dead(&client, &queue, shared.dead_max_jobs).await
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::warn!(error = %e, queue, "cannot trim the dead set to --dead-max-jobs; the next death retries");
+            }
+        }
+        if stopping || last_flush.elapsed() >= COUNTERS_EVERY {
+            last_flush = std::time::Instant::now();
+            flush_counters(&shared).await;
+        }
+        if stopping {
+            return;
+        }
+        // At most one trimming pass per 100 ms.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Adds this broker's pending counts to `qd_counters`; on failure they stay pending.
+async fn flush_counters(shared: &Shared) {
+    let _flushing = shared.counters_flush.lock().await;
+    let pending = {
+        let mut counters = shared.counters.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut *counters)
+    };
+    if pending.is_empty() {
+        return;
+    }
+    let result = async {
+        let client = shared.pool.get().await?;
+        listing::add_counters(&client, &pending).await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "cannot add this broker's counts to the shared counters; retrying");
+        for (queue, c) in pending {
+            shared.count(&queue, |p| {
+                p.added += c.added;
+                p.completed += c.completed;
+                p.failed += c.failed;
+                p.dead += c.dead;
+            });
         }
     }
 }

@@ -12,7 +12,6 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use deadpool_postgres::GenericClient;
-use qd_protocol::admin::{JobDetail, JobFailure, JobState, JobSummary};
 use qd_protocol::{JobId, JobOptions, RetryHint};
 use tokio_postgres::Row;
 
@@ -66,7 +65,7 @@ fn options_json(options: &JobOptions) -> String {
     serde_json::to_string(options).unwrap_or_else(|_| "{}".to_owned())
 }
 
-fn options_of(text: &str) -> JobOptions {
+pub(super) fn options_of(text: &str) -> JobOptions {
     serde_json::from_str(text).unwrap_or_default()
 }
 
@@ -434,7 +433,7 @@ pub struct Counts {
 }
 
 /// Counts of up to `limit` queues whose names sort after `after`, in name order: every
-/// queue with a job or a setting.
+/// queue with a job, a setting or counters (a drained queue stays listed, with its totals).
 pub async fn counts(
     client: &impl GenericClient,
     now: Millis,
@@ -452,11 +451,15 @@ pub async fn counts(
                      min(run_at) FILTER (WHERE state = 0 AND run_at <= $1) AS oldest
                  FROM qd_jobs WHERE $2::text IS NULL OR queue > $2 GROUP BY queue
              )
-             SELECT coalesce(c.queue, q.name), coalesce(c.ready, 0), coalesce(c.delayed, 0),
+             , names AS (
+                 SELECT queue AS name FROM c
+                 UNION SELECT name FROM qd_queues WHERE $2::text IS NULL OR name > $2
+                 UNION SELECT queue FROM qd_counters WHERE $2::text IS NULL OR queue > $2
+             )
+             SELECT n.name, coalesce(c.ready, 0), coalesce(c.delayed, 0),
                     coalesce(c.active, 0), coalesce(c.dead, 0), c.oldest,
                     coalesce(q.paused, false)
-             FROM c FULL JOIN (SELECT * FROM qd_queues WHERE $2::text IS NULL OR name > $2) q
-                  ON q.name = c.queue
+             FROM names n LEFT JOIN c ON c.queue = n.name LEFT JOIN qd_queues q ON q.name = n.name
              ORDER BY 1 LIMIT $3",
             &[&ms(now), &after, &(limit as i64)],
         )
@@ -473,88 +476,6 @@ pub async fn counts(
             paused: r.get(6),
         })
         .collect())
-}
-
-const JOB_COLUMNS: &str = "id, queue, name, state, failures, max_attempts, priority, created_at,
-    run_at, lease_deadline, errors->-1->>'message', started_at";
-
-fn summary(r: &Row, now: Millis) -> JobSummary {
-    let state = match (r.get::<_, i16>(3), r.get::<_, i64>(8) as u64) {
-        (ACTIVE, _) => JobState::Active,
-        (DEAD, _) => JobState::Dead,
-        (_, run_at) if run_at <= now => JobState::Ready,
-        _ => JobState::Delayed,
-    };
-    let mut s = JobSummary::new(
-        r.get::<_, i64>(0) as JobId,
-        r.get::<_, String>(1),
-        r.get::<_, String>(2),
-        state,
-    );
-    let failures = r.get::<_, i32>(4) as u32;
-    s.attempts_used = failures + u32::from(state == JobState::Active);
-    s.max_attempts = r.get::<_, i32>(5) as u32;
-    s.priority = r.get(6);
-    s.created_at_ms = r.get::<_, i64>(7) as u64;
-    let run_at = r.get::<_, i64>(8) as u64;
-    match state {
-        JobState::Ready | JobState::Delayed => s.run_at_ms = Some(run_at),
-        JobState::Dead => s.finished_at_ms = Some(run_at),
-        _ => {}
-    }
-    s.lease_deadline_ms = r.get::<_, Option<i64>>(9).map(|v| v as u64);
-    s.last_error = r.get(10);
-    s
-}
-
-/// Jobs of `queue` in `state` with ids above `after`, by id, at most `limit`. Completed jobs
-/// are not kept by this backend: that list is empty.
-pub async fn list(
-    client: &impl GenericClient,
-    queue: &str,
-    state: JobState,
-    after: JobId,
-    limit: usize,
-    now: Millis,
-) -> Result<Vec<JobSummary>, PgError> {
-    let filter = match state {
-        JobState::Ready => "state = 0 AND run_at <= $4",
-        JobState::Delayed => "state = 0 AND run_at > $4",
-        JobState::Active => "state = 1 AND $4::bigint IS NOT NULL",
-        JobState::Dead => "state = 2 AND $4::bigint IS NOT NULL",
-        JobState::Completed => return Ok(Vec::new()),
-    };
-    let sql = format!(
-        "SELECT {JOB_COLUMNS} FROM qd_jobs WHERE queue = $1 AND id > $2 AND {filter}
-         ORDER BY id LIMIT $3"
-    );
-    let rows = client.query(&sql, &[&queue, &(after as i64), &(limit as i64), &ms(now)]).await?;
-    Ok(rows.iter().map(|r| summary(r, now)).collect())
-}
-
-/// One job in full, or `None`.
-pub async fn job(
-    client: &impl GenericClient,
-    id: JobId,
-    now: Millis,
-) -> Result<Option<JobDetail>, PgError> {
-    let sql = format!(
-        "SELECT {JOB_COLUMNS}, payload, options::text, errors::text FROM qd_jobs WHERE id = $1"
-    );
-    let Some(r) = client.query_opt(&sql, &[&(id as i64)]).await? else { return Ok(None) };
-    let row = summary(&r, now);
-    let mut job = JobDetail::new(row, Bytes::from(r.get::<_, Vec<u8>>(12)), options_of(r.get(13)));
-    #[derive(serde::Deserialize)]
-    struct Stored {
-        attempt: u32,
-        at_ms: u64,
-        message: String,
-    }
-    let errors: Vec<Stored> = serde_json::from_str(r.get(14)).unwrap_or_default();
-    job.errors =
-        errors.into_iter().map(|e| JobFailure::new(e.attempt, e.at_ms, e.message)).collect();
-    job.started_at_ms = r.get::<_, Option<i64>>(11).map(|v| v as u64);
-    Ok(Some(job))
 }
 
 /// Dead jobs of `queue` back to waiting with fresh attempts: the given ids, or all (of job
