@@ -279,6 +279,17 @@ async fn join_workers(
     Ok(())
 }
 
+/// A histogram of latencies in microseconds, from 1 µs to a minute (3 significant digits).
+///
+/// Its range must be given: `Histogram::new` starts at 1..2 and grows only through
+/// `record`, while `saturating_record` clamps instead, and hdrhistogram clamps a value
+/// above the range to the range's *top*, 2 µs, not to its own bucket. Every pickup over
+/// 2.047 ms was counted as 2 µs, so W3's percentiles came out as either under 2 ms or as
+/// 0.002 ms (an idle-polling backend showed p50 0.002 ms and p99 2.0 ms).
+pub fn latency_histogram() -> anyhow::Result<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
+}
+
 /// W3: a producer adds at a fixed rate while a worker consumes; latency percentiles.
 pub async fn w3_latency(
     clients: &[Client],
@@ -288,8 +299,8 @@ pub async fn w3_latency(
 ) -> anyhow::Result<Vec<Figure>> {
     let total = rate * seconds;
     let base = Instant::now();
-    let pickup = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
-    let add_rtt = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
+    let pickup = Arc::new(Mutex::new(latency_histogram()?));
+    let add_rtt = Arc::new(Mutex::new(latency_histogram()?));
     let stop = CancellationToken::new();
     let h = pickup.clone();
     let runs = spawn_workers(
@@ -563,6 +574,19 @@ impl Trend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// W3 once reported pickups of 5 ms as 0.002 ms (see [`latency_histogram`]).
+    #[test]
+    fn latencies_over_two_milliseconds_are_kept() {
+        let mut h = latency_histogram().unwrap();
+        for us in [500, 5_000, 12_000, 40_000] {
+            h.saturating_record(us);
+        }
+        let near = |v: u64, want: u64| v.abs_diff(want) <= want / 100;
+        assert!(near(h.value_at_quantile(0.5), 5_000), "p50 {}", h.value_at_quantile(0.5));
+        assert!(near(h.value_at_quantile(1.0), 40_000), "max {}", h.value_at_quantile(1.0));
+        assert_eq!(h.min(), 500);
+    }
 
     #[test]
     fn pick_spreads_round_robin_over_the_brokers() {
