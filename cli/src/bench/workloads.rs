@@ -162,24 +162,30 @@ pub async fn w1b_bulk(clients: &[Client], queue: &str, n: u64) -> anyhow::Result
 /// of 5M jobs once stalled for good); a benchmark that hangs reports nothing.
 const STALL: Duration = Duration::from_secs(60);
 
-/// Waits until `queue` has completed `target` jobs in total, polling stats. Each broker
-/// counts the acks it took (on PostgreSQL the `_total` counters are per broker), so the
-/// total is the sum over `clients`, one per broker.
+/// Waits until `queue` has completed `target` jobs in total, polling stats every 5 ms (as a
+/// dashboard would: the polls are part of the load). Each broker counts the acks it took
+/// (on PostgreSQL the `_total` counters are per broker), so the servers' total is the sum
+/// over `clients`, one per broker. `acked` counts the acks the workers saw confirmed: the
+/// PostgreSQL backend lists only queues that have rows, so once the last job is acked its
+/// queue, and its `completed_total`, leave the stats, and a drain that waited for the
+/// stats alone stalled at its very end (seen: 99,434 of 100,000, then 0 for 60 s).
 async fn wait_completed(
     clients: &[Client],
     queue: &str,
     target: u64,
+    acked: &AtomicU64,
     done: &AtomicU64,
 ) -> anyhow::Result<()> {
     let (mut last, mut moved) = (0, Instant::now());
     loop {
-        let mut completed = 0;
+        let mut reported = 0;
         let mut q = None;
         for client in clients {
             let stats = client.stats().await?;
             q = stats.into_iter().find(|q| q.queue == queue);
-            completed += q.as_ref().map_or(0, |q| q.completed_total);
+            reported += q.as_ref().map_or(0, |q| q.completed_total);
         }
+        let completed = completed(reported, acked.load(Ordering::Relaxed));
         done.store(completed, Ordering::Relaxed);
         if completed >= target {
             return Ok(());
@@ -200,14 +206,30 @@ async fn wait_completed(
     }
 }
 
+/// Jobs completed so far: what the servers report, or what the workers saw acked when the
+/// servers report less (a queue left the stats, or a broker's count lags).
+fn completed(reported: u64, acked: u64) -> u64 {
+    reported.max(acked)
+}
+
+/// A worker hook counting the acks it saw confirmed into `acked`.
+fn count_acks(acked: &Arc<AtomicU64>) -> impl Fn(&LeasedJob) + Send + Sync + 'static {
+    let acked = acked.clone();
+    move |_| {
+        acked.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Drains `n` queued jobs with one worker per broker, each of concurrency 64, and a no-op
 /// handler.
 pub async fn drain(clients: &[Client], queue: &str, n: u64, label: &str) -> anyhow::Result<f64> {
     let (done, _progress) = Progress::start(label, n);
     let stop = CancellationToken::new();
     let started = Instant::now();
-    let runs = spawn_workers(clients, queue, &stop, |w| w, |_job| async { Ok::<(), String>(()) });
-    let waited = wait_completed(clients, queue, n, &done).await;
+    let acked = Arc::new(AtomicU64::new(0));
+    let count = |w: Worker| w.on_completed(count_acks(&acked));
+    let runs = spawn_workers(clients, queue, &stop, count, |_job| async { Ok::<(), String>(()) });
+    let waited = wait_completed(clients, queue, n, &acked, &done).await;
     let secs = started.elapsed().as_secs_f64();
     stop.cancel();
     join_workers(runs).await?;
@@ -303,22 +325,18 @@ pub async fn w3_latency(
     let add_rtt = Arc::new(Mutex::new(latency_histogram()?));
     let stop = CancellationToken::new();
     let h = pickup.clone();
-    let runs = spawn_workers(
-        clients,
-        queue,
-        &stop,
-        |w| w,
-        move |job: LeasedJob| {
-            let h = h.clone();
-            async move {
-                let sent =
-                    u64::from_le_bytes(job.payload[..8].try_into().map_err(|_| "short payload")?);
-                let now = base.elapsed().as_micros() as u64;
-                h.lock().unwrap().saturating_record(now.saturating_sub(sent));
-                Ok::<(), &'static str>(())
-            }
-        },
-    );
+    let acked = Arc::new(AtomicU64::new(0));
+    let count = |w: Worker| w.on_completed(count_acks(&acked));
+    let runs = spawn_workers(clients, queue, &stop, count, move |job: LeasedJob| {
+        let h = h.clone();
+        async move {
+            let sent =
+                u64::from_le_bytes(job.payload[..8].try_into().map_err(|_| "short payload")?);
+            let now = base.elapsed().as_micros() as u64;
+            h.lock().unwrap().saturating_record(now.saturating_sub(sent));
+            Ok::<(), &'static str>(())
+        }
+    });
 
     let (done, _progress) = Progress::start("W3 latency", total);
     let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
@@ -346,7 +364,7 @@ pub async fn w3_latency(
             }
         }
     }
-    let waited = wait_completed(clients, queue, total, &AtomicU64::new(0)).await;
+    let waited = wait_completed(clients, queue, total, &acked, &AtomicU64::new(0)).await;
     stop.cancel();
     join_workers(runs).await?;
     waited?;
@@ -385,10 +403,12 @@ pub async fn w4_retries(clients: &[Client], queue: &str, n: u64) -> anyhow::Resu
     let seen: Arc<Mutex<HashMap<u64, Runs>>> = Arc::default();
     let (done, _progress) = Progress::start("W4 retries", n);
     let stop = CancellationToken::new();
+    let acked = Arc::new(AtomicU64::new(0));
     let completions = |w: Worker| {
-        let log = seen.clone();
+        let (log, count) = (seen.clone(), count_acks(&acked));
         w.on_completed(move |job| {
             log.lock().unwrap().entry(job.id).or_default().1 += 1;
+            count(job);
         })
     };
     let log = seen.clone();
@@ -402,7 +422,7 @@ pub async fn w4_retries(clients: &[Client], queue: &str, n: u64) -> anyhow::Resu
             }
         }
     });
-    let waited = wait_completed(clients, queue, n, &done).await;
+    let waited = wait_completed(clients, queue, n, &acked, &done).await;
     let secs = started.elapsed().as_secs_f64();
     stop.cancel();
     join_workers(runs).await?;
@@ -445,12 +465,7 @@ pub async fn w8_sustained(
 ) -> anyhow::Result<Vec<Figure>> {
     let completed = Arc::new(AtomicU64::new(0));
     let stop = CancellationToken::new();
-    let count = |w: Worker| {
-        let completed = completed.clone();
-        w.on_completed(move |_| {
-            completed.fetch_add(1, Ordering::Relaxed);
-        })
-    };
+    let count = |w: Worker| w.on_completed(count_acks(&completed));
     let runs = spawn_workers(clients, queue, &stop, count, |_job| async { Ok::<(), String>(()) });
     let body = Bytes::from(payload());
     let started = Instant::now();
@@ -586,6 +601,14 @@ mod tests {
         assert!(near(h.value_at_quantile(0.5), 5_000), "p50 {}", h.value_at_quantile(0.5));
         assert!(near(h.value_at_quantile(1.0), 40_000), "max {}", h.value_at_quantile(1.0));
         assert_eq!(h.min(), 500);
+    }
+
+    /// A PostgreSQL drain once stalled at its end: the emptied queue left the stats, so
+    /// the servers reported 0 completed although the workers had seen every ack.
+    #[test]
+    fn a_queue_gone_from_the_stats_still_counts_what_the_workers_saw_acked() {
+        assert_eq!(completed(0, 100_000), 100_000);
+        assert_eq!(completed(99_434, 99_000), 99_434, "the servers may be ahead");
     }
 
     #[test]
