@@ -679,9 +679,8 @@ mod tests {
         let default = JobOptions::default();
         assert_eq!(options_json(&default), "");
         assert_eq!(options_of(""), default);
-        let mut custom = JobOptions::default();
-        custom.attempts = 7;
-        custom.group = Some("tenant-1".into());
+        let custom =
+            JobOptions { attempts: 7, group: Some("tenant-1".into()), ..JobOptions::default() };
         let text = options_json(&custom);
         assert!(text.starts_with('{'), "{text}");
         assert_eq!(options_of(&text), custom);
