@@ -20,7 +20,7 @@ use crate::cli::DurabilityArg;
 use workloads::{fig, Figure};
 
 /// Every workload, in the order `all` runs them.
-pub const ALL: [&str; 8] = ["W1", "W1b", "W2", "W3", "W4", "W5", "W6", "W7"];
+pub const ALL: [&str; 9] = ["W1", "W1b", "W2", "W3", "W4", "W5", "W6", "W7", "W8"];
 
 /// Options of `qd bench`.
 #[derive(Debug, clap::Args)]
@@ -38,7 +38,12 @@ pub struct BenchArgs {
     /// (docs/BACKENDS.md). Default: the embedded store in a temporary data dir.
     #[arg(long, requires = "spawn")]
     pub store: Option<String>,
-    /// Workloads to run, comma-separated (W1,W1b,W2,W3,W4,W5,W6,W7) or `all`.
+    /// Brokers to spawn on the one --store database (postgres only). Each workload spreads
+    /// its producers' requests round robin over them and runs a worker on each, all on one
+    /// queue (docs/PERFORMANCE.md).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub brokers: u32,
+    /// Workloads to run, comma-separated (W1,W1b,W2,W3,W4,W5,W6,W7,W8) or `all`.
     #[arg(long, default_value = "W1,W1b,W2,W3,W4")]
     pub workloads: String,
     /// Jobs in W1, W1b and W2.
@@ -62,9 +67,12 @@ pub struct BenchArgs {
     /// every reserve takes turns across them.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub groups: Option<u64>,
-    /// W3's duration, seconds.
+    /// W3's and W8's duration, seconds.
     #[arg(long, default_value_t = 15)]
     pub seconds: u64,
+    /// W8's add rate, jobs/s. Default: flat out, with at most 20,000 jobs waiting.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub sustain_rate: Option<u64>,
     /// Jobs in W7, comma-separated: W7 runs once per count, each on a fresh server
     /// (`100000,1000000,5000000,10000000` gives the scaling points).
     #[arg(long, value_delimiter = ',', default_value = "10000000")]
@@ -89,8 +97,35 @@ fn jobs_of(workload: &str, args: &BenchArgs, scale_jobs: u64) -> u64 {
         "W3" => args.rate * args.seconds,
         "W4" => args.retry_jobs,
         "W5" | "W6" => args.big_jobs,
+        // W8's count is what it completed, read from its figures.
+        "W8" => 0,
         _ => scale_jobs,
     }
+}
+
+/// Checks `--brokers` against the rest: several brokers share one database, so they need
+/// `--spawn` with a postgres `--store`; W6 and W7 kill their one server.
+fn check_brokers(args: &BenchArgs, chosen: &[&str]) -> anyhow::Result<()> {
+    if args.brokers == 1 {
+        return Ok(());
+    }
+    let shared = args
+        .store
+        .as_deref()
+        .is_some_and(|s| s.starts_with("postgres://") || s.starts_with("postgresql://"));
+    ensure!(
+        args.spawn && shared,
+        "--brokers {} needs --spawn and --store postgres://...: brokers share jobs only \
+         through a PostgreSQL database (the embedded store serves one process)",
+        args.brokers
+    );
+    for w in ["W6", "W7"] {
+        ensure!(
+            !chosen.contains(&w),
+            "{w} kills its one server with SIGKILL; run it without --brokers"
+        );
+    }
+    Ok(())
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -116,6 +151,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             bail!("{w} kills the server with SIGKILL; it needs --spawn");
         }
     }
+    check_brokers(&args, &chosen)?;
+    ensure!(
+        !chosen.contains(&"W8") || args.seconds >= workloads::W8_WINDOW.as_secs(),
+        "W8 reports throughput per {}-second window; give --seconds {} or more",
+        workloads::W8_WINDOW.as_secs(),
+        workloads::W8_WINDOW.as_secs()
+    );
     ensure!(!args.scale_jobs.contains(&0), "--scale-jobs takes job counts above 0");
     // W7 runs once per job count; everything else once.
     let runs: Vec<(&'static str, u64)> = chosen
@@ -137,36 +179,51 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     for (i, &(w, scale_jobs)) in runs.iter().enumerate() {
         eprintln!("== {w}");
         let queue = format!("bench-{}-{}", w.to_lowercase(), std::process::id());
-        let mut spawned = if args.spawn {
-            let data = tmp.path().join(format!("data-{i}"));
-            Some(QdProcess::start(&exe, &data, "127.0.0.1:0", &server_args)?)
+        // One server, or `--brokers` of them on one database; a client for each.
+        let mut spawned = Vec::new();
+        if args.spawn {
+            for b in 0..args.brokers {
+                let data = tmp.path().join(format!("data-{i}-{b}"));
+                spawned.push(QdProcess::start(&exe, &data, "127.0.0.1:0", &server_args)?);
+            }
+        }
+        let addrs: Vec<String> = if spawned.is_empty() {
+            args.addr.clone().into_iter().collect()
         } else {
-            None
+            spawned.iter().map(|s| s.addr.clone()).collect()
         };
-        let addr = spawned.as_ref().map(|s| s.addr.clone()).or(args.addr.clone()).expect("checked");
-        let client =
-            Client::connect(&addr).await.with_context(|| format!("cannot reach qd at {addr}"))?;
-        let cpu0 = spawned.as_ref().and_then(QdProcess::cpu_seconds);
+        let mut clients = Vec::with_capacity(addrs.len());
+        for addr in &addrs {
+            let client = Client::connect(addr)
+                .await
+                .with_context(|| format!("cannot reach qd at {addr}"))?;
+            clients.push(client);
+        }
+        let (addr, client) = (&addrs[0], &clients[0]);
+        let cpu0: Option<f64> = spawned.iter().map(QdProcess::cpu_seconds).sum();
         let client_cpu0 = cpu_seconds_of("self");
         let result = match w {
-            "W1" => workloads::w1_enqueue(&client, &queue, args.jobs).await,
-            "W1b" => workloads::w1b_bulk(&client, &queue, args.jobs).await,
+            "W1" => workloads::w1_enqueue(&clients, &queue, args.jobs).await,
+            "W1b" => workloads::w1b_bulk(&clients, &queue, args.jobs).await,
             "W2" => {
                 let flow = workloads::W2Flow { rate: args.rate_limit, groups: args.groups };
-                match set_w2_limits(&addr, &queue, &flow).await {
-                    Ok(()) => workloads::w2_drain(&client, &queue, args.jobs, &flow).await,
+                match set_w2_limits(addr, &queue, &flow).await {
+                    Ok(()) => workloads::w2_drain(&clients, &queue, args.jobs, &flow).await,
                     Err(e) => Err(e),
                 }
             }
-            "W3" => workloads::w3_latency(&client, &queue, args.rate, args.seconds).await,
-            "W4" => workloads::w4_retries(&client, &queue, args.retry_jobs).await,
-            "W5" => w5_big_queue(&client, &queue, args.big_jobs, spawned.as_ref()).await,
+            "W3" => workloads::w3_latency(&clients, &queue, args.rate, args.seconds).await,
+            "W4" => workloads::w4_retries(&clients, &queue, args.retry_jobs).await,
+            "W5" => w5_big_queue(&clients, &queue, args.big_jobs, spawned.first()).await,
             "W6" => {
-                let victim = spawned.take().expect("W6 runs only with --spawn");
+                let victim = spawned.pop().expect("W6 runs only with --spawn");
                 w6_restart(client.clone(), &queue, args.big_jobs, victim).await
             }
+            "W8" => {
+                workloads::w8_sustained(&clients, &queue, args.seconds, args.sustain_rate).await
+            }
             "W7" => {
-                let victim = spawned.take().expect("W7 runs only with --spawn");
+                let victim = spawned.pop().expect("W7 runs only with --spawn");
                 let point = scale::w7_scale(client.clone(), &queue, scale_jobs, victim).await;
                 point.and_then(|p| {
                     let figures = p.figures();
@@ -192,15 +249,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
         };
         // W6 and W7 kill the spawned server and count both processes' CPU themselves.
-        if let Some(s) = &spawned {
-            if let (Some(c0), Some(c1)) = (cpu0, s.cpu_seconds()) {
+        // With several brokers: their CPU summed, the largest peak RSS.
+        if !spawned.is_empty() {
+            let cpu1: Option<f64> = spawned.iter().map(QdProcess::cpu_seconds).sum();
+            if let (Some(c0), Some(c1)) = (cpu0, cpu1) {
                 figures.push(fig("server_cpu_s", c1 - c0));
             }
-            if let Some(rss) = s.peak_rss_mib() {
+            let rss = spawned.iter().filter_map(QdProcess::peak_rss_mib).reduce(f64::max);
+            if let Some(rss) = rss {
                 figures.push(fig("server_peak_rss_mib", rss));
             }
         }
-        let jobs = jobs_of(w, &args, scale_jobs) as f64;
+        if args.brokers > 1 {
+            figures.push(fig("brokers", f64::from(args.brokers)));
+        }
+        let jobs = match jobs_of(w, &args, scale_jobs) {
+            0 => figures.iter().find(|f| f.name == "jobs_completed").map_or(1.0, |f| f.value),
+            n => n as f64,
+        };
         if let (Some(c0), Some(c1)) = (client_cpu0, cpu_seconds_of("self")) {
             figures.push(fig("client_cpu_s", c1 - c0));
             figures.push(fig("client_cpu_us_per_job", (c1 - c0) * 1e6 / jobs));
@@ -280,12 +346,12 @@ fn summary(outcomes: &[Outcome], args: &BenchArgs) {
 
 /// W5: a million queued jobs: enqueue and drain rates, peak RSS, data-dir size.
 async fn w5_big_queue(
-    client: &Client,
+    clients: &[Client],
     queue: &str,
     n: u64,
     spawned: Option<&QdProcess>,
 ) -> anyhow::Result<Vec<Figure>> {
-    let enqueue = workloads::bulk_fill(client, queue, n, workloads::PAYLOAD, "W5 enqueue").await?;
+    let enqueue = workloads::bulk_fill(clients, queue, n, workloads::PAYLOAD, "W5 enqueue").await?;
     let mut figures = vec![fig("enqueue_jobs_per_s", enqueue)];
     if let Some(s) = spawned {
         if let Some(rss) = s.peak_rss_mib() {
@@ -298,7 +364,7 @@ async fn w5_big_queue(
             bytes as f64 / (n * workloads::PAYLOAD as u64) as f64,
         ));
     }
-    let drain = workloads::drain(client, queue, n, "W5 drain").await?;
+    let drain = workloads::drain(clients, queue, n, "W5 drain").await?;
     figures.push(fig("drain_jobs_per_s", drain));
     Ok(figures)
 }
@@ -311,7 +377,8 @@ async fn w6_restart(
     n: u64,
     mut victim: QdProcess,
 ) -> anyhow::Result<Vec<Figure>> {
-    workloads::bulk_fill(&client, queue, n, workloads::PAYLOAD, "W6 fill").await?;
+    workloads::bulk_fill(std::slice::from_ref(&client), queue, n, workloads::PAYLOAD, "W6 fill")
+        .await?;
     drop(client);
     let first_cpu = victim.cpu_seconds().unwrap_or(0.0);
     victim.kill9();
@@ -359,4 +426,61 @@ pub fn dir_size(dir: &std::path::Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Bench {
+        #[command(flatten)]
+        args: BenchArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<BenchArgs, clap::Error> {
+        Bench::try_parse_from(std::iter::once("bench").chain(argv.iter().copied())).map(|b| b.args)
+    }
+
+    const PG: &str = "postgres://qd@127.0.0.1:5432/qd";
+
+    #[test]
+    fn one_broker_by_default_and_several_on_postgres() {
+        let args = parse(&["--spawn"]).unwrap();
+        assert_eq!(args.brokers, 1);
+        check_brokers(&args, &["W1", "W6"]).unwrap();
+        let args = parse(&["--spawn", "--store", PG, "--brokers", "2"]).unwrap();
+        assert_eq!(args.brokers, 2);
+        check_brokers(&args, &["W1", "W1b", "W2", "W3", "W4", "W5", "W8"]).unwrap();
+        let args = parse(&["--spawn", "--store", "postgresql://h/db", "--brokers", "3"]).unwrap();
+        check_brokers(&args, &["W2"]).unwrap();
+        assert!(parse(&["--spawn", "--brokers", "0"]).is_err(), "at least one broker");
+    }
+
+    #[test]
+    fn several_brokers_need_a_shared_database_and_a_server_that_survives() {
+        let embedded = parse(&["--spawn", "--brokers", "2"]).unwrap();
+        let e = check_brokers(&embedded, &["W2"]).unwrap_err().to_string();
+        assert!(e.contains("--store postgres://"), "{e}");
+        let running = parse(&["--addr", "127.0.0.1:7700", "--brokers", "2"]).unwrap();
+        assert!(check_brokers(&running, &["W2"]).is_err(), "--addr is one server");
+        let pg = parse(&["--spawn", "--store", PG, "--brokers", "2"]).unwrap();
+        for w in ["W6", "W7"] {
+            let e = check_brokers(&pg, &["W2", w]).unwrap_err().to_string();
+            assert!(e.contains(w) && e.contains("without --brokers"), "{e}");
+        }
+    }
+
+    #[test]
+    fn w8_is_a_workload_with_its_own_rate() {
+        assert!(ALL.contains(&"W8"));
+        let args = parse(&["--spawn", "--workloads", "W8", "--seconds", "600"]).unwrap();
+        assert_eq!((args.seconds, args.sustain_rate), (600, None));
+        let args = parse(&["--spawn", "--sustain-rate", "20000"]).unwrap();
+        assert_eq!(args.sustain_rate, Some(20_000));
+        assert!(parse(&["--spawn", "--sustain-rate", "0"]).is_err());
+        assert_eq!(jobs_of("W8", &args, 0), 0, "W8's count comes from its figures");
+    }
 }

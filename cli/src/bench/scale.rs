@@ -99,7 +99,9 @@ pub async fn w7_scale(
     n: u64,
     mut victim: QdProcess,
 ) -> anyhow::Result<ScalePoint> {
-    let enqueue_jobs_per_s = workloads::bulk_fill(&client, queue, n, PAYLOAD, "W7 enqueue").await?;
+    let enqueue_jobs_per_s =
+        workloads::bulk_fill(std::slice::from_ref(&client), queue, n, PAYLOAD, "W7 enqueue")
+            .await?;
     drop(client);
     let queued_rss_mib = victim.peak_rss_mib().context("cannot read the server's RSS")?;
     let bytes = dir_size(&victim.data);
@@ -139,7 +141,7 @@ pub async fn w7_scale(
 
     restarted.reset_peak_rss()?;
     let drained = async {
-        let rate = workloads::drain(&client, queue, n, "W7 drain").await?;
+        let rate = workloads::drain(std::slice::from_ref(&client), queue, n, "W7 drain").await?;
         let (left, _) = queue_counts(&client, queue).await?;
         ensure!(left == 0, "{left} jobs still queued or active after draining all {n}");
         Ok(rate)

@@ -16,6 +16,12 @@
 //!    worker has one reserve in flight, so its rate is its slots over that round trip; this
 //!    is what raised the one-worker drain. Rows kept ahead longer than [`AHEAD_TTL_MS`]
 //!    with no taker are handed back (`stale`), so an idle list holds no leases.
+//! 5. Refill: a busy list whose rows ahead were taken (`taken`) tops them up to [`AHEAD`]
+//!    at once, without waiting for a reserve to park on an empty list. The next fetch then
+//!    runs while the workers consume what is kept, instead of after they ran dry (each
+//!    reserve used to wait for a whole statement once the rows ahead were gone). A list
+//!    refills only after a taker came, so an abandoned list fetches at most once more and
+//!    its rows go back after [`AHEAD_TTL_MS`].
 
 use std::collections::{HashMap, VecDeque};
 
@@ -27,7 +33,7 @@ use super::{POLL_MAX_MS, POLL_MIN_MS};
 /// Most rows one fetch asks for.
 pub const FETCH_MAX: u32 = 1000;
 /// Most rows a list keeps leased ahead of its reserves.
-pub const AHEAD: u32 = 256;
+pub const AHEAD: u32 = 512;
 /// Rows kept ahead with no reserve to take them go back after this long.
 pub const AHEAD_TTL_MS: u64 = 1000;
 
@@ -52,6 +58,8 @@ struct List<T> {
     ahead: VecDeque<T>,
     /// When a row was last taken from `ahead` or it was filled.
     ahead_since: Millis,
+    /// A reserve took rows since the last fetch started: the list may refill (invariant 5).
+    taken: bool,
     fetching: bool,
     /// Rows the fetch in flight asked for.
     asked: u32,
@@ -79,6 +87,20 @@ impl<T> List<T> {
     fn idle(&self) -> bool {
         !self.fetching && self.waiters.is_empty() && self.ahead.is_empty()
     }
+
+    /// The last fetch came back full.
+    fn busy(&self) -> bool {
+        self.idle_ms == POLL_MIN_MS
+    }
+
+    /// Rows to top the kept rows up with although no reserve waits (invariant 5).
+    fn refill(&self) -> u32 {
+        if self.busy() && self.taken {
+            AHEAD.saturating_sub(self.ahead.len() as u32)
+        } else {
+            0
+        }
+    }
 }
 
 impl<T> Lists<T> {
@@ -89,6 +111,7 @@ impl<T> Lists<T> {
             waiters: VecDeque::new(),
             ahead: VecDeque::new(),
             ahead_since: now,
+            taken: false,
             fetching: false,
             asked: 0,
             next_poll: now,
@@ -98,6 +121,7 @@ impl<T> Lists<T> {
         if list.waiters.is_empty() && !list.ahead.is_empty() {
             let n = (waiter.max as usize).min(list.ahead.len());
             list.ahead_since = now;
+            list.taken = true;
             return Some(list.ahead.drain(..n).collect());
         }
         list.waiters.push_back(waiter);
@@ -126,7 +150,7 @@ impl<T> Lists<T> {
     pub fn next_wake(&self, now: Millis) -> Option<Millis> {
         let mut at: Option<Millis> = None;
         for list in self.lists.values() {
-            if !list.fetching && !list.waiters.is_empty() {
+            if !list.fetching && (!list.waiters.is_empty() || list.refill() > 0) {
                 at = Some(at.map_or(list.next_poll, |a| a.min(list.next_poll)));
             }
             for w in list.waiters.iter().filter(|w| !w.once) {
@@ -172,7 +196,8 @@ impl<T> Lists<T> {
     pub fn due(&mut self, now: Millis) -> Vec<(Vec<String>, u32)> {
         let mut out = Vec::new();
         for (queues, list) in &mut self.lists {
-            if list.fetching || list.waiters.is_empty() || list.next_poll > now {
+            let refill = list.refill();
+            if list.fetching || (list.waiters.is_empty() && refill == 0) || list.next_poll > now {
                 continue;
             }
             let mut n = 0u32;
@@ -184,9 +209,11 @@ impl<T> Lists<T> {
                 n = n.saturating_add(w.max);
             }
             // Fetch ahead only while fetches come back full (a busy queue).
-            let ahead = if list.idle_ms == POLL_MIN_MS { AHEAD } else { 0 };
+            let ahead =
+                if list.busy() { AHEAD - list.ahead.len().min(AHEAD as usize) as u32 } else { 0 };
             let n = n.saturating_add(ahead).min(FETCH_MAX);
             list.fetching = true;
+            list.taken = false;
             list.asked = n;
             out.push((queues.clone(), n));
         }
@@ -211,6 +238,7 @@ impl<T> Lists<T> {
             if got.is_empty() && !w.once {
                 kept.push_back(w);
             } else {
+                list.taken |= !got.is_empty();
                 served.push((w.key, got));
             }
         }
@@ -354,6 +382,45 @@ mod tests {
         assert!(lists.next_wake(10 + AHEAD_TTL_MS).is_none(), "an idle list holds nothing");
         let (_, rows) = lists.drain();
         assert!(rows.is_empty());
+    }
+
+    #[test]
+    fn a_busy_list_refills_what_was_taken_before_its_rows_run_out() {
+        let mut lists: Lists<u32> = Lists::default();
+        lists.park(q("a"), waiter(1, 2, 5_000, false), 0);
+        assert_eq!(lists.due(0), vec![(q("a"), 2 + AHEAD)]);
+        let (served, left) = lists.fetched(&q("a"), (0..2 + AHEAD).collect(), 1);
+        assert_eq!((served.len(), left.len()), (1, 0));
+        assert!(lists.due(1).is_empty(), "the rows ahead are full");
+        // A reserve takes two of the rows kept: a refill of two is due at once, though no
+        // reserve is parked (before, the list fetched only once a reserve found none left).
+        assert_eq!(lists.park(q("a"), waiter(2, 2, 5_000, false), 2), Some(vec![2, 3]));
+        assert_eq!(lists.next_wake(2), Some(2));
+        assert_eq!(lists.due(2), vec![(q("a"), 2)]);
+        // While it runs, reserves keep taking what is kept.
+        assert_eq!(lists.park(q("a"), waiter(3, 2, 5_000, false), 3), Some(vec![4, 5]));
+        let (served, left) = lists.fetched(&q("a"), vec![1000, 1001], 4);
+        assert!(served.is_empty() && left.is_empty());
+        assert_eq!(lists.due(4), vec![(q("a"), 2)], "taken during the fetch: refill again");
+        // Full again and nobody takes any more: no refill; the rows go back after the TTL
+        // and the abandoned list is gone.
+        lists.fetched(&q("a"), vec![2000, 2001], 5);
+        assert!(lists.due(5).is_empty(), "nothing taken since: no refill");
+        assert_eq!(lists.next_wake(5), Some(5 + AHEAD_TTL_MS));
+        assert_eq!(lists.stale(5 + AHEAD_TTL_MS).len(), AHEAD as usize);
+        assert!(lists.next_wake(5 + AHEAD_TTL_MS).is_none());
+    }
+
+    #[test]
+    fn an_idle_list_does_not_refill() {
+        let mut lists: Lists<u32> = Lists::default();
+        lists.park(q("a"), waiter(1, 1, 5_000, false), 0);
+        lists.due(0);
+        // Short: the queue ran dry, so what is left is kept but not topped up.
+        lists.fetched(&q("a"), vec![1, 2, 3], 1);
+        assert_eq!(lists.park(q("a"), waiter(2, 1, 5_000, false), 2), Some(vec![2]));
+        assert!(lists.due(2).is_empty());
+        assert_eq!(lists.next_wake(2), Some(2 + AHEAD_TTL_MS));
     }
 
     #[test]
