@@ -102,7 +102,7 @@ pub(super) fn answer(shared: Arc<Shared>, body: Request) -> Option<Answer> {
                     .await
                     .map_err(|e| PgError::from(e).wire())?;
                 for r in rows {
-                    let _ = shared.trim.send(r.get(0));
+                    shared.trim.mark(r.get(0));
                 }
             }
             Ok(Response::Count { n })

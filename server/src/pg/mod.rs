@@ -170,7 +170,7 @@ struct Shared {
     /// two: no count is seen twice or missed.
     counters_flush: tokio::sync::Mutex<()>,
     /// Queues whose dead set may have grown past `dead_max_jobs` (see [`trim_dead`]).
-    trim: mpsc::UnboundedSender<String>,
+    trim: DeadTrims,
     dead_max_jobs: usize,
     /// The last page of queue counts (`admin::page`).
     counts_cache: tokio::sync::Mutex<admin::CountsCache>,
@@ -195,7 +195,7 @@ impl Shared {
                 c.dead += u64::from(f.outcome.dead);
             });
             if f.outcome.dead {
-                let _ = self.trim.send(f.queue.clone());
+                self.trim.mark(&f.queue);
             }
         }
     }
@@ -252,8 +252,6 @@ pub struct PgEngine {
     /// Leases delivered and not yet named in their rows: `(conn, id, token, delivered at)`,
     /// oldest first. Named after [`NAME_AFTER_MS`] if still held.
     unnamed: std::collections::VecDeque<(ConnId, JobId, u64, Millis)>,
-    /// The receiving end of `Shared::trim`, until `run` starts the trimming task.
-    trim_rx: Option<mpsc::UnboundedReceiver<String>>,
 }
 
 impl PgEngine {
@@ -289,14 +287,13 @@ impl PgEngine {
         let mut key = [0u8; 32];
         getrandom::getrandom(&mut key).map_err(PgError::Seed)?;
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
-        let (trim, trim_rx) = mpsc::unbounded_channel();
         Ok(PgEngine {
             shared: Arc::new(Shared {
                 pool,
                 lease_pool,
                 counters: Mutex::new(HashMap::new()),
                 counters_flush: tokio::sync::Mutex::new(()),
-                trim,
+                trim: DeadTrims::default(),
                 dead_max_jobs: config.dead_max_jobs,
                 counts_cache: tokio::sync::Mutex::new(None),
                 max_frame: config.max_frame,
@@ -310,7 +307,6 @@ impl PgEngine {
             internal_rx,
             tasks: TaskTracker::new(),
             unnamed: std::collections::VecDeque::new(),
-            trim_rx: Some(trim_rx),
         })
     }
 
@@ -338,11 +334,7 @@ impl PgEngine {
         }
         let sweeper = shutdown.child_token();
         workers.spawn(sweep(self.shared.clone(), sweeper.clone()));
-        workers.spawn(count_and_trim(
-            self.shared.clone(),
-            self.trim_rx.take().expect("run is called once"),
-            sweeper.clone(),
-        ));
+        workers.spawn(count_and_trim(self.shared.clone(), sweeper.clone()));
         let mut batch = Vec::with_capacity(1024);
         loop {
             let now = now_ms();
@@ -1045,26 +1037,50 @@ async fn sweep(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
+/// Queues whose dead set may have grown past `dead_max_jobs` since the last trimming pass.
+/// A set, not a queue of deaths: a flood of dead-lettered jobs (a hostile worker nacking
+/// with `never` as fast as it can) holds one name per queue, not one per job, whatever the
+/// trimming task's pace. (It was an unbounded channel of names drained 1,024 per 100 ms,
+/// which a death rate over ~10,000/s grew without bound.)
+#[derive(Debug, Default)]
+struct DeadTrims {
+    queues: Mutex<HashSet<String>>,
+    /// Wakes the trimming task; a permit is kept when it is busy, so no mark is missed.
+    wake: tokio::sync::Notify,
+}
+
+impl DeadTrims {
+    fn mark(&self, queue: &str) {
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        if !queues.contains(queue) {
+            queues.insert(queue.to_owned());
+        }
+        drop(queues);
+        self.wake.notify_one();
+    }
+
+    /// The marked queues, in name order, leaving none marked.
+    fn take(&self) -> Vec<String> {
+        let queues = std::mem::take(&mut *self.queues.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut queues: Vec<String> = queues.into_iter().collect();
+        queues.sort_unstable();
+        queues
+    }
+}
+
 /// Adds this broker's counts to the shared counters every [`COUNTERS_EVERY`] (and once
 /// more when it stops), and trims the dead sets of queues where jobs died to
 /// `dead_max_jobs` (each queue at most once per pass, so a flood of deaths costs one
 /// statement per queue and pass, not one per job).
-async fn count_and_trim(
-    shared: Arc<Shared>,
-    mut trim: mpsc::UnboundedReceiver<String>,
-    stop: CancellationToken,
-) {
-    let mut queues = Vec::new();
+async fn count_and_trim(shared: Arc<Shared>, stop: CancellationToken) {
     let mut last_flush = std::time::Instant::now();
     loop {
         let stopping = tokio::select! {
             _ = stop.cancelled() => true,
             _ = tokio::time::sleep(COUNTERS_EVERY) => false,
-            n = trim.recv_many(&mut queues, 1024) => n == 0,
+            () = shared.trim.wake.notified() => false,
         };
-        queues.sort_unstable();
-        queues.dedup();
-        for queue in queues.drain(..) {
+        for queue in shared.trim.take() {
             let result = async {
                 let client = shared.pool.get().await?;
                 listing::trim_dead(&client, &queue, shared.dead_max_jobs).await
@@ -1164,4 +1180,30 @@ fn new_pool(config: tokio_postgres::Config, size: usize) -> Result<Pool, PgError
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
         .map_err(|e| PgError::Pool(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A flood of deaths in two queues holds two names until the next pass, which takes
+    /// them once each; a mark made while the pass runs wakes the next one.
+    #[tokio::test]
+    async fn dead_trims_hold_one_name_per_queue_however_many_jobs_died() {
+        let trims = DeadTrims::default();
+        for i in 0..100_000 {
+            trims.mark(if i % 2 == 0 { "emails" } else { "crm" });
+        }
+        assert_eq!(trims.queues.lock().unwrap().len(), 2);
+        tokio::time::timeout(Duration::from_secs(5), trims.wake.notified())
+            .await
+            .expect("a mark wakes the trimming task");
+        assert_eq!(trims.take(), ["crm", "emails"]);
+        assert!(trims.take().is_empty());
+        trims.mark("crm");
+        tokio::time::timeout(Duration::from_secs(5), trims.wake.notified())
+            .await
+            .expect("a mark after a pass wakes the next one");
+        assert_eq!(trims.take(), ["crm"]);
+    }
 }
